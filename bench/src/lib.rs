@@ -1,0 +1,1 @@
+//! Alknet benchmarks: shared helpers for the criterion suite and the load generator.
