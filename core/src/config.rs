@@ -1,0 +1,482 @@
+//! The server configuration file (TOML) and its defaults.
+//!
+//! Every key has a default that is safe on a gateway facing the internet, so `alknet serve`
+//! runs without a file. Unknown keys are errors (a typo must not silently fall back to a
+//! default), and every error names the file, the line and the key.
+//!
+//! This module only reads and checks values; it does not open sockets or build TLS state.
+
+use alknet_proto::Fingerprint;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default listen address: every address, IPv6 and IPv4, UDP port 4433.
+pub const DEFAULT_LISTEN: &str = "[::]:4433";
+
+/// Largest configuration file accepted (a config is a few KiB; anything larger is a mistake).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// A configuration problem, located as precisely as the input allows.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A syntax or type error at a known place.
+    #[error("{path}:{line}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The key at that line (dotted path where known).
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// A duration written as `"10s"`, `"500ms"`, `"2m"` or `"1h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(ConfigDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"<integer><unit>"` with unit `ms`, `s`, `m` or `h`; `"0"` alone means zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; write e.g. \"10s\", \"500ms\", \"2m\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{s}` has no valid unit; write e.g. \"10s\", \"500ms\", \"2m\", \"1h\""
+            ));
+        }
+    };
+    Ok(d)
+}
+
+/// Which io driver a worker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    /// io_uring when the kernel allows it, else epoll (logged once).
+    #[default]
+    Auto,
+    /// io_uring only; start-up fails without it.
+    IoUring,
+    /// The epoll driver.
+    Legacy,
+}
+
+/// UDP socket options.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    /// Segmentation offload on send (`UDP_SEGMENT`), when the kernel offers it.
+    pub gso: bool,
+    /// Receive offload (`UDP_GRO`), when the kernel offers it.
+    pub gro: bool,
+    /// ECN marks on send and their report to the congestion controller.
+    pub ecn: bool,
+    /// Socket receive buffer in bytes (the kernel caps it at `net.core.rmem_max`).
+    pub recv_buffer: usize,
+    /// Socket send buffer in bytes (capped at `net.core.wmem_max`).
+    pub send_buffer: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            gso: true,
+            gro: true,
+            ecn: true,
+            recv_buffer: 4 << 20,
+            send_buffer: 4 << 20,
+        }
+    }
+}
+
+/// QUIC transport limits. The defaults bound what one peer can make a shard hold.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Time a handshake may take before the connection is dropped.
+    pub handshake_timeout: ConfigDuration,
+    /// Time without any packet after which a connection is closed.
+    pub idle_timeout: ConfigDuration,
+    /// Interval of keep-alive pings; `"0"` turns them off.
+    pub keep_alive: ConfigDuration,
+    /// Bidirectional streams a peer may have open at once.
+    pub max_concurrent_bidi_streams: u32,
+    /// Unidirectional streams a peer may have open at once.
+    pub max_concurrent_uni_streams: u32,
+    /// Bytes a peer may send on one stream ahead of what the handler has read.
+    pub stream_receive_window: u32,
+    /// Bytes a peer may send on all streams of a connection ahead of the handlers.
+    pub connection_receive_window: u32,
+    /// Bytes buffered for sending per connection.
+    pub send_window: u64,
+    /// Bytes of unread datagrams buffered per connection (0 turns datagrams off).
+    pub datagram_receive_buffer: usize,
+    /// Handshakes in flight per shard above which Initials without a token get a Retry.
+    pub max_handshakes_per_shard: usize,
+    /// Connections per shard above which new ones are refused.
+    pub max_connections_per_shard: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: ConfigDuration(Duration::from_secs(10)),
+            idle_timeout: ConfigDuration(Duration::from_secs(30)),
+            keep_alive: ConfigDuration(Duration::ZERO),
+            max_concurrent_bidi_streams: 100,
+            max_concurrent_uni_streams: 100,
+            stream_receive_window: 1 << 20,
+            connection_receive_window: 4 << 20,
+            send_window: 4 << 20,
+            datagram_receive_buffer: 64 << 10,
+            max_handshakes_per_shard: 256,
+            max_connections_per_shard: 10_000,
+        }
+    }
+}
+
+/// Settings every service shares.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Whether the service's ALPN is offered.
+    pub enabled: bool,
+    /// Serve clients whose key is unknown (only services that support it; benchmarks).
+    pub anonymous: bool,
+}
+
+/// One `[[peers]]` entry: a client allowed in, and what it may use.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Stable peer id (the identity; fingerprints may change).
+    pub id: String,
+    /// Keys of this peer, `ed25519:<64 lowercase hex>`.
+    pub fingerprints: Vec<String>,
+    /// Scopes: service names this peer may open (`"*"` for all).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Resources the peer may reach (interpreted by services).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// A name for people.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Disabled peers are refused.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The whole `alknet serve` configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Worker threads (shards); 0 means one per online core.
+    pub workers: usize,
+    /// Server id written into connection IDs for an L4 QUIC-LB balancer.
+    pub server_id: u16,
+    /// io driver selection.
+    pub driver: DriverKind,
+    /// Pin each worker to one core.
+    pub pin_workers: bool,
+    /// On SIGTERM/SIGINT, time given to connections to finish before they are closed.
+    pub drain_period: ConfigDuration,
+    /// UDP socket options.
+    pub udp: UdpConfig,
+    /// QUIC transport limits.
+    pub transport: TransportConfig,
+    /// Per-service settings, by service name (`echo`, `perf`, …).
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Peers allowed in.
+    pub peers: Vec<PeerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 4433))
+            }),
+            workers: 0,
+            server_id: 0,
+            driver: DriverKind::Auto,
+            pin_workers: true,
+            drain_period: ConfigDuration(Duration::from_secs(5)),
+            udp: UdpConfig::default(),
+            transport: TransportConfig::default(),
+            services: BTreeMap::new(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let io = |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: 1,
+                key: String::new(),
+                message: format!("file is {} bytes, more than a config can be", meta.len()),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let (line, key) = locate(text, offset);
+            let message = e.message().trim().replace('\n', "; ");
+            let key = key_from_message(&message).unwrap_or(key);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                key,
+                message,
+            }
+        })?;
+        config.check(text, path)?;
+        Ok(config)
+    }
+
+    fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, needle: &str, message: String| {
+            let line = find_line(text, needle).unwrap_or(1);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                key: key.to_owned(),
+                message,
+            }
+        };
+        if self.workers > 256 {
+            return Err(err(
+                "workers",
+                "workers",
+                format!("{} workers; at most 256 shards are supported", self.workers),
+            ));
+        }
+        let t = &self.transport;
+        if t.handshake_timeout.0.is_zero() {
+            return Err(err(
+                "transport.handshake_timeout",
+                "handshake_timeout",
+                "must be above zero".into(),
+            ));
+        }
+        if t.idle_timeout.0.is_zero() || t.idle_timeout.0 > Duration::from_secs(3600) {
+            return Err(err(
+                "transport.idle_timeout",
+                "idle_timeout",
+                "must be between 1ms and 1h".into(),
+            ));
+        }
+        if t.stream_receive_window == 0 || t.connection_receive_window < t.stream_receive_window
+        {
+            return Err(err(
+                "transport.connection_receive_window",
+                "connection_receive_window",
+                "must be at least stream_receive_window, and both above zero".into(),
+            ));
+        }
+        if t.max_connections_per_shard == 0 || t.max_handshakes_per_shard == 0 {
+            return Err(err(
+                "transport.max_connections_per_shard",
+                "max_",
+                "connection and handshake caps must be above zero".into(),
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for p in &self.peers {
+            if p.id.is_empty() || p.id.len() > 128 {
+                return Err(err("peers.id", "id", "peer id must be 1..=128 bytes".into()));
+            }
+            if !ids.insert(p.id.as_str()) {
+                return Err(err(
+                    "peers.id",
+                    &format!("\"{}\"", p.id),
+                    format!("peer id `{}` appears twice", p.id),
+                ));
+            }
+            for f in &p.fingerprints {
+                if let Err(e) = f.parse::<Fingerprint>() {
+                    return Err(err("peers.fingerprints", f, e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of workers to start: the configured count, or one per online core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(256)
+        }
+    }
+
+    /// Settings of one service (defaults, i.e. disabled, when absent).
+    pub fn service(&self, name: &str) -> ServiceConfig {
+        self.services.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// Line number (1-based) of a byte offset and the key written on that line.
+fn locate(text: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let mut table = String::new();
+    for l in text.lines().take(line_no) {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+    }
+    let key = line.split('=').next().unwrap_or("").trim();
+    let key = if key.starts_with('[') || key.is_empty() {
+        table
+    } else if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    };
+    (line_no, key)
+}
+
+/// The first line containing `needle`.
+fn find_line(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// serde names the offending key in "unknown field `x`" and "missing field `x`".
+fn key_from_message(message: &str) -> Option<String> {
+    for prefix in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.split(prefix).nth(1) {
+            return rest.split('`').next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("alknet.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = parse("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen.port(), 4433);
+        assert_eq!(c.transport.handshake_timeout.0, Duration::from_secs(10));
+        assert_eq!(c.transport.idle_timeout.0, Duration::from_secs(30));
+        assert!(!c.service("echo").enabled);
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let text = r#"
+listen = "[::]:4433"
+workers = 2
+[services.echo]
+enabled = true
+[[peers]]
+id = "laptop"
+fingerprints = ["ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"]
+scopes = ["echo"]
+"#;
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.workers, 2);
+        assert!(c.service("echo").enabled);
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.peers[0].enabled);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = parse("listen = \"[::]:4433\"\nworkers = \"two\"\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("alknet.toml:2: key `workers`:"), "{msg}");
+
+        let e = parse("[transport]\nidle_timeot = \"5s\"\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("alknet.toml:2: key `idle_timeot`"), "{msg}");
+
+        let e = parse("[transport]\nidle_timeout = \"5 parsecs\"\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("alknet.toml:2: key `transport.idle_timeout`"), "{msg}");
+
+        let e = parse("[[peers]]\nid = \"a\"\nfingerprints = [\"ed25519:zz\"]\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("alknet.toml:3: key `peers.fingerprints`"), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+    }
+}

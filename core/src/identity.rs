@@ -1,0 +1,292 @@
+//! Who a peer is: the peer model, the lookup traits, and the adapters that need no disk.
+//!
+//! A peer is known when the fingerprint of its TLS key maps to an enabled [`PeerEntry`]. The
+//! identity handed to handlers is the stable `peer_id`, never the fingerprint: a peer may
+//! carry several keys and replace them. Lookups happen during handshakes, so
+//! [`IdentityProvider`] reads are synchronous and must not touch disk.
+
+use crate::config::PeerConfig;
+use alknet_proto::Fingerprint;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use thiserror::Error;
+
+/// A client allowed to use this node, and what it may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// Stable id; the identity handlers see.
+    pub peer_id: String,
+    /// Keys that authenticate as this peer.
+    pub fingerprints: Vec<Fingerprint>,
+    /// SHA-256 of the peer's bearer token, if it has one.
+    pub auth_token_hash: Option<[u8; 32]>,
+    /// Service names (and finer scopes) this peer may use; `"*"` grants all.
+    pub scopes: Vec<String>,
+    /// Resources the peer may reach, interpreted by each service.
+    pub resources: Vec<String>,
+    /// A name for people.
+    pub display_name: Option<String>,
+    /// Disabled peers are refused.
+    pub enabled: bool,
+}
+
+impl PeerEntry {
+    /// True when the peer holds `scope` (or the wildcard `"*"`).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope || s == "*")
+    }
+
+    /// Builds an entry from a `[[peers]]` table of the config file (already checked).
+    pub fn from_config(p: &PeerConfig) -> Result<Self, IdentityError> {
+        let fingerprints = p
+            .fingerprints
+            .iter()
+            .map(|f| {
+                f.parse::<Fingerprint>()
+                    .map_err(|e| IdentityError::Serialization(format!("peer {}: {e}", p.id)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            peer_id: p.id.clone(),
+            fingerprints,
+            auth_token_hash: None,
+            scopes: p.scopes.clone(),
+            resources: p.resources.clone(),
+            display_name: p.display_name.clone(),
+            enabled: p.enabled,
+        })
+    }
+}
+
+/// Identity store failures.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The storage backend failed.
+    #[error("identity store failed: {0}")]
+    Backend(String),
+    /// No such peer.
+    #[error("no such peer")]
+    NotFound,
+    /// A stored record could not be decoded or encoded.
+    #[error("bad identity record: {0}")]
+    Serialization(String),
+}
+
+/// Synchronous reads used at handshake time.
+pub trait IdentityProvider: Send + Sync {
+    /// The peer owning this key, if any (enabled or not).
+    fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError>;
+    /// The peer whose token hashes to `token_sha256`, if any.
+    fn by_token_hash(&self, token_sha256: &[u8; 32])
+    -> Result<Option<Arc<PeerEntry>>, IdentityError>;
+}
+
+/// Writes to the set of peers.
+pub trait IdentityStore: IdentityProvider {
+    /// Adds or replaces a peer.
+    fn put_peer(&self, peer: PeerEntry) -> Result<(), IdentityError>;
+    /// Removes a peer; `NotFound` when it does not exist.
+    fn remove_peer(&self, peer_id: &str) -> Result<PeerEntry, IdentityError>;
+    /// Every peer, in id order.
+    fn list_peers(&self) -> Result<Vec<Arc<PeerEntry>>, IdentityError>;
+}
+
+#[derive(Default)]
+struct Index {
+    peers: HashMap<String, Arc<PeerEntry>>,
+    by_key: HashMap<Fingerprint, Arc<PeerEntry>>,
+    by_token: HashMap<[u8; 32], Arc<PeerEntry>>,
+}
+
+impl Index {
+    fn build(peers: impl IntoIterator<Item = PeerEntry>) -> Self {
+        let mut index = Index::default();
+        for p in peers {
+            let p = Arc::new(p);
+            index.peers.insert(p.peer_id.clone(), p);
+        }
+        index.reindex();
+        index
+    }
+
+    fn reindex(&mut self) {
+        self.by_key.clear();
+        self.by_token.clear();
+        for p in self.peers.values() {
+            for f in &p.fingerprints {
+                self.by_key.insert(*f, p.clone());
+            }
+            if let Some(h) = p.auth_token_hash {
+                self.by_token.insert(h, p.clone());
+            }
+        }
+    }
+}
+
+/// Peers held in memory: the config file's `[[peers]]`, and tests.
+///
+/// Reads take a read lock on an index that writers replace whole, so a handshake never waits
+/// for more than the swap of a pointer.
+#[derive(Default)]
+pub struct MemoryIdentities {
+    index: RwLock<Arc<Index>>,
+}
+
+impl MemoryIdentities {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A set holding `peers`.
+    pub fn with_peers(peers: impl IntoIterator<Item = PeerEntry>) -> Self {
+        Self {
+            index: RwLock::new(Arc::new(Index::build(peers))),
+        }
+    }
+
+    /// The peers of a configuration file.
+    pub fn from_config(peers: &[PeerConfig]) -> Result<Self, IdentityError> {
+        let entries = peers
+            .iter()
+            .map(PeerEntry::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::with_peers(entries))
+    }
+
+    fn snapshot(&self) -> Arc<Index> {
+        match self.index.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<String, Arc<PeerEntry>>)) {
+        let mut guard = match self.index.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut peers = guard.peers.clone();
+        f(&mut peers);
+        let mut next = Index {
+            peers,
+            ..Index::default()
+        };
+        next.reindex();
+        *guard = Arc::new(next);
+    }
+}
+
+impl IdentityProvider for MemoryIdentities {
+    fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
+        Ok(self.snapshot().by_key.get(fp).cloned())
+    }
+
+    fn by_token_hash(
+        &self,
+        token_sha256: &[u8; 32],
+    ) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
+        Ok(self.snapshot().by_token.get(token_sha256).cloned())
+    }
+}
+
+impl IdentityStore for MemoryIdentities {
+    fn put_peer(&self, peer: PeerEntry) -> Result<(), IdentityError> {
+        self.update(|peers| {
+            peers.insert(peer.peer_id.clone(), Arc::new(peer));
+        });
+        Ok(())
+    }
+
+    fn remove_peer(&self, peer_id: &str) -> Result<PeerEntry, IdentityError> {
+        let mut removed = None;
+        self.update(|peers| removed = peers.remove(peer_id));
+        removed
+            .map(|p| (*p).clone())
+            .ok_or(IdentityError::NotFound)
+    }
+
+    fn list_peers(&self) -> Result<Vec<Arc<PeerEntry>>, IdentityError> {
+        let mut all: Vec<_> = self.snapshot().peers.values().cloned().collect();
+        all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        Ok(all)
+    }
+}
+
+/// The authenticated identity handed to handlers: the peer id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The peer's stable id.
+    pub id: String,
+}
+
+/// What a handler knows about who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    /// The peer, or `None` on an anonymous service for a client with an unknown key.
+    pub identity: Option<Identity>,
+    /// The peer's scopes (empty when anonymous).
+    pub scopes: Arc<[String]>,
+    /// The ALPN negotiated in the handshake.
+    pub alpn: &'static [u8],
+    /// Address the connection came from.
+    pub remote_addr: SocketAddr,
+    /// The key the client presented, if any.
+    pub tls_client_fingerprint: Option<Fingerprint>,
+    /// A client's claim of whom it forwards for: logged, never used for access control.
+    pub forwarded_for: Option<String>,
+}
+
+impl AuthContext {
+    /// True when the peer holds `scope` (or `"*"`); never for anonymous clients.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.identity.is_some() && self.scopes.iter().any(|s| s == scope || s == "*")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &str, key: u8) -> PeerEntry {
+        PeerEntry {
+            peer_id: id.into(),
+            fingerprints: vec![Fingerprint::from_key([key; 32])],
+            auth_token_hash: Some([key; 32]),
+            scopes: vec!["echo".into()],
+            resources: vec![],
+            display_name: None,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn lookups_follow_writes() {
+        let ids = MemoryIdentities::with_peers([peer("a", 1)]);
+        let fp1 = Fingerprint::from_key([1; 32]);
+        let fp2 = Fingerprint::from_key([2; 32]);
+        assert_eq!(
+            ids.by_fingerprint(&fp1).ok().flatten().map(|p| p.peer_id.clone()),
+            Some("a".into())
+        );
+        assert_eq!(ids.by_fingerprint(&fp2), Ok(None));
+        assert!(ids.put_peer(peer("b", 2)).is_ok());
+        assert!(ids.by_fingerprint(&fp2).ok().flatten().is_some());
+        assert!(ids.by_token_hash(&[2; 32]).ok().flatten().is_some());
+        assert!(ids.remove_peer("a").is_ok());
+        assert_eq!(ids.by_fingerprint(&fp1), Ok(None));
+        assert_eq!(ids.remove_peer("a"), Err(IdentityError::NotFound));
+        assert_eq!(ids.list_peers().map(|v| v.len()), Ok(1));
+    }
+
+    #[test]
+    fn scopes() {
+        let mut p = peer("a", 1);
+        assert!(p.has_scope("echo"));
+        assert!(!p.has_scope("call"));
+        p.scopes = vec!["*".into()];
+        assert!(p.has_scope("call"));
+    }
+}

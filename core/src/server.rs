@@ -1,0 +1,364 @@
+//! Starting and stopping a server: sockets, worker threads, one shard per worker.
+//!
+//! The sockets are bound on the calling thread, so "address in use" and permission errors
+//! come back from [`start`] before any thread exists. Each worker then builds its own monoio
+//! runtime (io_uring, or epoll where io_uring is unavailable), pins itself to its core, and
+//! runs its shard until shutdown.
+
+use crate::config::{Config, DriverKind};
+use crate::handler::Registry;
+use crate::identity::IdentityProvider;
+use crate::shard::{Shard, ShardMsg};
+use crate::stats::{ShardStats, StatsSnapshot};
+use crate::tls::{NodeKey, TlsError};
+use crate::udp::{UdpIo, bind_reuseport};
+use alknet_proto::Fingerprint;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+/// Why a server could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listen address is taken by another process.
+    #[error(
+        "{addr} is already in use by another process; stop it or choose another address with --listen"
+    )]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Binding failed for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No service is enabled.
+    #[error("no service is enabled; enable one in the config file, e.g. [services.echo] enabled = true")]
+    NoServices,
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A worker could not start.
+    #[error("worker {shard}: {message}")]
+    Worker {
+        /// The worker.
+        shard: usize,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A running server.
+pub struct ServerHandle {
+    senders: Vec<flume::Sender<ShardMsg>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<ShardStats>>,
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+    alpns: Vec<Vec<u8>>,
+}
+
+impl ServerHandle {
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node fingerprint the server presents.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The ALPNs offered.
+    pub fn alpns(&self) -> &[Vec<u8>] {
+        &self.alpns
+    }
+
+    /// Number of shards.
+    pub fn workers(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Counters summed over shards.
+    pub fn stats(&self) -> StatsSnapshot {
+        crate::stats::sum(self.stats.iter().map(|s| s.as_ref()))
+    }
+
+    /// A cheap handle for the control plane (stats, closing a peer's connections).
+    pub fn control(&self) -> ControlHandle {
+        ControlHandle {
+            senders: self.senders.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Starts the graceful shutdown: refuse new connections, let existing ones finish for
+    /// the drain period, then close them.
+    pub fn shutdown(&self) {
+        for tx in &self.senders {
+            let _ = tx.send(ShardMsg::Shutdown);
+        }
+    }
+
+    /// Waits for every worker to exit.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the control socket needs from a running server.
+#[derive(Clone)]
+pub struct ControlHandle {
+    senders: Vec<flume::Sender<ShardMsg>>,
+    stats: Vec<Arc<ShardStats>>,
+}
+
+impl ControlHandle {
+    /// Counters summed over shards.
+    pub fn stats(&self) -> StatsSnapshot {
+        crate::stats::sum(self.stats.iter().map(|s| s.as_ref()))
+    }
+
+    /// Closes every connection of `peer` on every shard.
+    pub fn close_peer(&self, peer: &str) {
+        for tx in &self.senders {
+            let _ = tx.send(ShardMsg::ClosePeer(peer.to_owned()));
+        }
+    }
+}
+
+static URING_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Binds the sockets and starts one worker per shard.
+pub fn start(
+    config: Arc<Config>,
+    node: NodeKey,
+    registry: Registry,
+    identities: Arc<dyn IdentityProvider>,
+) -> Result<ServerHandle, ServeError> {
+    if registry.is_empty() {
+        return Err(ServeError::NoServices);
+    }
+    let workers = config.worker_count();
+    let addr = config.listen;
+    let sockets = bind_group(addr, workers)?;
+    let local_addr = sockets
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+
+    let alpns = registry.alpns();
+    let server_config = Arc::new(crate::endpoint::server_config(
+        &config,
+        &node,
+        alpns.clone(),
+        !registry.any_anonymous(),
+    )?);
+    let codec = crate::endpoint::cid_codec(&node, config.server_id);
+    let endpoint_configs: Vec<_> = (0..workers)
+        .map(|i| Arc::new(crate::endpoint::endpoint_config(&node, &codec, i as u8)))
+        .collect();
+
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| flume::bounded::<ShardMsg>(4096)).unzip();
+    let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    let mut threads = Vec::with_capacity(workers);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    for (shard, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+        let ctx = WorkerCtx {
+            shard,
+            shards: workers,
+            socket,
+            rx,
+            peers: senders.clone(),
+            stats: stats[shard].clone(),
+            codec: codec.clone(),
+            registry: registry.clone(),
+            identities: identities.clone(),
+            config: config.clone(),
+            endpoint_config: endpoint_configs[shard].clone(),
+            server_config: server_config.clone(),
+            pin: config.pin_workers.then_some(shard % cores),
+        };
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("alknet-shard-{shard}"))
+            .spawn(move || run_worker(ctx, ready))
+            .map_err(|e| ServeError::Worker {
+                shard,
+                message: e.to_string(),
+            })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                for tx in &senders {
+                    let _ = tx.send(ShardMsg::Shutdown);
+                }
+                return Err(ServeError::Worker { shard: 0, message });
+            }
+            Err(_) => {
+                return Err(ServeError::Worker {
+                    shard: 0,
+                    message: "worker exited during start-up".into(),
+                });
+            }
+        }
+    }
+    Ok(ServerHandle {
+        senders,
+        threads,
+        stats,
+        local_addr,
+        fingerprint: node.fingerprint(),
+        alpns,
+    })
+}
+
+/// Binds `workers` sockets to one address with `SO_REUSEPORT`, after checking that no other
+/// process already listens there (reuseport would silently share the port with it).
+fn bind_group(addr: SocketAddr, workers: usize) -> Result<Vec<socket2::Socket>, ServeError> {
+    let map = |source: std::io::Error, addr| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::AddrInUse { addr }
+        } else {
+            ServeError::Bind { addr, source }
+        }
+    };
+    if addr.port() != 0 {
+        // A plain bind fails if anyone (reuseport or not) holds the port.
+        let probe = std::net::UdpSocket::bind(addr).map_err(|e| map(e, addr))?;
+        drop(probe);
+    }
+    let first = bind_reuseport(addr).map_err(|e| map(e, addr))?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(bind_reuseport(bound).map_err(|e| map(e, bound))?);
+    }
+    Ok(sockets)
+}
+
+struct WorkerCtx {
+    shard: usize,
+    shards: usize,
+    socket: socket2::Socket,
+    rx: flume::Receiver<ShardMsg>,
+    peers: Vec<flume::Sender<ShardMsg>>,
+    stats: Arc<ShardStats>,
+    codec: alknet_proto::CidCodec,
+    registry: Registry,
+    identities: Arc<dyn IdentityProvider>,
+    config: Arc<Config>,
+    endpoint_config: Arc<quinn_proto::EndpointConfig>,
+    server_config: Arc<quinn_proto::ServerConfig>,
+    pin: Option<usize>,
+}
+
+fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    if let Some(cpu) = ctx.pin
+        && let Err(e) = monoio::utils::bind_to_cpu_set([cpu])
+    {
+        warn!(shard = ctx.shard, cpu, error = %e, "cannot pin worker to its core");
+    }
+    let driver = ctx.config.driver;
+    let shard_id = ctx.shard;
+    let result = run_on_driver(driver, shard_id, move || async move {
+        let shard_no = ctx.shard;
+        let io = match UdpIo::new(ctx.socket, &ctx.config.udp) {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = ready.send(Err(format!("udp socket set-up: {e}")));
+                return;
+            }
+        };
+        let allow_mtud = !io.may_fragment();
+        if shard_no == 0 {
+            info!(
+                gso = io.gso_enabled(),
+                gro = ctx.config.udp.gro,
+                ecn = ctx.config.udp.ecn,
+                "udp path"
+            );
+        }
+        let endpoint = quinn_proto::Endpoint::new(
+            ctx.endpoint_config,
+            Some(ctx.server_config.clone()),
+            allow_mtud,
+            None,
+        );
+        let router = ctx.registry.build(shard_no);
+        let shard = Shard::new(
+            shard_no,
+            ctx.shards,
+            endpoint,
+            io,
+            ctx.stats,
+            ctx.peers,
+            ctx.codec,
+            router,
+            ctx.identities,
+            ctx.config,
+            Some(ctx.server_config),
+        );
+        monoio::spawn(shard.clone().run_receiver());
+        monoio::spawn(shard.clone().run_inbox(ctx.rx));
+        let _ = ready.send(Ok(()));
+        shard.run_driver().await;
+    });
+    if let Err(e) = result {
+        error!(shard = shard_id, error = %e, "worker failed");
+    }
+}
+
+/// Runs a future on a new monoio runtime of the configured kind, on this thread.
+pub fn run_on_driver<F, Fut>(driver: DriverKind, shard: usize, f: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let uring = match driver {
+        DriverKind::Legacy => false,
+        DriverKind::IoUring => true,
+        DriverKind::Auto => {
+            let ok = monoio::utils::detect_uring();
+            if !ok && !URING_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                warn!(shard, "io_uring is unavailable here; using the epoll driver");
+            }
+            ok
+        }
+    };
+    if uring {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(1024)
+            .enable_timer()
+            .build()?;
+        rt.block_on(f());
+    } else {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
+        rt.block_on(f());
+    }
+    Ok(())
+}

@@ -1,0 +1,960 @@
+//! One shard: a UDP socket, a `quinn_proto::Endpoint`, its connections and one timer heap,
+//! driven on one monoio runtime. Nothing here is shared with other shards except the
+//! forwarding queues (datagrams whose connection lives elsewhere) and the counters.
+//!
+//! Three tasks drive a shard, all on its thread:
+//! * the receiver waits for the socket to be readable, reads batches with quinn-udp, routes
+//!   each datagram by its connection ID (local, or forwarded to the owner), feeds local ones
+//!   to the endpoint, then drives every connection the batch touched;
+//! * the inbox takes datagrams forwarded by other shards, and control messages;
+//! * the driver sleeps until the earliest connection deadline or until a handler touches a
+//!   connection, and then drives what is due.
+//!
+//! "Driving" a connection means: feed its endpoint events back to the endpoint, turn its
+//! application events into task wake-ups, and send what it has to send (GSO batches).
+
+use crate::config::Config;
+use crate::conn::{ConnCell, ConnInner, ConnRef, Connection, DriverSignal, mark_dirty};
+use crate::handler::{Router, close_code};
+use crate::identity::{AuthContext, Identity, IdentityProvider};
+use crate::stats::{self, ShardStats};
+use crate::udp::UdpIo;
+use alknet_proto::{CidCodec, Route, route_datagram};
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Event, Incoming, StreamEvent};
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// A datagram handed from the shard that received it to the shard that owns it.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The sender.
+    pub remote: SocketAddr,
+    /// The local address it arrived on, when known.
+    pub local_ip: Option<IpAddr>,
+    /// ECN bits as received.
+    pub ecn: Option<quinn_proto::EcnCodepoint>,
+    /// The datagram.
+    pub data: Bytes,
+}
+
+/// Messages between shards and from the control plane.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Datagrams owned by the receiving shard.
+    Datagrams(Vec<Forwarded>),
+    /// Stop accepting, drain, close everything, exit.
+    Shutdown,
+    /// Close every connection of this peer (revoked or disabled).
+    ClosePeer(String),
+}
+
+/// Source ports of UDP services that answer anything (reflection/amplification vectors).
+/// An Initial from one of them is spoofed or broken; answering would reflect traffic.
+const REFLECTION_PORTS: [u16; 11] = [0, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
+
+/// Datagrams forwarded per inbox message before a shard must send what it has collected.
+const FORWARD_BATCH: usize = 64;
+/// Batches read per wake-up before the receiver drives connections and yields.
+const RECV_BUDGET: usize = 16;
+
+pub(crate) struct Core {
+    endpoint: Endpoint,
+    conns: Vec<Option<ConnRef>>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    handshaking: usize,
+    live: usize,
+    send_buf: Vec<u8>,
+    resp_buf: Vec<u8>,
+    blocked: Option<Blocked>,
+    forward: Vec<Vec<Forwarded>>,
+}
+
+impl Core {
+    pub(crate) fn endpoint_mut(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+}
+
+struct Blocked {
+    destination: SocketAddr,
+    ecn: Option<quinn_proto::EcnCodepoint>,
+    data: Vec<u8>,
+    segment_size: Option<usize>,
+    src_ip: Option<IpAddr>,
+}
+
+/// The shard's shared state; one per worker thread.
+pub(crate) struct Shard {
+    pub(crate) id: usize,
+    pub(crate) shards: usize,
+    pub(crate) core: RefCell<Core>,
+    pub(crate) signal: Rc<DriverSignal>,
+    pub(crate) io: UdpIo,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) peers: Vec<flume::Sender<ShardMsg>>,
+    pub(crate) codec: CidCodec,
+    pub(crate) router: Router,
+    pub(crate) identities: Arc<dyn IdentityProvider>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) server_config: Option<Arc<quinn_proto::ServerConfig>>,
+    sleeping_until: Cell<Option<Instant>>,
+    pub(crate) shutting_down: Cell<bool>,
+    drain_deadline: Cell<Option<Instant>>,
+    hard_exit: Cell<Option<Instant>>,
+    pub(crate) exit: Cell<bool>,
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: usize,
+        shards: usize,
+        endpoint: Endpoint,
+        io: UdpIo,
+        stats: Arc<ShardStats>,
+        peers: Vec<flume::Sender<ShardMsg>>,
+        codec: CidCodec,
+        router: Router,
+        identities: Arc<dyn IdentityProvider>,
+        config: Arc<Config>,
+        server_config: Option<Arc<quinn_proto::ServerConfig>>,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            id,
+            shards,
+            core: RefCell::new(Core {
+                endpoint,
+                conns: Vec::new(),
+                timers: BinaryHeap::new(),
+                handshaking: 0,
+                live: 0,
+                send_buf: Vec::with_capacity(64 * 1024),
+                resp_buf: Vec::with_capacity(2048),
+                blocked: None,
+                forward: (0..shards).map(|_| Vec::new()).collect(),
+            }),
+            signal: Rc::new(DriverSignal::default()),
+            io,
+            stats,
+            peers,
+            codec,
+            router,
+            identities,
+            config,
+            server_config,
+            sleeping_until: Cell::new(None),
+            shutting_down: Cell::new(false),
+            drain_deadline: Cell::new(None),
+            hard_exit: Cell::new(None),
+            exit: Cell::new(false),
+        })
+    }
+
+    /// Connections this shard holds.
+    pub(crate) fn connection_count(&self) -> usize {
+        self.core.borrow().live
+    }
+
+    // ----- receiving ---------------------------------------------------------------------
+
+    /// The receiver task: readiness from the ring, batches from quinn-udp.
+    pub(crate) async fn run_receiver(self: Rc<Self>) {
+        loop {
+            if self.exit.get() {
+                return;
+            }
+            let ready = self.io.readable().await;
+            if let Err(e) = ready {
+                error!(shard = self.id, error = %e, "socket poll failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let now = Instant::now();
+            for _ in 0..RECV_BUDGET {
+                let mut got = Vec::new();
+                let r = self.io.recv_batch(|meta, bytes| {
+                    let stride = if meta.stride == 0 { meta.len } else { meta.stride };
+                    for seg in bytes.chunks(stride.max(1)) {
+                        got.push((meta.addr, meta.dst_ip, meta.ecn, BytesMut::from(seg)));
+                    }
+                });
+                match r {
+                    Ok(_) => {
+                        for (remote, local_ip, ecn, data) in got {
+                            let ecn = ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                            self.on_datagram(now, remote, local_ip, ecn, data, true);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        debug!(shard = self.id, error = %e, "recv failed");
+                        break;
+                    }
+                }
+            }
+            self.flush(now);
+            yield_now().await;
+        }
+    }
+
+    /// Routes one datagram: forward it to its owner or feed it to this shard's endpoint.
+    pub(crate) fn on_datagram(
+        &self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+        data: BytesMut,
+        from_socket: bool,
+    ) {
+        if from_socket {
+            stats::bump(&self.stats.datagrams_in);
+            stats::add(&self.stats.bytes_in, data.len() as u64);
+        }
+        let route = if from_socket {
+            route_datagram(&self.codec, &data, self.id, self.shards)
+        } else {
+            Route::Local
+        };
+        match route {
+            Route::Drop => stats::bump(&self.stats.dropped_malformed),
+            Route::Forward(owner) => {
+                let mut core = self.core.borrow_mut();
+                if let Some(q) = core.forward.get_mut(owner) {
+                    q.push(Forwarded {
+                        remote,
+                        local_ip,
+                        ecn,
+                        data: data.freeze(),
+                    });
+                    if q.len() >= FORWARD_BATCH {
+                        let batch = std::mem::take(q);
+                        drop(core);
+                        self.send_forward(owner, batch);
+                    }
+                }
+            }
+            Route::Local => self.handle_local(now, remote, local_ip, ecn, data),
+        }
+    }
+
+    fn send_forward(&self, owner: usize, batch: Vec<Forwarded>) {
+        let n = batch.len() as u64;
+        match self.peers.get(owner) {
+            Some(tx) => match tx.try_send(ShardMsg::Datagrams(batch)) {
+                Ok(()) => stats::add(&self.stats.forwarded_out, n),
+                Err(_) => stats::add(&self.stats.forward_dropped, n),
+            },
+            None => stats::add(&self.stats.forward_dropped, n),
+        }
+    }
+
+    fn handle_local(
+        &self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+        data: BytesMut,
+    ) {
+        let mut core = self.core.borrow_mut();
+        let core = &mut *core;
+        core.resp_buf.clear();
+        let event = core
+            .endpoint
+            .handle(now, remote, local_ip, ecn, data, &mut core.resp_buf);
+        match event {
+            None => {}
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(Some(cell)) = core.conns.get(ch.0) {
+                    let cell = cell.clone();
+                    cell.inner.borrow_mut().proto.handle_event(ev);
+                    queue_dirty(&cell);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                self.on_incoming(core, now, incoming);
+            }
+            Some(DatagramEvent::Response(t)) => {
+                let buf = std::mem::take(&mut core.resp_buf);
+                self.transmit(core, t.destination, t.ecn, &buf[..t.size], None, t.src_ip);
+                core.resp_buf = buf;
+            }
+        }
+    }
+
+    /// Decides what to do with a connection attempt: every `Incoming` is accepted, refused,
+    /// retried or ignored here (a dropped one would leak endpoint state).
+    fn on_incoming(&self, core: &mut Core, now: Instant, incoming: Incoming) {
+        let remote = incoming.remote_address();
+        let t = &self.config.transport;
+        if REFLECTION_PORTS.contains(&remote.port()) {
+            stats::bump(&self.stats.dropped_reflection);
+            core.endpoint.ignore(incoming);
+            return;
+        }
+        let Some(server_config) = self.server_config.clone() else {
+            core.endpoint.ignore(incoming);
+            return;
+        };
+        if self.shutting_down.get() || core.live >= t.max_connections_per_shard {
+            stats::bump(&self.stats.connections_refused);
+            core.resp_buf.clear();
+            let tx = core.endpoint.refuse(incoming, &mut core.resp_buf);
+            let buf = std::mem::take(&mut core.resp_buf);
+            self.transmit(core, tx.destination, tx.ecn, &buf[..tx.size], None, tx.src_ip);
+            core.resp_buf = buf;
+            return;
+        }
+        if core.handshaking >= t.max_handshakes_per_shard && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                core.resp_buf.clear();
+                match core.endpoint.retry(incoming, &mut core.resp_buf) {
+                    Ok(tx) => {
+                        stats::bump(&self.stats.retries_sent);
+                        let buf = std::mem::take(&mut core.resp_buf);
+                        self.transmit(core, tx.destination, tx.ecn, &buf[..tx.size], None, tx.src_ip);
+                        core.resp_buf = buf;
+                    }
+                    Err(e) => core.endpoint.ignore(e.into_incoming()),
+                }
+            } else {
+                stats::bump(&self.stats.connections_refused);
+                core.endpoint.ignore(incoming);
+            }
+            return;
+        }
+        core.resp_buf.clear();
+        match core
+            .endpoint
+            .accept(incoming, now, &mut core.resp_buf, Some(server_config))
+        {
+            Ok((ch, proto)) => {
+                stats::bump(&self.stats.handshakes_accepted);
+                let mut inner = ConnInner::new(proto, ch, now);
+                inner.handshake_deadline = Some(now + t.handshake_timeout.0);
+                let cell = Rc::new(ConnCell {
+                    inner: RefCell::new(inner),
+                    signal: self.signal.clone(),
+                });
+                cell.inner.borrow_mut().counts_as_handshake = true;
+                self.insert(core, ch, cell.clone());
+                core.handshaking += 1;
+                queue_dirty(&cell);
+            }
+            Err(e) => {
+                stats::bump(&self.stats.handshakes_failed);
+                debug!(%remote, cause = %e.cause, "incoming connection failed");
+                if let Some(tx) = e.response {
+                    let buf = std::mem::take(&mut core.resp_buf);
+                    self.transmit(core, tx.destination, tx.ecn, &buf[..tx.size], None, tx.src_ip);
+                    core.resp_buf = buf;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn insert(&self, core: &mut Core, ch: ConnectionHandle, cell: ConnRef) {
+        if core.conns.len() <= ch.0 {
+            core.conns.resize(ch.0 + 1, None);
+        }
+        if let Some(slot) = core.conns.get_mut(ch.0) {
+            *slot = Some(cell);
+        }
+        core.live += 1;
+        stats::bump(&self.stats.connections_open);
+    }
+
+    // ----- the inbox ---------------------------------------------------------------------
+
+    pub(crate) async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<ShardMsg>) {
+        while let Ok(msg) = rx.recv_async().await {
+            let now = Instant::now();
+            let mut next = Some(msg);
+            let mut handled = 0;
+            while let Some(msg) = next.take() {
+                self.on_msg(now, msg);
+                handled += 1;
+                if handled < RECV_BUDGET {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.flush(now);
+            if self.exit.get() {
+                return;
+            }
+        }
+    }
+
+    fn on_msg(&self, now: Instant, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Datagrams(batch) => {
+                stats::add(&self.stats.forwarded_in, batch.len() as u64);
+                for d in batch {
+                    let data = BytesMut::from(&d.data[..]);
+                    self.on_datagram(now, d.remote, d.local_ip, d.ecn, data, false);
+                }
+            }
+            ShardMsg::Shutdown => {
+                if !self.shutting_down.replace(true) {
+                    info!(shard = self.id, connections = self.connection_count(), "draining");
+                    let drain = now + self.config.drain_period.0;
+                    self.drain_deadline.set(Some(drain));
+                    // Closing takes three PTOs at most; never linger beyond this.
+                    self.hard_exit.set(Some(drain + Duration::from_secs(3)));
+                }
+                self.signal.notify();
+            }
+            ShardMsg::ClosePeer(peer) => self.close_peer(&peer, close_code::REVOKED, b"revoked"),
+        }
+    }
+
+    /// Closes every connection authenticated as `peer`.
+    pub(crate) fn close_peer(&self, peer: &str, code: u32, reason: &[u8]) {
+        let cells: Vec<ConnRef> = self
+            .core
+            .borrow()
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.inner.borrow().peer.as_deref() == Some(peer))
+            .cloned()
+            .collect();
+        for c in cells {
+            crate::conn::close_cell(&c, code, reason);
+        }
+    }
+
+    /// Closes every connection.
+    pub(crate) fn close_all(&self, code: u32, reason: &[u8]) {
+        let cells: Vec<ConnRef> = self.core.borrow().conns.iter().flatten().cloned().collect();
+        for c in cells {
+            crate::conn::close_cell(&c, code, reason);
+        }
+    }
+
+    // ----- the driver --------------------------------------------------------------------
+
+    /// The driver task: timers, handler-initiated work, send back-pressure.
+    pub(crate) async fn run_driver(self: Rc<Self>) {
+        loop {
+            if self.core.borrow().blocked.is_some() {
+                let ready = self.io.writable().await;
+                if ready.is_ok() {
+                    self.retry_blocked();
+                }
+                let now = Instant::now();
+                self.flush(now);
+                continue;
+            }
+            let deadline = [
+                self.next_deadline(),
+                self.drain_deadline.get(),
+                self.hard_exit.get(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            self.sleeping_until.set(deadline);
+            match deadline {
+                Some(at) => {
+                    let sleep = monoio::time::sleep_until(monoio::time::Instant::from_std(at));
+                    monoio::select! {
+                        _ = self.signal.wait() => {}
+                        _ = sleep => {}
+                    }
+                }
+                None => self.signal.wait().await,
+            }
+            self.sleeping_until.set(None);
+            let now = Instant::now();
+            if let Some(d) = self.drain_deadline.get()
+                && d <= now
+            {
+                self.drain_deadline.set(None);
+                info!(shard = self.id, connections = self.connection_count(), "drain period over; closing connections");
+                self.close_all(close_code::SHUTDOWN, b"server shutting down");
+            }
+            if self.hard_exit.get().is_some_and(|h| h <= now) {
+                self.exit.set(true);
+            }
+            self.fire_timers(now);
+            self.flush(now);
+            if self.exit.get() {
+                return;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut core = self.core.borrow_mut();
+        // Drop stale heap entries so the wait is for a real deadline.
+        while let Some(Reverse((at, idx))) = core.timers.peek().copied() {
+            let live = core
+                .conns
+                .get(idx)
+                .and_then(|c| c.as_ref())
+                .is_some_and(|c| c.inner.borrow().timer_at == Some(at));
+            if live {
+                return Some(at);
+            }
+            core.timers.pop();
+        }
+        None
+    }
+
+    fn fire_timers(&self, now: Instant) {
+        let mut due = Vec::new();
+        {
+            let mut core = self.core.borrow_mut();
+            while let Some(Reverse((at, idx))) = core.timers.peek().copied() {
+                if at > now {
+                    break;
+                }
+                core.timers.pop();
+                if let Some(Some(cell)) = core.conns.get(idx)
+                    && cell.inner.borrow().timer_at == Some(at)
+                {
+                    due.push(cell.clone());
+                }
+            }
+        }
+        for cell in due {
+            {
+                let mut inner = cell.inner.borrow_mut();
+                inner.timer_at = None;
+                if let Some(hd) = inner.handshake_deadline
+                    && hd <= now
+                    && !inner.connected
+                {
+                    inner.handshake_deadline = None;
+                    stats::bump(&self.stats.handshake_timeouts);
+                    debug!(remote = %inner.proto.remote_address(), "handshake timed out");
+                    inner.proto.close(
+                        now,
+                        quinn_proto::VarInt::from_u32(close_code::HANDSHAKE_TIMEOUT),
+                        Bytes::from_static(b"handshake timeout"),
+                    );
+                }
+                inner.proto.handle_timeout(now);
+            }
+            queue_dirty(&cell);
+        }
+    }
+
+    fn retry_blocked(&self) {
+        let mut core = self.core.borrow_mut();
+        let Some(b) = core.blocked.take() else {
+            return;
+        };
+        let r = self
+            .io
+            .send(b.destination, b.ecn, &b.data, b.segment_size, b.src_ip);
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => core.blocked = Some(b),
+            _ => self.count_sent(b.data.len(), b.segment_size),
+        }
+    }
+
+    fn count_sent(&self, len: usize, segment_size: Option<usize>) {
+        let segs = match segment_size {
+            Some(s) if s > 0 => len.div_ceil(s),
+            _ => 1,
+        };
+        stats::add(&self.stats.datagrams_out, segs as u64);
+        stats::add(&self.stats.bytes_out, len as u64);
+    }
+
+    /// Sends, or parks the bytes when the socket buffer is full. Returns false when parked.
+    fn transmit(
+        &self,
+        core: &mut Core,
+        destination: SocketAddr,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+        data: &[u8],
+        segment_size: Option<usize>,
+        src_ip: Option<IpAddr>,
+    ) -> bool {
+        if core.blocked.is_some() {
+            // Responses to strangers (version negotiation, resets, retries) are best effort.
+            return false;
+        }
+        match self
+            .io
+            .send(destination, ecn, data, segment_size, src_ip)
+        {
+            Ok(()) => {
+                self.count_sent(data.len(), segment_size);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stats::bump(&self.stats.send_blocked);
+                core.blocked = Some(Blocked {
+                    destination,
+                    ecn,
+                    data: data.to_vec(),
+                    segment_size,
+                    src_ip,
+                });
+                self.signal.notify();
+                false
+            }
+            Err(e) => {
+                stats::bump(&self.stats.send_errors);
+                debug!(error = %e, "send failed");
+                true
+            }
+        }
+    }
+
+    /// Drives every connection touched since the last flush, then sends collected forwards.
+    pub(crate) fn flush(&self, now: Instant) {
+        loop {
+            let dirty = std::mem::take(&mut *self.signal.dirty.borrow_mut());
+            if dirty.is_empty() {
+                break;
+            }
+            for cell in dirty {
+                if self.core.borrow().blocked.is_some() {
+                    // Keep it queued; the driver resumes once the socket drains.
+                    self.signal.dirty.borrow_mut().push(cell);
+                    continue;
+                }
+                cell.inner.borrow_mut().dirty = false;
+                self.drive(now, &cell);
+            }
+            if self.core.borrow().blocked.is_some() {
+                break;
+            }
+        }
+        let batches: Vec<(usize, Vec<Forwarded>)> = {
+            let mut core = self.core.borrow_mut();
+            core.forward
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(i, q)| (i, std::mem::take(q)))
+                .collect()
+        };
+        for (owner, batch) in batches {
+            self.send_forward(owner, batch);
+        }
+        if self.shutting_down.get() {
+            self.check_shutdown();
+        }
+    }
+
+    fn drive(&self, now: Instant, cell: &ConnRef) {
+        let mut core_guard = self.core.borrow_mut();
+        let core = &mut *core_guard;
+        let mut inner = cell.inner.borrow_mut();
+        let mut drained = false;
+        let mut newly_connected = false;
+        loop {
+            let mut progress = false;
+            while let Some(ev) = inner.proto.poll_endpoint_events() {
+                progress = true;
+                if ev.is_drained() {
+                    drained = true;
+                }
+                let ch = inner.handle;
+                if let Some(cev) = core.endpoint.handle_event(ch, ev) {
+                    inner.proto.handle_event(cev);
+                }
+            }
+            while let Some(ev) = inner.proto.poll() {
+                progress = true;
+                match ev {
+                    Event::HandshakeDataReady => {}
+                    Event::Connected => {
+                        inner.connected = true;
+                        inner.handshake_deadline = None;
+                        newly_connected = true;
+                        inner.wakers.connected.drain(..).for_each(|w| w.wake());
+                    }
+                    Event::ConnectionLost { reason } => {
+                        debug!(remote = %inner.proto.remote_address(), %reason, "connection lost");
+                        if inner.lost.is_none() {
+                            inner.lost = Some(reason);
+                        }
+                        inner.wakers.wake_all();
+                    }
+                    Event::Stream(se) => on_stream_event(&mut inner, se),
+                    Event::DatagramReceived => {
+                        inner.wakers.datagram.drain(..).for_each(|w| w.wake());
+                    }
+                    Event::DatagramsUnblocked => {}
+                }
+            }
+            if newly_connected {
+                newly_connected = false;
+                if std::mem::take(&mut inner.counts_as_handshake) {
+                    core.handshaking = core.handshaking.saturating_sub(1);
+                }
+                stats::bump(&self.stats.connections_established);
+                if self.server_config.is_some() {
+                    // Authorise and start the handler; may close the connection.
+                    drop(inner);
+                    self.on_connected(now, cell);
+                    inner = cell.inner.borrow_mut();
+                    progress = true;
+                }
+            }
+            // The handler is gone and every finished stream is acknowledged: close.
+            if inner.handler_done && inner.unacked.is_empty() && !inner.proto.is_closed() {
+                inner.proto.close(now, quinn_proto::VarInt::from_u32(close_code::NO_ERROR), Bytes::new());
+                progress = true;
+            }
+            // Send.
+            let mtu = usize::from(inner.proto.current_mtu());
+            let max_segments = self.io.max_segments(mtu);
+            loop {
+                if core.blocked.is_some() {
+                    break;
+                }
+                core.send_buf.clear();
+                let Some(t) = inner.proto.poll_transmit(now, max_segments, &mut core.send_buf) else {
+                    break;
+                };
+                progress = true;
+                let buf = std::mem::take(&mut core.send_buf);
+                let sent = self.transmit(core, t.destination, t.ecn, &buf[..t.size], t.segment_size, t.src_ip);
+                core.send_buf = buf;
+                if !sent {
+                    // Parked; come back to this connection once the socket drains.
+                    drop(inner);
+                    drop(core_guard);
+                    if !cell.inner.borrow().dirty {
+                        cell.inner.borrow_mut().dirty = true;
+                        self.signal.dirty.borrow_mut().push(cell.clone());
+                    }
+                    return;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if drained {
+            let ch = inner.handle;
+            if std::mem::take(&mut inner.counts_as_handshake) {
+                core.handshaking = core.handshaking.saturating_sub(1);
+            }
+            if inner.lost.is_none() {
+                inner.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
+            }
+            inner.wakers.wake_all();
+            inner.timer_at = None;
+            if let Some(slot) = core.conns.get_mut(ch.0) {
+                *slot = None;
+            }
+            core.live = core.live.saturating_sub(1);
+            stats::drop_one(&self.stats.connections_open);
+            return;
+        }
+        // Re-arm the timer.
+        let proto_deadline = inner.proto.poll_timeout();
+        let deadline = match (proto_deadline, inner.handshake_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline != inner.timer_at {
+            inner.timer_at = deadline;
+            if let Some(at) = deadline {
+                core.timers.push(Reverse((at, inner.handle.0)));
+                if self.sleeping_until.get().is_none_or(|s| at < s) {
+                    self.signal.notify();
+                }
+            }
+        }
+    }
+
+    /// The handshake finished: find the peer, check the service and its scope, start the
+    /// handler. Unknown keys never reach an authenticated handler.
+    fn on_connected(&self, now: Instant, cell: &ConnRef) {
+        let (alpn, fingerprint, remote) = {
+            let inner = cell.inner.borrow();
+            let session = inner.proto.crypto_session();
+            let alpn = session
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol);
+            let fp = crate::tls::peer_fingerprint(session.peer_identity());
+            (alpn, fp, inner.proto.remote_address())
+        };
+        let Some(handler) = alpn.as_deref().and_then(|a| self.router.get(a)).cloned() else {
+            // TLS only negotiates offered ALPNs; this is a bug guard, not a peer error.
+            error!(%remote, "connection without a served ALPN");
+            crate::conn::close_cell(cell, close_code::PROTOCOL_ERROR, b"no service");
+            return;
+        };
+        let alpn_str = String::from_utf8_lossy(handler.alpn()).into_owned();
+        let peer = match fingerprint {
+            Some(fp) => match self.identities.by_fingerprint(&fp) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(%remote, error = %e, "identity lookup failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let refuse = |code: u32, reason: &str, msg: String| {
+            stats::bump(&self.stats.auth_failures);
+            warn!(
+                target: "alknet::auth",
+                %remote,
+                alpn = %alpn_str,
+                fingerprint = %fingerprint.map(|f| f.to_string()).unwrap_or_else(|| "none".into()),
+                reason,
+                "authentication failed"
+            );
+            crate::conn::close_cell(cell, code, msg.as_bytes());
+        };
+        let auth = match peer {
+            Some(p) if p.enabled => {
+                if let Some(scope) = handler.scope()
+                    && !p.has_scope(scope)
+                {
+                    refuse(
+                        close_code::FORBIDDEN,
+                        "missing scope",
+                        format!("peer {} lacks scope `{scope}` for {alpn_str}", p.peer_id),
+                    );
+                    return;
+                }
+                AuthContext {
+                    identity: Some(Identity { id: p.peer_id.clone() }),
+                    scopes: p.scopes.clone().into(),
+                    alpn: handler.alpn(),
+                    remote_addr: remote,
+                    tls_client_fingerprint: fingerprint,
+                    forwarded_for: None,
+                }
+            }
+            Some(p) if !handler.anonymous() => {
+                refuse(
+                    close_code::UNAUTHORIZED,
+                    "peer disabled",
+                    format!("peer {} is disabled", p.peer_id),
+                );
+                return;
+            }
+            None if !handler.anonymous() => {
+                let msg = match fingerprint {
+                    Some(fp) => format!("unknown client key {fp}; add it with `alknet peer add`"),
+                    None => "client certificate required".to_owned(),
+                };
+                refuse(close_code::UNAUTHORIZED, "unknown key", msg);
+                return;
+            }
+            _ => AuthContext {
+                identity: None,
+                scopes: Arc::from(Vec::new()),
+                alpn: handler.alpn(),
+                remote_addr: remote,
+                tls_client_fingerprint: fingerprint,
+                forwarded_for: None,
+            },
+        };
+        {
+            let mut inner = cell.inner.borrow_mut();
+            inner.alpn = Some(handler.alpn());
+            inner.peer = auth.identity.as_ref().map(|i| i.id.clone());
+            inner.since = now;
+        }
+        info!(
+            %remote,
+            alpn = %alpn_str,
+            peer = %auth.identity.as_ref().map(|i| i.id.as_str()).unwrap_or("anonymous"),
+            "connection established"
+        );
+        let conn = Connection::new(cell.clone());
+        let stats = self.stats.clone();
+        let done_cell = cell.clone();
+        monoio::spawn(async move {
+            use futures_util::FutureExt;
+            let result = std::panic::AssertUnwindSafe(handler.handle(conn, auth))
+                .catch_unwind()
+                .await;
+            if result.is_err() {
+                stats::bump(&stats.handler_panics);
+                error!(alpn = %alpn_str, %remote, "handler panicked; closing its connection");
+                crate::conn::close_cell(&done_cell, close_code::INTERNAL, b"internal error");
+            } else {
+                done_cell.inner.borrow_mut().handler_done = true;
+                mark_dirty(&done_cell);
+            }
+        });
+    }
+
+    fn check_shutdown(&self) {
+        if self.core.borrow().live == 0 {
+            self.exit.set(true);
+            // Wake the other tasks so they notice.
+            self.signal.notify();
+            if let Some(tx) = self.peers.get(self.id) {
+                let _ = tx.try_send(ShardMsg::Datagrams(Vec::new()));
+            }
+        }
+    }
+}
+
+fn on_stream_event(inner: &mut ConnInner, ev: StreamEvent) {
+    match ev {
+        StreamEvent::Opened { dir } => {
+            inner.wakers.accept[dir as usize].drain(..).for_each(|w| w.wake());
+        }
+        StreamEvent::Readable { id } => {
+            if let Some(w) = inner.wakers.read.remove(&id) {
+                w.wake();
+            }
+        }
+        StreamEvent::Writable { id } => {
+            if let Some(w) = inner.wakers.write.remove(&id) {
+                w.wake();
+            }
+        }
+        StreamEvent::Finished { id } | StreamEvent::Stopped { id, .. } => {
+            inner.unacked.remove(&id);
+            if let Some(w) = inner.wakers.write.remove(&id) {
+                w.wake();
+            }
+        }
+        StreamEvent::Available { dir } => {
+            inner.wakers.open[dir as usize].drain(..).for_each(|w| w.wake());
+        }
+    }
+}
+
+/// Lets other tasks of the shard run before continuing.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Queues a connection for driving without waking the driver (the caller flushes).
+fn queue_dirty(cell: &ConnRef) {
+    let mut inner = cell.inner.borrow_mut();
+    if !inner.dirty {
+        inner.dirty = true;
+        drop(inner);
+        cell.signal.dirty.borrow_mut().push(cell.clone());
+    }
+}

@@ -1,0 +1,111 @@
+//! Counters, declared once: each shard increments its own set (relaxed atomics on a cache
+//! line no other shard writes), and `alknet stats`, logs and benchmarks read the sum.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// One shard's counters.
+        #[derive(Default, Debug)]
+        #[repr(align(128))]
+        pub struct ShardStats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of counters, summed over shards.
+        #[derive(Default, Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl ShardStats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Adds another snapshot into this one.
+            pub fn add(&mut self, o: &StatsSnapshot) {
+                $(self.$name = self.$name.wrapping_add(o.$name);)*
+            }
+
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// UDP datagrams received from the socket (GRO segments counted one by one).
+    datagrams_in,
+    /// UDP datagrams sent (GSO segments counted one by one).
+    datagrams_out,
+    /// Bytes received.
+    bytes_in,
+    /// Bytes sent.
+    bytes_out,
+    /// Datagrams handed to another shard because it owns the connection.
+    forwarded_out,
+    /// Datagrams received from another shard.
+    forwarded_in,
+    /// Datagrams dropped because the owning shard's queue was full.
+    forward_dropped,
+    /// Datagrams dropped before QUIC processing (malformed, unroutable).
+    dropped_malformed,
+    /// Initials from reflection-prone source ports, ignored.
+    dropped_reflection,
+    /// Incoming connections accepted.
+    handshakes_accepted,
+    /// Incoming connections that failed during accept.
+    handshakes_failed,
+    /// Handshakes that did not finish within the handshake timeout.
+    handshake_timeouts,
+    /// Retry packets sent (handshake cap reached).
+    retries_sent,
+    /// Incoming connections refused (connection cap, shutdown).
+    connections_refused,
+    /// Connections that completed the handshake.
+    connections_established,
+    /// Connections currently held by the shard.
+    connections_open,
+    /// Clients refused after the handshake (unknown or disabled key, missing scope).
+    auth_failures,
+    /// Handlers that panicked (their connection was closed).
+    handler_panics,
+    /// Transmits that hit a full socket buffer and waited.
+    send_blocked,
+    /// Send errors other than a full buffer.
+    send_errors,
+}
+
+/// Sums the counters of several shards.
+pub fn sum<'a>(shards: impl IntoIterator<Item = &'a ShardStats>) -> StatsSnapshot {
+    let mut total = StatsSnapshot::default();
+    for s in shards {
+        total.add(&s.snapshot());
+    }
+    total
+}
+
+/// Increments a counter by one.
+#[inline]
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+#[inline]
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Decrements a gauge by one.
+#[inline]
+pub(crate) fn drop_one(c: &AtomicU64) {
+    c.fetch_sub(1, Ordering::Relaxed);
+}

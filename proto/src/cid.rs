@@ -1,0 +1,305 @@
+//! Connection-ID layout: which shard (worker core) and which server owns a connection.
+//!
+//! Every connection ID an Alknet endpoint issues is [`CID_LEN`] bytes:
+//!
+//! ```text
+//! byte 0      QUIC-LB first octet: config rotation (3 bits) | length - 1 (5 bits)
+//! bytes 1..3  server id, plaintext (QUIC-LB "plaintext" algorithm), for an L4 balancer
+//! bytes 3..9  nonce, random
+//! byte 9      shard id XOR mask
+//! bytes 9..12 mask (1 byte) and tag (2 bytes) = SipHash-1-3(key, bytes 0..9)
+//! ```
+//!
+//! The shard byte is masked with a keyed hash of the nonce, so two CIDs of one connection
+//! cannot be linked by an observer through the shard, while the server id stays readable for
+//! a balancer as QUIC-LB's plaintext mode intends. The 16-bit tag lets a shard tell the CIDs
+//! it issued from a client's random Initial DCID of the same length (a false match is
+//! harmless: routing stays a pure function of the DCID bytes, so every shard makes the same
+//! choice and split ClientHellos still meet on one endpoint).
+//!
+//! This module does not generate randomness and does not know about quinn-proto; the core
+//! crate wraps [`CidCodec`] in a `ConnectionIdGenerator`.
+
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
+
+/// Length of every connection ID an Alknet endpoint issues.
+pub const CID_LEN: usize = 12;
+
+/// Length of the random part of a connection ID.
+pub const NONCE_LEN: usize = 6;
+
+/// QUIC-LB config rotation codepoint used by Alknet CIDs (the QUIC-LB "unroutable" value 0b111
+/// is never used).
+pub const CONFIG_ID: u8 = 0;
+
+const FIRST_OCTET: u8 = (CONFIG_ID << 5) | ((CID_LEN - 1) as u8 & 0x1f);
+
+/// The fields of a connection ID issued by an Alknet endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CidFields {
+    /// Server id for an L4 balancer (plaintext).
+    pub server_id: u16,
+    /// Worker shard that owns the connection.
+    pub shard: u8,
+}
+
+/// Encodes and decodes Alknet connection IDs under one process-wide key.
+///
+/// Every shard of one server holds the same codec so they agree on ownership and on the
+/// hash that places first Initials.
+#[derive(Clone)]
+pub struct CidCodec {
+    k0: u64,
+    k1: u64,
+    server_id: u16,
+}
+
+impl std::fmt::Debug for CidCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs: with it, CIDs become linkable.
+        f.debug_struct("CidCodec")
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CidCodec {
+    /// A codec for `server_id` under a 128-bit key.
+    pub fn new(key: [u8; 16], server_id: u16) -> Self {
+        let mut k0 = [0u8; 8];
+        let mut k1 = [0u8; 8];
+        k0.copy_from_slice(&key[..8]);
+        k1.copy_from_slice(&key[8..]);
+        Self {
+            k0: u64::from_le_bytes(k0),
+            k1: u64::from_le_bytes(k1),
+            server_id,
+        }
+    }
+
+    /// The server id written into every CID.
+    pub fn server_id(&self) -> u16 {
+        self.server_id
+    }
+
+    fn mac(&self, head: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(head);
+        h.finish()
+    }
+
+    /// Builds the CID for `shard` from a random nonce.
+    pub fn encode(&self, shard: u8, nonce: [u8; NONCE_LEN]) -> [u8; CID_LEN] {
+        let mut cid = [0u8; CID_LEN];
+        cid[0] = FIRST_OCTET;
+        cid[1..3].copy_from_slice(&self.server_id.to_be_bytes());
+        cid[3..9].copy_from_slice(&nonce);
+        let m = self.mac(&cid[..9]).to_le_bytes();
+        cid[9] = shard ^ m[0];
+        cid[10] = m[1];
+        cid[11] = m[2];
+        cid
+    }
+
+    /// Decodes a CID this server issued; `None` for any other byte string (wrong length,
+    /// foreign config or server id, bad tag).
+    pub fn decode(&self, cid: &[u8]) -> Option<CidFields> {
+        let cid: &[u8; CID_LEN] = cid.try_into().ok()?;
+        if cid[0] != FIRST_OCTET {
+            return None;
+        }
+        let server_id = u16::from_be_bytes([cid[1], cid[2]]);
+        if server_id != self.server_id {
+            return None;
+        }
+        let m = self.mac(&cid[..9]).to_le_bytes();
+        if cid[10] != m[1] || cid[11] != m[2] {
+            return None;
+        }
+        Some(CidFields {
+            server_id,
+            shard: cid[9] ^ m[0],
+        })
+    }
+
+    /// The shard that handles a connection whose first packets carry this client-chosen
+    /// DCID. Every shard computes the same answer.
+    pub fn hash_shard(&self, dcid: &[u8], shards: usize) -> usize {
+        if shards <= 1 {
+            return 0;
+        }
+        let mut h = SipHasher13::new_with_keys(self.k1, self.k0);
+        h.write(dcid);
+        (h.finish() % shards as u64) as usize
+    }
+}
+
+/// Where a received datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Handle it on the shard that received it.
+    Local,
+    /// Hand it to this shard.
+    Forward(usize),
+    /// Not a QUIC packet any shard can use; drop it without a reply.
+    Drop,
+}
+
+/// Decides which shard handles a datagram, from its first packet's destination CID only.
+///
+/// * A CID this server issued goes to the shard written in it (a CID naming a shard that does
+///   not exist is dropped: it cannot belong to a live connection).
+/// * A long-header packet with any other DCID (a client's first Initial or 0-RTT) goes to the
+///   shard that [`CidCodec::hash_shard`] names.
+/// * A short-header packet with an unknown CID stays local: the endpoint's CID validation
+///   drops it without a stateless reset.
+pub fn route_datagram(codec: &CidCodec, data: &[u8], local: usize, shards: usize) -> Route {
+    let Some(&first) = data.first() else {
+        return Route::Drop;
+    };
+    let to = |shard: usize| {
+        if shard >= shards {
+            Route::Drop
+        } else if shard == local {
+            Route::Local
+        } else {
+            Route::Forward(shard)
+        }
+    };
+    if first & 0x80 != 0 {
+        // Long header: flags(1) version(4) dcid_len(1) dcid.
+        let Some(&dcid_len) = data.get(5) else {
+            return Route::Drop;
+        };
+        let Some(dcid) = data.get(6..6 + usize::from(dcid_len)) else {
+            return Route::Drop;
+        };
+        match codec.decode(dcid) {
+            Some(f) => to(usize::from(f.shard)),
+            None => to(codec.hash_shard(dcid, shards)),
+        }
+    } else {
+        let Some(dcid) = data.get(1..1 + CID_LEN) else {
+            return Route::Drop;
+        };
+        match codec.decode(dcid) {
+            Some(f) => to(usize::from(f.shard)),
+            None => Route::Local,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> CidCodec {
+        CidCodec::new(*b"0123456789abcdef", 7)
+    }
+
+    #[test]
+    fn round_trip_every_shard() {
+        let c = codec();
+        for shard in 0..=255u8 {
+            let cid = c.encode(shard, [shard, 1, 2, 3, 4, 5]);
+            assert_eq!(
+                c.decode(&cid),
+                Some(CidFields {
+                    server_id: 7,
+                    shard
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn other_key_or_server_rejects() {
+        let cid = codec().encode(1, [9; NONCE_LEN]);
+        assert_eq!(CidCodec::new(*b"fedcba9876543210", 7).decode(&cid), None);
+        assert_eq!(CidCodec::new(*b"0123456789abcdef", 8).decode(&cid), None);
+        assert_eq!(codec().decode(&cid[..CID_LEN - 1]), None);
+    }
+
+    #[test]
+    fn tampered_cid_rejected() {
+        let c = codec();
+        let cid = c.encode(1, [9; NONCE_LEN]);
+        for i in 0..CID_LEN {
+            let mut bad = cid;
+            bad[i] ^= 0x01;
+            // Flipping the masked shard byte still decodes (to another shard); every other
+            // byte is covered by the tag.
+            if i == 9 {
+                assert_eq!(c.decode(&bad).map(|f| f.shard), Some(0));
+            } else {
+                assert_eq!(c.decode(&bad), None, "byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn shard_is_masked() {
+        // The same shard must not show up as the same byte across CIDs.
+        let c = codec();
+        let bytes: std::collections::HashSet<u8> = (0..64u8)
+            .map(|n| c.encode(3, [n, 0, 0, 0, 0, 0])[9])
+            .collect();
+        assert!(bytes.len() > 16, "shard byte looks unmasked: {bytes:?}");
+    }
+
+    #[test]
+    fn short_header_routes_to_owner() {
+        let c = codec();
+        let mut pkt = vec![0x40];
+        pkt.extend_from_slice(&c.encode(1, [1; NONCE_LEN]));
+        pkt.extend_from_slice(&[0; 30]);
+        assert_eq!(route_datagram(&c, &pkt, 0, 2), Route::Forward(1));
+        assert_eq!(route_datagram(&c, &pkt, 1, 2), Route::Local);
+        // A shard that does not exist cannot own a live connection.
+        assert_eq!(route_datagram(&c, &pkt, 0, 1), Route::Drop);
+    }
+
+    #[test]
+    fn unknown_short_header_stays_local() {
+        let c = codec();
+        let pkt = [0x40u8; 40];
+        assert_eq!(route_datagram(&c, &pkt, 1, 2), Route::Local);
+    }
+
+    #[test]
+    fn initial_hashes_the_same_on_every_shard() {
+        let c = codec();
+        let mut pkt = vec![0xc0, 0, 0, 0, 1, 8];
+        pkt.extend_from_slice(&[0xaa; 8]);
+        pkt.extend_from_slice(&[0; 1200]);
+        let owner = c.hash_shard(&[0xaa; 8], 4);
+        for local in 0..4 {
+            let r = route_datagram(&c, &pkt, local, 4);
+            if local == owner {
+                assert_eq!(r, Route::Local);
+            } else {
+                assert_eq!(r, Route::Forward(owner));
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_headers_drop() {
+        let c = codec();
+        assert_eq!(route_datagram(&c, &[], 0, 2), Route::Drop);
+        assert_eq!(route_datagram(&c, &[0xc0, 0, 0, 0, 1], 0, 2), Route::Drop);
+        assert_eq!(route_datagram(&c, &[0xc0, 0, 0, 0, 1, 20, 1], 0, 2), Route::Drop);
+        assert_eq!(route_datagram(&c, &[0x40, 1, 2], 0, 2), Route::Drop);
+    }
+
+    #[test]
+    fn hash_spreads_over_shards() {
+        let c = codec();
+        let mut counts = [0usize; 2];
+        for i in 0..1000u32 {
+            counts[c.hash_shard(&i.to_le_bytes(), 2)] += 1;
+        }
+        assert!(counts[0] > 400 && counts[1] > 400, "{counts:?}");
+    }
+}
