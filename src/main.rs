@@ -1,1 +1,317 @@
-fn main() {}
+//! `alknet`: one QUIC port, many services, chosen by ALPN.
+#![forbid(unsafe_code)]
+
+mod connect;
+mod node;
+
+use alknet_core::config::Config;
+use alknet_core::control;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Alknet: a self-hosted network appliance. One UDP port carries one QUIC+TLS endpoint; the
+/// ALPN negotiated in the handshake picks the service.
+#[derive(Debug, Parser)]
+#[command(name = "alknet", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing syntax, e.g. `info`, `alknet_core=debug`); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct DataDirArg {
+    /// Data directory (identity, known servers, control socket). Default: $ALKNET_DATA_DIR,
+    /// else $XDG_DATA_HOME/alknet, else ~/.local/share/alknet.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    fn resolve(&self) -> PathBuf {
+        alknet_core::fsutil::resolve_data_dir(self.data_dir.as_deref())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: one worker (shard) per core on one UDP port.
+    ///
+    /// With no arguments it creates the data directory and node key on first start, listens
+    /// on [::]:4433 and prints its fingerprint and the ALPNs it serves. SIGTERM or SIGINT
+    /// stops accepting, lets connections finish for the drain period, closes the rest with
+    /// an application close and exits 0.
+    Serve {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Configuration file (TOML); see deploy/alknet.toml for every key.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// UDP address to listen on (overrides `listen` in the config).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Number of workers (overrides `workers`; default: one per online core).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+        /// File holding the vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, a systemd
+        /// credential `alknet-vault-passphrase`, or the terminal).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Open one bidirectional stream to a service and pipe stdin/stdout through it.
+    ///
+    /// Usable as an OpenSSH ProxyCommand. The server key is pinned with --fingerprint, or
+    /// trusted on first use and remembered in the known_servers file of the data directory;
+    /// a changed key is refused with an error naming both keys.
+    Connect {
+        /// Server address, `host:port`.
+        addr: String,
+        /// Service ALPN, e.g. `alknet/echo`.
+        #[arg(long)]
+        alpn: String,
+        /// Expected server key, `ed25519:<64 lowercase hex>`.
+        #[arg(long, value_name = "FINGERPRINT")]
+        fingerprint: Option<String>,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// File holding the vault passphrase, when the node key lives in a vault.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Print this node's fingerprint (creating the node key on first use).
+    Id {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// File holding the vault passphrase, when the node key lives in a vault.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the counters of the server running on this data directory.
+    Stats {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the vault: the BIP39 seed the node keys derive from.
+    Vault {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        #[command(subcommand)]
+        cmd: alknet_vault::cli::VaultCommand,
+    },
+}
+
+fn init_logging(format: LogFormat, filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log.as_deref());
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            config,
+            listen,
+            workers,
+            passphrase_file,
+        } => serve(
+            &data_dir.resolve(),
+            config.as_deref(),
+            listen,
+            workers,
+            passphrase_file.as_deref(),
+        ),
+        Command::Connect {
+            addr,
+            alpn,
+            fingerprint,
+            data_dir,
+            passphrase_file,
+        } => connect::run(
+            &data_dir.resolve(),
+            &addr,
+            &alpn,
+            fingerprint.as_deref(),
+            passphrase_file.as_deref(),
+        ),
+        Command::Id {
+            data_dir,
+            passphrase_file,
+            json,
+        } => {
+            let dir = data_dir.resolve();
+            let key = node::load(&dir, passphrase_file.as_deref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "fingerprint": key.key.fingerprint().to_string(), "source": key.source })
+                );
+            } else {
+                println!("{}", key.key.fingerprint());
+            }
+            Ok(())
+        }
+        Command::Stats { data_dir, json } => stats(&data_dir.resolve(), json),
+        Command::Vault { data_dir, cmd } => {
+            let dir = data_dir.resolve();
+            alknet_core::fsutil::ensure_data_dir(&dir)
+                .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+            alknet_vault::cli::run(cmd, &dir)
+        }
+    }
+}
+
+fn serve(
+    data_dir: &Path,
+    config_path: Option<&Path>,
+    listen: Option<SocketAddr>,
+    workers: Option<usize>,
+    passphrase_file: Option<&Path>,
+) -> Result<()> {
+    let mut config = match config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(w) = workers {
+        if w == 0 || w > 256 {
+            bail!("--workers must be between 1 and 256, got {w}");
+        }
+        config.workers = w;
+    }
+    if let Err(e) = alknet_core::sys::harden_process() {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    let node = node::load(data_dir, passphrase_file)?;
+    tracing::info!(source = node.source, "node key loaded");
+
+    let mut registry = alknet_core::Registry::new();
+    if config.service("echo").enabled {
+        registry.register(alknet_core::echo::factory())?;
+    }
+    if registry.is_empty() {
+        tracing::warn!(
+            "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
+        );
+    }
+    let identities = Arc::new(
+        alknet_core::identity::MemoryIdentities::from_config(&config.peers)
+            .context("peers in the config file")?,
+    );
+    let config = Arc::new(config);
+    let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
+
+    let alpns: Vec<String> = handle
+        .alpns()
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let info = control::ServerInfo {
+        fingerprint: handle.fingerprint().to_string(),
+        listen: handle.local_addr().to_string(),
+        workers: handle.workers(),
+        alpns: alpns.clone(),
+    };
+    let sock = match control::serve(data_dir, handle.control(), info) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            handle.shutdown();
+            handle.join();
+            return Err(anyhow::anyhow!("control socket: {e}"));
+        }
+    };
+    println!("alknet listening on {} (udp), {} workers", handle.local_addr(), handle.workers());
+    println!("fingerprint {}", handle.fingerprint());
+    println!("alpns {}", if alpns.is_empty() { "(none)".to_owned() } else { alpns.join(",") });
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
+    }
+    handle.shutdown();
+    // A second signal while draining exits at once.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            std::process::exit(1);
+        }
+    });
+    handle.join();
+    if let Some(p) = sock {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn stats(data_dir: &Path, json: bool) -> Result<()> {
+    let v = control::request(data_dir, &control::Request::Stats).map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    if let Some(s) = v.get("server") {
+        println!(
+            "server {} on {} ({} workers, up {}s)",
+            s.get("fingerprint").and_then(|x| x.as_str()).unwrap_or("?"),
+            s.get("listen").and_then(|x| x.as_str()).unwrap_or("?"),
+            s.get("workers").and_then(|x| x.as_u64()).unwrap_or(0),
+            v.get("uptime_secs").and_then(|x| x.as_u64()).unwrap_or(0),
+        );
+    }
+    if let Some(c) = v.get("counters").and_then(|c| c.as_object()) {
+        let width = c.keys().map(|k| k.len()).max().unwrap_or(0);
+        for (k, val) in c {
+            println!("{k:<width$}  {val}");
+        }
+    }
+    Ok(())
+}

@@ -43,7 +43,7 @@ pub enum ClientError {
     },
     /// The server presented another key than the pinned or remembered one.
     #[error(
-        "@@@ SERVER KEY MISMATCH @@@\nthe server at {addr} presented key {got}\nbut {source_desc} says it is {expected}.\nSomeone may be intercepting this connection, or the server's key was replaced.\nIf the change is expected, remove the line for {addr} from {file} (or pass --fingerprint {got})."
+        "@@@ SERVER KEY MISMATCH @@@\nthe server at {addr} presented key {got}\nbut {source_desc} says it is {expected}.\nSomeone may be intercepting this connection, or the server's key was replaced.\n{fix}"
     )]
     KeyMismatch {
         /// The server.
@@ -54,8 +54,8 @@ pub enum ClientError {
         expected: Fingerprint,
         /// Where the expectation came from.
         source_desc: String,
-        /// The known-servers file.
-        file: String,
+        /// What to do if the change is expected.
+        fix: String,
     },
     /// The handshake or connection failed.
     #[error("connection to {addr} failed: {reason}")]
@@ -223,7 +223,14 @@ pub fn explain_failure(
             } else {
                 known.path().display().to_string()
             },
-            file: known.path().display().to_string(),
+            fix: if pinned {
+                format!("If the change is expected, pass --fingerprint {got}.")
+            } else {
+                format!(
+                    "If the change is expected, remove the line for {server} from {} (or pass --fingerprint {got}).",
+                    known.path().display()
+                )
+            },
         };
     }
     ClientError::Failed { addr, reason: err }

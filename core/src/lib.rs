@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 mod conn;
 pub mod echo;
 pub mod endpoint;
@@ -25,6 +26,7 @@ pub mod udp;
 pub use conn::{Connection, DatagramError, RecvStream, SendStream, StreamError};
 pub use handler::{HandlerFactory, LocalBoxFuture, ProtocolHandler, Registry, close_code};
 pub use identity::{AuthContext, Identity, IdentityProvider, IdentityStore, PeerEntry};
+pub use quinn_proto as quic;
 pub use quinn_proto::{ConnectionError, VarInt};
 pub use server::{ServerHandle, start};
 pub use shard::{Forwarded, ShardMsg};

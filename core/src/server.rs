@@ -40,9 +40,6 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// No service is enabled.
-    #[error("no service is enabled; enable one in the config file, e.g. [services.echo] enabled = true")]
-    NoServices,
     /// TLS set-up failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -146,9 +143,6 @@ pub fn start(
     registry: Registry,
     identities: Arc<dyn IdentityProvider>,
 ) -> Result<ServerHandle, ServeError> {
-    if registry.is_empty() {
-        return Err(ServeError::NoServices);
-    }
     let workers = config.worker_count();
     let addr = config.listen;
     let sockets = bind_group(addr, workers)?;

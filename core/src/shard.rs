@@ -850,7 +850,7 @@ impl Shard {
             }
             None if !handler.anonymous() => {
                 let msg = match fingerprint {
-                    Some(fp) => format!("unknown client key {fp}; add it with `alknet peer add`"),
+                    Some(fp) => format!("unknown client key {fp}; add it to [[peers]] in the server config"),
                     None => "client certificate required".to_owned(),
                 };
                 refuse(close_code::UNAUTHORIZED, "unknown key", msg);

@@ -1,0 +1,157 @@
+//! `alknet connect`: one bidirectional stream piped to stdin/stdout.
+//!
+//! stdin and stdout are read and written on their own threads (they block), connected to the
+//! runtime by small bounded queues so a slow consumer pushes back on the stream instead of
+//! stalling the QUIC driver.
+
+use alknet_core::client::{ClientEndpoint, KnownServers, explain_failure, trust_for};
+use alknet_core::config::{Config, DriverKind};
+use alknet_core::tls::ServerTrust;
+use alknet_proto::Fingerprint;
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CHUNK: usize = 64 * 1024;
+
+pub(crate) fn run(
+    data_dir: &Path,
+    addr: &str,
+    alpn: &str,
+    fingerprint: Option<&str>,
+    passphrase_file: Option<&Path>,
+) -> Result<()> {
+    let pinned = fingerprint
+        .map(|f| {
+            f.parse::<Fingerprint>()
+                .map_err(|e| anyhow!("--fingerprint {f:?}: {e}"))
+        })
+        .transpose()?;
+    if alpn.is_empty() || alpn.len() > 255 {
+        bail!("--alpn must be 1..=255 bytes, e.g. alknet/echo");
+    }
+    let server: SocketAddr = addr
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr:?}; write it as host:port"))?
+        .next()
+        .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))?;
+    let node = crate::node::load(data_dir, passphrase_file)?;
+    let known = KnownServers::in_dir(data_dir);
+    let trust = trust_for(pinned, &known, addr);
+    let config = Arc::new(Config::default());
+    let (client_config, seen) =
+        alknet_core::endpoint::client_config(&config, &node.key, alpn.as_bytes(), trust.clone())?;
+
+    let mut result: Result<()> = Ok(());
+    alknet_core::server::run_on_driver(DriverKind::Auto, 0, || async {
+        result = session(
+            config.clone(),
+            &node.key,
+            server,
+            client_config,
+            addr,
+            &trust,
+            &seen,
+            pinned.is_some(),
+            &known,
+        )
+        .await;
+    })
+    .context("cannot start the runtime")?;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    config: Arc<Config>,
+    node: &alknet_core::tls::NodeKey,
+    server: SocketAddr,
+    client_config: alknet_core::quic::ClientConfig,
+    addr: &str,
+    trust: &ServerTrust,
+    seen: &alknet_core::tls::ServerKeySeen,
+    pinned: bool,
+    known: &KnownServers,
+) -> Result<()> {
+    let endpoint = ClientEndpoint::new(config, node, server)?;
+    let conn = endpoint.connect(client_config, server)?;
+    if let Err(e) = conn.connected().await {
+        return Err(explain_failure(e, server, addr, trust, seen, pinned, known).into());
+    }
+    if matches!(trust, ServerTrust::Observe)
+        && let Some(fp) = seen.get()
+    {
+        known
+            .add(addr, &fp)
+            .with_context(|| format!("cannot write {}", known.path().display()))?;
+        eprintln!(
+            "alknet: new server {addr} with key {fp}; remembered in {}",
+            known.path().display()
+        );
+    }
+    let (mut send, mut recv) = conn.open_bi().await?;
+
+    // stdin -> stream
+    let (in_tx, in_rx) = flume::bounded::<Bytes>(8);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if in_tx.send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    // stream -> stdout
+    let (out_tx, out_rx) = flume::bounded::<Bytes>(8);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        while let Ok(chunk) = out_rx.recv() {
+            stdout.write_all(&chunk)?;
+            stdout.flush()?;
+        }
+        Ok(())
+    });
+
+    let upload = async {
+        while let Ok(chunk) = in_rx.recv_async().await {
+            send.write_chunk(chunk).await?;
+        }
+        send.finish()?;
+        Ok::<_, alknet_core::StreamError>(())
+    };
+    let download = async {
+        while let Some(chunk) = recv.read_chunk(CHUNK).await? {
+            if out_tx.send_async(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(out_tx);
+        Ok::<_, alknet_core::StreamError>(())
+    };
+    let (up, down) = futures_util::future::join(upload, download).await;
+    let outcome = match (up, down) {
+        (_, Err(e)) | (Err(e), _) => Err(describe(e, &conn)),
+        _ => Ok(()),
+    };
+    let _ = writer.join();
+    conn.close(alknet_core::close_code::NO_ERROR, b"");
+    endpoint.wait_idle(Duration::from_secs(1)).await;
+    outcome
+}
+
+fn describe(e: alknet_core::StreamError, conn: &alknet_core::Connection) -> anyhow::Error {
+    match conn.close_reason() {
+        Some(reason) => anyhow!("connection closed: {reason}"),
+        None => anyhow!("stream failed: {e}"),
+    }
+}
