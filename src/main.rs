@@ -265,9 +265,20 @@ fn serve(
             return Err(anyhow::anyhow!("control socket: {e}"));
         }
     };
-    println!("alknet listening on {} (udp), {} workers", handle.local_addr(), handle.workers());
+    println!(
+        "alknet listening on {} (udp), {} workers",
+        handle.local_addr(),
+        handle.workers()
+    );
     println!("fingerprint {}", handle.fingerprint());
-    println!("alpns {}", if alpns.is_empty() { "(none)".to_owned() } else { alpns.join(",") });
+    println!(
+        "alpns {}",
+        if alpns.is_empty() {
+            "(none)".to_owned()
+        } else {
+            alpns.join(",")
+        }
+    );
 
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -49,9 +49,9 @@ pub enum ClientError {
         /// The server.
         addr: String,
         /// The key it presented.
-        got: Fingerprint,
+        got: Box<Fingerprint>,
         /// The key expected.
-        expected: Fingerprint,
+        expected: Box<Fingerprint>,
         /// Where the expectation came from.
         source_desc: String,
         /// What to do if the change is expected.
@@ -75,7 +75,11 @@ pub struct ClientEndpoint {
 impl ClientEndpoint {
     /// Opens a UDP socket for talking to `server` and starts its tasks on the current monoio
     /// runtime.
-    pub fn new(config: Arc<Config>, node: &NodeKey, server: SocketAddr) -> Result<Self, ClientError> {
+    pub fn new(
+        config: Arc<Config>,
+        node: &NodeKey,
+        server: SocketAddr,
+    ) -> Result<Self, ClientError> {
         let bind: SocketAddr = if server.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
@@ -216,8 +220,8 @@ pub fn explain_failure(
     {
         return ClientError::KeyMismatch {
             addr: server.to_owned(),
-            got,
-            expected: *expected,
+            got: Box::new(got),
+            expected: Box::new(*expected),
             source_desc: if pinned {
                 "--fingerprint".to_owned()
             } else {

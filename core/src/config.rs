@@ -53,7 +53,9 @@ pub struct ConfigDuration(pub Duration);
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(ConfigDuration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -234,9 +236,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| {
-                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 4433))
-            }),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 4433))),
             workers: 0,
             server_id: 0,
             driver: DriverKind::Auto,
@@ -320,8 +322,7 @@ impl Config {
                 "must be between 1ms and 1h".into(),
             ));
         }
-        if t.stream_receive_window == 0 || t.connection_receive_window < t.stream_receive_window
-        {
+        if t.stream_receive_window == 0 || t.connection_receive_window < t.stream_receive_window {
             return Err(err(
                 "transport.connection_receive_window",
                 "connection_receive_window",
@@ -338,7 +339,11 @@ impl Config {
         let mut ids = std::collections::HashSet::new();
         for p in &self.peers {
             if p.id.is_empty() || p.id.len() > 128 {
-                return Err(err("peers.id", "id", "peer id must be 1..=128 bytes".into()));
+                return Err(err(
+                    "peers.id",
+                    "id",
+                    "peer id must be 1..=128 bytes".into(),
+                ));
             }
             if !ids.insert(p.id.as_str()) {
                 return Err(err(
@@ -461,11 +466,17 @@ scopes = ["echo"]
 
         let e = parse("[transport]\nidle_timeout = \"5 parsecs\"\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.starts_with("alknet.toml:2: key `transport.idle_timeout`"), "{msg}");
+        assert!(
+            msg.starts_with("alknet.toml:2: key `transport.idle_timeout`"),
+            "{msg}"
+        );
 
         let e = parse("[[peers]]\nid = \"a\"\nfingerprints = [\"ed25519:zz\"]\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.starts_with("alknet.toml:3: key `peers.fingerprints`"), "{msg}");
+        assert!(
+            msg.starts_with("alknet.toml:3: key `peers.fingerprints`"),
+            "{msg}"
+        );
     }
 
     #[test]

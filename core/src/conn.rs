@@ -109,7 +109,11 @@ pub(crate) struct ConnInner {
 }
 
 impl ConnInner {
-    pub(crate) fn new(proto: quinn_proto::Connection, handle: ConnectionHandle, now: Instant) -> Self {
+    pub(crate) fn new(
+        proto: quinn_proto::Connection,
+        handle: ConnectionHandle,
+        now: Instant,
+    ) -> Self {
         Self {
             proto,
             handle,

@@ -119,6 +119,7 @@ fn serve_one(
                     "server": info,
                     "uptime_secs": started.elapsed().as_secs(),
                     "counters": handle.stats(),
+                    "shards": handle.per_shard(),
                 })),
             },
             Ok(Request::ClosePeer { peer }) => {

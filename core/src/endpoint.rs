@@ -84,7 +84,9 @@ pub fn transport_config(config: &Config) -> quinn_proto::TransportConfig {
         .send_window(t.send_window)
         .max_idle_timeout(quinn_proto::IdleTimeout::try_from(t.idle_timeout.0).ok())
         .keep_alive_interval((!t.keep_alive.0.is_zero()).then_some(t.keep_alive.0))
-        .datagram_receive_buffer_size((t.datagram_receive_buffer > 0).then_some(t.datagram_receive_buffer))
+        .datagram_receive_buffer_size(
+            (t.datagram_receive_buffer > 0).then_some(t.datagram_receive_buffer),
+        )
         .datagram_send_buffer_size(t.datagram_receive_buffer.max(1 << 16));
     tc
 }

@@ -87,8 +87,13 @@ mod tests {
         write_private_atomic(&p, b"one").unwrap_or_else(|e| panic!("{e}"));
         write_private_atomic(&p, b"two").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(std::fs::read(&p).ok(), Some(b"two".to_vec()));
-        let mode = std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o777).ok();
+        let mode = std::fs::metadata(&p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok();
         assert_eq!(mode, Some(0o600));
-        assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).ok(), Some(1));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).map(|d| d.count()).ok(),
+            Some(1)
+        );
     }
 }

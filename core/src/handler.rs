@@ -213,9 +213,15 @@ mod tests {
             Err(RegistryError::DuplicateAlpn("alknet/a".into()))
         );
         assert_eq!(r.alpns(), vec![b"alknet/a".to_vec(), b"alknet/b".to_vec()]);
-        assert!(matches!(r.register(factory(b"")), Err(RegistryError::BadAlpn(_))));
+        assert!(matches!(
+            r.register(factory(b"")),
+            Err(RegistryError::BadAlpn(_))
+        ));
         let router = r.build(0);
-        assert_eq!(router.get(b"alknet/b").map(|h| h.alpn()), Some(&b"alknet/b"[..]));
+        assert_eq!(
+            router.get(b"alknet/b").map(|h| h.alpn()),
+            Some(&b"alknet/b"[..])
+        );
         assert!(router.get(b"alknet/c").is_none());
     }
 }

@@ -79,8 +79,10 @@ pub trait IdentityProvider: Send + Sync {
     /// The peer owning this key, if any (enabled or not).
     fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError>;
     /// The peer whose token hashes to `token_sha256`, if any.
-    fn by_token_hash(&self, token_sha256: &[u8; 32])
-    -> Result<Option<Arc<PeerEntry>>, IdentityError>;
+    fn by_token_hash(
+        &self,
+        token_sha256: &[u8; 32],
+    ) -> Result<Option<Arc<PeerEntry>>, IdentityError>;
 }
 
 /// Writes to the set of peers.
@@ -203,9 +205,7 @@ impl IdentityStore for MemoryIdentities {
     fn remove_peer(&self, peer_id: &str) -> Result<PeerEntry, IdentityError> {
         let mut removed = None;
         self.update(|peers| removed = peers.remove(peer_id));
-        removed
-            .map(|p| (*p).clone())
-            .ok_or(IdentityError::NotFound)
+        removed.map(|p| (*p).clone()).ok_or(IdentityError::NotFound)
     }
 
     fn list_peers(&self) -> Result<Vec<Arc<PeerEntry>>, IdentityError> {
@@ -268,7 +268,10 @@ mod tests {
         let fp1 = Fingerprint::from_key([1; 32]);
         let fp2 = Fingerprint::from_key([2; 32]);
         assert_eq!(
-            ids.by_fingerprint(&fp1).ok().flatten().map(|p| p.peer_id.clone()),
+            ids.by_fingerprint(&fp1)
+                .ok()
+                .flatten()
+                .map(|p| p.peer_id.clone()),
             Some("a".into())
         );
         assert_eq!(ids.by_fingerprint(&fp2), Ok(None));

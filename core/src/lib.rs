@@ -9,8 +9,8 @@
 
 pub mod client;
 pub mod config;
-pub mod control;
 mod conn;
+pub mod control;
 pub mod echo;
 pub mod endpoint;
 pub mod fsutil;

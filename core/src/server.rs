@@ -126,6 +126,11 @@ impl ControlHandle {
         crate::stats::sum(self.stats.iter().map(|s| s.as_ref()))
     }
 
+    /// Counters of each shard, in shard order.
+    pub fn per_shard(&self) -> Vec<StatsSnapshot> {
+        self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
     /// Closes every connection of `peer` on every shard.
     pub fn close_peer(&self, peer: &str) {
         for tx in &self.senders {
@@ -164,10 +169,13 @@ pub fn start(
         .map(|i| Arc::new(crate::endpoint::endpoint_config(&node, &codec, i as u8)))
         .collect();
 
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..workers).map(|_| flume::bounded::<ShardMsg>(4096)).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| flume::bounded::<ShardMsg>(4096))
+        .unzip();
     let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     let mut threads = Vec::with_capacity(workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -337,7 +345,10 @@ where
         DriverKind::Auto => {
             let ok = monoio::utils::detect_uring();
             if !ok && !URING_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
-                warn!(shard, "io_uring is unavailable here; using the epoll driver");
+                warn!(
+                    shard,
+                    "io_uring is unavailable here; using the epoll driver"
+                );
             }
             ok
         }

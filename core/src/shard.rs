@@ -180,7 +180,11 @@ impl Shard {
             for _ in 0..RECV_BUDGET {
                 let mut got = Vec::new();
                 let r = self.io.recv_batch(|meta, bytes| {
-                    let stride = if meta.stride == 0 { meta.len } else { meta.stride };
+                    let stride = if meta.stride == 0 {
+                        meta.len
+                    } else {
+                        meta.stride
+                    };
                     for seg in bytes.chunks(stride.max(1)) {
                         got.push((meta.addr, meta.dst_ip, meta.ecn, BytesMut::from(seg)));
                     }
@@ -188,7 +192,8 @@ impl Shard {
                 match r {
                     Ok(_) => {
                         for (remote, local_ip, ecn, data) in got {
-                            let ecn = ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                            let ecn =
+                                ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
                             self.on_datagram(now, remote, local_ip, ecn, data, true);
                         }
                     }
@@ -310,7 +315,14 @@ impl Shard {
             core.resp_buf.clear();
             let tx = core.endpoint.refuse(incoming, &mut core.resp_buf);
             let buf = std::mem::take(&mut core.resp_buf);
-            self.transmit(core, tx.destination, tx.ecn, &buf[..tx.size], None, tx.src_ip);
+            self.transmit(
+                core,
+                tx.destination,
+                tx.ecn,
+                &buf[..tx.size],
+                None,
+                tx.src_ip,
+            );
             core.resp_buf = buf;
             return;
         }
@@ -321,7 +333,14 @@ impl Shard {
                     Ok(tx) => {
                         stats::bump(&self.stats.retries_sent);
                         let buf = std::mem::take(&mut core.resp_buf);
-                        self.transmit(core, tx.destination, tx.ecn, &buf[..tx.size], None, tx.src_ip);
+                        self.transmit(
+                            core,
+                            tx.destination,
+                            tx.ecn,
+                            &buf[..tx.size],
+                            None,
+                            tx.src_ip,
+                        );
                         core.resp_buf = buf;
                     }
                     Err(e) => core.endpoint.ignore(e.into_incoming()),
@@ -355,7 +374,14 @@ impl Shard {
                 debug!(%remote, cause = %e.cause, "incoming connection failed");
                 if let Some(tx) = e.response {
                     let buf = std::mem::take(&mut core.resp_buf);
-                    self.transmit(core, tx.destination, tx.ecn, &buf[..tx.size], None, tx.src_ip);
+                    self.transmit(
+                        core,
+                        tx.destination,
+                        tx.ecn,
+                        &buf[..tx.size],
+                        None,
+                        tx.src_ip,
+                    );
                     core.resp_buf = buf;
                 }
             }
@@ -405,7 +431,11 @@ impl Shard {
             }
             ShardMsg::Shutdown => {
                 if !self.shutting_down.replace(true) {
-                    info!(shard = self.id, connections = self.connection_count(), "draining");
+                    info!(
+                        shard = self.id,
+                        connections = self.connection_count(),
+                        "draining"
+                    );
                     let drain = now + self.config.drain_period.0;
                     self.drain_deadline.set(Some(drain));
                     // Closing takes three PTOs at most; never linger beyond this.
@@ -480,7 +510,11 @@ impl Shard {
                 && d <= now
             {
                 self.drain_deadline.set(None);
-                info!(shard = self.id, connections = self.connection_count(), "drain period over; closing connections");
+                info!(
+                    shard = self.id,
+                    connections = self.connection_count(),
+                    "drain period over; closing connections"
+                );
                 self.close_all(close_code::SHUTDOWN, b"server shutting down");
             }
             if self.hard_exit.get().is_some_and(|h| h <= now) {
@@ -587,10 +621,7 @@ impl Shard {
             // Responses to strangers (version negotiation, resets, retries) are best effort.
             return false;
         }
-        match self
-            .io
-            .send(destination, ecn, data, segment_size, src_ip)
-        {
+        match self.io.send(destination, ecn, data, segment_size, src_ip) {
             Ok(()) => {
                 self.count_sent(data.len(), segment_size);
                 true
@@ -710,7 +741,11 @@ impl Shard {
             }
             // The handler is gone and every finished stream is acknowledged: close.
             if inner.handler_done && inner.unacked.is_empty() && !inner.proto.is_closed() {
-                inner.proto.close(now, quinn_proto::VarInt::from_u32(close_code::NO_ERROR), Bytes::new());
+                inner.proto.close(
+                    now,
+                    quinn_proto::VarInt::from_u32(close_code::NO_ERROR),
+                    Bytes::new(),
+                );
                 progress = true;
             }
             // Send.
@@ -721,12 +756,22 @@ impl Shard {
                     break;
                 }
                 core.send_buf.clear();
-                let Some(t) = inner.proto.poll_transmit(now, max_segments, &mut core.send_buf) else {
+                let Some(t) = inner
+                    .proto
+                    .poll_transmit(now, max_segments, &mut core.send_buf)
+                else {
                     break;
                 };
                 progress = true;
                 let buf = std::mem::take(&mut core.send_buf);
-                let sent = self.transmit(core, t.destination, t.ecn, &buf[..t.size], t.segment_size, t.src_ip);
+                let sent = self.transmit(
+                    core,
+                    t.destination,
+                    t.ecn,
+                    &buf[..t.size],
+                    t.segment_size,
+                    t.src_ip,
+                );
                 core.send_buf = buf;
                 if !sent {
                     // Parked; come back to this connection once the socket drains.
@@ -785,7 +830,10 @@ impl Shard {
             let session = inner.proto.crypto_session();
             let alpn = session
                 .handshake_data()
-                .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| {
+                    d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                        .ok()
+                })
                 .and_then(|d| d.protocol);
             let fp = crate::tls::peer_fingerprint(session.peer_identity());
             (alpn, fp, inner.proto.remote_address())
@@ -832,7 +880,9 @@ impl Shard {
                     return;
                 }
                 AuthContext {
-                    identity: Some(Identity { id: p.peer_id.clone() }),
+                    identity: Some(Identity {
+                        id: p.peer_id.clone(),
+                    }),
                     scopes: p.scopes.clone().into(),
                     alpn: handler.alpn(),
                     remote_addr: remote,
@@ -850,7 +900,9 @@ impl Shard {
             }
             None if !handler.anonymous() => {
                 let msg = match fingerprint {
-                    Some(fp) => format!("unknown client key {fp}; add it to [[peers]] in the server config"),
+                    Some(fp) => {
+                        format!("unknown client key {fp}; add it to [[peers]] in the server config")
+                    }
                     None => "client certificate required".to_owned(),
                 };
                 refuse(close_code::UNAUTHORIZED, "unknown key", msg);
@@ -911,7 +963,9 @@ impl Shard {
 fn on_stream_event(inner: &mut ConnInner, ev: StreamEvent) {
     match ev {
         StreamEvent::Opened { dir } => {
-            inner.wakers.accept[dir as usize].drain(..).for_each(|w| w.wake());
+            inner.wakers.accept[dir as usize]
+                .drain(..)
+                .for_each(|w| w.wake());
         }
         StreamEvent::Readable { id } => {
             if let Some(w) = inner.wakers.read.remove(&id) {
@@ -930,7 +984,9 @@ fn on_stream_event(inner: &mut ConnInner, ev: StreamEvent) {
             }
         }
         StreamEvent::Available { dir } => {
-            inner.wakers.open[dir as usize].drain(..).for_each(|w| w.wake());
+            inner.wakers.open[dir as usize]
+                .drain(..)
+                .for_each(|w| w.wake());
         }
     }
 }

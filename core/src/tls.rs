@@ -25,8 +25,7 @@ use zeroize::Zeroizing;
 pub const NODE_KEY_FILE: &str = "node.key";
 
 const PKCS8_ED25519_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-    0x20,
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
 /// TLS set-up failures.
@@ -179,9 +178,8 @@ fn verify_ed25519(
             rustls::PeerIncompatible::NoSignatureSchemesInCommon,
         ));
     }
-    let fp = Fingerprint::from_peer_der(cert.as_ref()).map_err(|_| {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-    })?;
+    let fp = Fingerprint::from_peer_der(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, fp.key())
         .verify(message, dss.signature())
         .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature))?;
@@ -368,9 +366,7 @@ pub fn client_config(
 
 /// Reads the first peer certificate's key from a finished handshake's `peer_identity`.
 pub fn peer_fingerprint(identity: Option<Box<dyn std::any::Any>>) -> Option<Fingerprint> {
-    let certs = identity?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
+    let certs = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     Fingerprint::from_peer_der(certs.first()?.as_ref()).ok()
 }
 
@@ -411,19 +407,23 @@ mod tests {
     fn bad_key_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(dir.path().join(NODE_KEY_FILE), "garbage").unwrap_or_else(|e| panic!("{e}"));
-        let err = NodeKey::load_or_create(dir.path()).err().map(|e| e.to_string());
-        assert!(err.unwrap_or_default().contains("not an Ed25519 private key"));
+        let err = NodeKey::load_or_create(dir.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.unwrap_or_default()
+                .contains("not an Ed25519 private key")
+        );
     }
 
     #[test]
     fn rfc8032_public_key() {
         // RFC 8032 §7.1 test 1.
-        let seed: [u8; 32] = hex::decode(
-            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
-        )
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .unwrap_or([0; 32]);
+        let seed: [u8; 32] =
+            hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .unwrap_or([0; 32]);
         let key = NodeKey::from_seed(Zeroizing::new(seed));
         assert_eq!(
             key.fingerprint().to_string(),

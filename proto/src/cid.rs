@@ -289,7 +289,10 @@ mod tests {
         let c = codec();
         assert_eq!(route_datagram(&c, &[], 0, 2), Route::Drop);
         assert_eq!(route_datagram(&c, &[0xc0, 0, 0, 0, 1], 0, 2), Route::Drop);
-        assert_eq!(route_datagram(&c, &[0xc0, 0, 0, 0, 1, 20, 1], 0, 2), Route::Drop);
+        assert_eq!(
+            route_datagram(&c, &[0xc0, 0, 0, 0, 1, 20, 1], 0, 2),
+            Route::Drop
+        );
         assert_eq!(route_datagram(&c, &[0x40, 1, 2], 0, 2), Route::Drop);
     }
 

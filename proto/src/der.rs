@@ -125,12 +125,30 @@ mod tests {
 
     #[test]
     fn lengths() {
-        assert_eq!(Reader::new(&[0x04, 0x01, 0xaa]).read_any().map(|r| r.1), Ok(&[0xaa][..]));
-        assert_eq!(Reader::new(&[0x04, 0x02, 0xaa]).read_any(), Err(DerError::Truncated));
-        assert_eq!(Reader::new(&[0x04, 0x80]).read_any(), Err(DerError::BadLength));
-        assert_eq!(Reader::new(&[0x04, 0x81, 0x05]).read_any(), Err(DerError::BadLength));
-        assert_eq!(Reader::new(&[0x04, 0x85, 1, 1, 1, 1, 1]).read_any(), Err(DerError::BadLength));
-        assert_eq!(Reader::new(&[0x04, 0x82, 0xff, 0xff]).read_any(), Err(DerError::Truncated));
+        assert_eq!(
+            Reader::new(&[0x04, 0x01, 0xaa]).read_any().map(|r| r.1),
+            Ok(&[0xaa][..])
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x02, 0xaa]).read_any(),
+            Err(DerError::Truncated)
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x80]).read_any(),
+            Err(DerError::BadLength)
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x81, 0x05]).read_any(),
+            Err(DerError::BadLength)
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x85, 1, 1, 1, 1, 1]).read_any(),
+            Err(DerError::BadLength)
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x82, 0xff, 0xff]).read_any(),
+            Err(DerError::Truncated)
+        );
         let mut long = vec![0x04, 0x81, 0x80];
         long.extend_from_slice(&[7; 0x80]);
         assert_eq!(Reader::new(&long).read_any().map(|r| r.1.len()), Ok(0x80));

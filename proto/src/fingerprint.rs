@@ -86,7 +86,9 @@ impl FromStr for Fingerprint {
     type Err = FingerprintError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s.strip_prefix(PREFIX).ok_or(FingerprintError::MissingPrefix)?;
+        let hex = s
+            .strip_prefix(PREFIX)
+            .ok_or(FingerprintError::MissingPrefix)?;
         if hex.len() != 64 {
             return Err(FingerprintError::BadLength {
                 got: hex.chars().count(),
@@ -159,10 +161,19 @@ mod tests {
     fn spki_wrapper() {
         let mut spki = ED25519_SPKI_PREFIX.to_vec();
         spki.extend_from_slice(&[7; 32]);
-        assert_eq!(Fingerprint::from_spki(&spki), Ok(Fingerprint::from_key([7; 32])));
-        assert_eq!(Fingerprint::from_peer_der(&spki), Ok(Fingerprint::from_key([7; 32])));
+        assert_eq!(
+            Fingerprint::from_spki(&spki),
+            Ok(Fingerprint::from_key([7; 32]))
+        );
+        assert_eq!(
+            Fingerprint::from_peer_der(&spki),
+            Ok(Fingerprint::from_key([7; 32]))
+        );
         spki.push(0);
-        assert_eq!(Fingerprint::from_spki(&spki), Err(FingerprintError::NotEd25519));
+        assert_eq!(
+            Fingerprint::from_spki(&spki),
+            Err(FingerprintError::NotEd25519)
+        );
         assert!(Fingerprint::from_spki(&spki[..40]).is_err());
     }
 }

@@ -1,0 +1,13 @@
+//! Integration tests: real `alknet serve` processes and in-process shards on loopback, real
+//! io_uring, real UDP, with quinn (tokio) as the independent QUIC client.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod cli;
+mod dispatch;
+mod quic;
+mod support;

@@ -1,0 +1,228 @@
+//! quinn against a real `alknet serve` with two workers.
+
+use crate::support::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const ECHO: &[u8] = b"alknet/echo";
+
+fn echo_server(key: &ClientKey, extra: &str) -> Server {
+    Server::start(&format!(
+        "workers = 2\n{extra}\n[services.echo]\nenabled = true\n{}",
+        peer_toml("tester", key, &["echo"])
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trip() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    let data = pattern(1, 300_000);
+    assert_eq!(echo(&conn, &data).await.unwrap(), data);
+    // The server presented the key it printed.
+    let certs = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .unwrap();
+    let fp = alknet_proto::Fingerprint::from_certificate(certs[0].as_ref()).unwrap();
+    assert_eq!(fp.to_string(), server.fingerprint);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_alpn_fails_with_no_application_protocol() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    let err = connect(&ep, server.addr, Some(&key), b"alknet/nothing")
+        .await
+        .expect_err("handshake must fail");
+    match err {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            // TLS alert 120 (no_application_protocol) as a QUIC crypto error (0x100 + alert).
+            assert_eq!(close.error_code, quinn::TransportErrorCode::crypto(120));
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_client_key_is_refused() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    for stranger in [Some(ClientKey::generate()), None] {
+        let result = async {
+            let conn = connect(&ep, server.addr, stranger.as_ref(), ECHO).await?;
+            let r = echo(&conn, b"should not echo").await;
+            assert!(r.is_err(), "a stranger got an echo");
+            Ok::<_, quinn::ConnectionError>(conn.closed().await)
+        }
+        .await;
+        let reason = match result {
+            Ok(reason) | Err(reason) => reason,
+        };
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(2));
+                let text = String::from_utf8_lossy(&close.reason).into_owned();
+                assert!(
+                    text.contains("unknown client key") || text.contains("certificate required"),
+                    "{text}"
+                );
+            }
+            // Without a certificate the TLS layer may refuse first.
+            quinn::ConnectionError::ConnectionClosed(_) if stranger.is_none() => {}
+            other => panic!("unexpected close {other:?}"),
+        }
+    }
+    assert!(server.counter("auth_failures") >= 1);
+    assert!(server.stderr().contains("authentication failed"));
+    // The legitimate key still works.
+    let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    assert_eq!(echo(&conn, b"hi").await.unwrap(), b"hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_and_streams_keep_every_byte() {
+    let key = std::sync::Arc::new(ClientKey::generate());
+    let server = echo_server(&key, "");
+    let addr = server.addr;
+    // Several client sockets, so the kernel spreads flows over both shards.
+    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| quinn_endpoint()).collect();
+    let mut tasks = Vec::new();
+    for c in 0..200u64 {
+        let ep = endpoints[c as usize % endpoints.len()].clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let conn = connect(&ep, addr, Some(&key), ECHO).await.unwrap();
+            let mut streams = Vec::new();
+            for s in 0..10u64 {
+                let conn = conn.clone();
+                streams.push(tokio::spawn(async move {
+                    let data = pattern(c * 100 + s, 4096 + (s as usize * 977));
+                    let back = echo(&conn, &data).await.unwrap();
+                    assert!(back == data, "stream {s} of connection {c} corrupted");
+                }));
+            }
+            for s in streams {
+                s.await.unwrap();
+            }
+            conn.close(0u32.into(), b"done");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = server.stats();
+    let shards = stats["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    for (i, s) in shards.iter().enumerate() {
+        assert!(
+            s["connections_established"].as_u64().unwrap() > 0,
+            "shard {i} served no connection: {stats}"
+        );
+    }
+    assert_eq!(
+        stats["counters"]["connections_established"].as_u64(),
+        Some(200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebinding_client_keeps_its_connection_through_forwarding() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    let before = server.counter("forwarded_out");
+
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let total = 2 << 20;
+    let data = pattern(7, total);
+    let reader = tokio::spawn(async move { recv.read_to_end(total + 1).await.unwrap() });
+    let mut rebinds = 0;
+    let mut ports = HashSet::new();
+    let mut sent = 0;
+    while sent < total {
+        let end = (sent + 32 * 1024).min(total);
+        send.write_all(&data[sent..end]).await.unwrap();
+        sent = end;
+        if sent % (128 * 1024) == 0 && rebinds < 40 {
+            let forwarded = server.counter("forwarded_out") > before;
+            if rebinds >= 4 && forwarded {
+                continue;
+            }
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            ports.insert(sock.local_addr().unwrap().port());
+            ep.rebind(sock).unwrap();
+            rebinds += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    send.finish().unwrap();
+    let back = reader.await.unwrap();
+    assert!(back == data, "echoed data differs after {rebinds} rebinds");
+    assert!(rebinds >= 4, "only {rebinds} rebinds");
+    assert!(ports.len() >= 4);
+    // Still the same, healthy connection: no stateless reset reached the client.
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    assert_eq!(echo(&conn, b"still here").await.unwrap(), b"still here");
+    let forwarded = server.counter("forwarded_out") - before;
+    assert!(
+        forwarded > 0,
+        "no datagram was forwarded across {rebinds} rebinds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_clients_an_application_close() {
+    let key = ClientKey::generate();
+    let mut server = echo_server(&key, "drain_period = \"500ms\"");
+    let ep = quinn_endpoint();
+    let mut conns = Vec::new();
+    let mut pumps = Vec::new();
+    for i in 0..6u64 {
+        let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+        // Keep traffic flowing on every connection until it is closed.
+        let c = conn.clone();
+        pumps.push(tokio::spawn(async move {
+            let Ok((mut send, mut recv)) = c.open_bi().await else {
+                return;
+            };
+            let chunk = pattern(i, 8192);
+            let mut buf = vec![0u8; 8192];
+            loop {
+                if send.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                if recv.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        conns.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal(15);
+    for conn in &conns {
+        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("connection not closed within 10s");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(1));
+            }
+            other => panic!("expected an application close, got {other:?}"),
+        }
+    }
+    let status = server
+        .wait(Duration::from_secs(10))
+        .expect("server did not exit");
+    assert!(status.success(), "exit status {status:?}");
+    for p in pumps {
+        p.await.unwrap();
+    }
+}

@@ -1,0 +1,315 @@
+//! Shared pieces of the integration tests: client keys, quinn clients, and `alknet serve`
+//! run as a real process.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const ALKNET: &str = env!("CARGO_BIN_EXE_alknet");
+
+/// An Ed25519 client identity.
+pub struct ClientKey {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivatePkcs8KeyDer<'static>,
+    pub fingerprint: String,
+}
+
+impl ClientKey {
+    pub fn generate() -> Self {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("keygen");
+        let fingerprint = format!("ed25519:{}", hex::encode(kp.public_key_raw()));
+        let cert = rcgen::CertificateParams::new(vec!["client".into()])
+            .expect("params")
+            .self_signed(&kp)
+            .expect("cert");
+        Self {
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(kp.serialize_der()),
+            fingerprint,
+        }
+    }
+}
+
+/// Accepts any server certificate but records its key's fingerprint.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _e: &CertificateDer<'_>,
+        _i: &[CertificateDer<'_>],
+        _n: &rustls::pki_types::ServerName<'_>,
+        _o: &[u8],
+        _t: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _m: &[u8],
+        _c: &CertificateDer<'_>,
+        _d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("tls12".into()))
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        vec![rustls::SignatureScheme::ED25519]
+    }
+}
+
+/// A quinn client configuration presenting `key` (or no certificate) and offering `alpn`.
+pub fn quinn_client_config(key: Option<&ClientKey>, alpn: &[u8]) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer));
+    let mut tls = match key {
+        Some(k) => builder
+            .with_client_auth_cert(
+                vec![k.cert.clone()],
+                PrivateKeyDer::Pkcs8(k.key.clone_key()),
+            )
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(20).try_into().expect("idle")));
+    cfg.transport_config(Arc::new(transport));
+    cfg
+}
+
+/// A quinn client endpoint on loopback.
+pub fn quinn_endpoint() -> quinn::Endpoint {
+    quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint")
+}
+
+/// Connects and completes the handshake.
+pub async fn connect(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    key: Option<&ClientKey>,
+    alpn: &[u8],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    ep.connect_with(quinn_client_config(key, alpn), addr, "alknet")
+        .expect("connect call")
+        .await
+}
+
+/// Sends `data` on a new bidirectional stream and returns what comes back.
+pub async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let (w, r) = tokio::join!(
+        async {
+            send.write_all(data).await?;
+            send.finish()?;
+            anyhow::Ok(())
+        },
+        recv.read_to_end(64 << 20)
+    );
+    w?;
+    Ok(r?)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `alknet serve` running as a child process.
+pub struct Server {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts a server with this config (a `listen` line is added if absent).
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut text = String::new();
+        if !config.contains("listen") {
+            text.push_str("listen = \"127.0.0.1:0\"\n");
+        }
+        text.push_str(config);
+        let cfg = dir.path().join("alknet.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let data = dir.path().join("data");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(ALKNET)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn alknet serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut addr = None;
+            let mut fp = None;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("alknet listening on ") {
+                    addr = rest
+                        .split(' ')
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                }
+                if let Some(rest) = line.strip_prefix("fingerprint ") {
+                    fp = Some(rest.to_owned());
+                }
+                if line.starts_with("alpns ") {
+                    break;
+                }
+            }
+            let _ = tx.send((addr, fp));
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let (addr, fp) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or((None, None));
+        let (Some(addr), Some(fingerprint)) = (addr, fp) else {
+            let _ = child.kill();
+            panic!(
+                "alknet serve did not start: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        };
+        Self {
+            child,
+            dir,
+            addr,
+            fingerprint,
+            stderr_path,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `alknet stats --json` of this server.
+    pub fn stats(&self) -> serde_json::Value {
+        alknet_core::control::request(&self.data_dir(), &alknet_core::control::Request::Stats)
+            .expect("stats request")
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stats()["counters"][name].as_u64().expect("counter")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SIGTERM through the kill binary keeps the tests free of unsafe code.
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `[[peers]]` block granting `scopes` to `key`.
+pub fn peer_toml(id: &str, key: &ClientKey, scopes: &[&str]) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[peers]]\nid = \"{id}\"\nfingerprints = [\"{}\"]\nscopes = [{}]\n",
+        key.fingerprint,
+        scopes.join(", ")
+    )
+}
+
+/// Runs the alknet binary with arguments and stdin, returning (status, stdout, stderr).
+pub fn run_cli(args: &[&str], data_dir: &Path, stdin: &[u8]) -> (i32, String, String) {
+    let (code, out, err) = run_cli_raw(args, data_dir, stdin);
+    (code, String::from_utf8_lossy(&out).into_owned(), err)
+}
+
+/// Like [`run_cli`], with stdout as bytes.
+pub fn run_cli_raw(args: &[&str], data_dir: &Path, stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(ALKNET)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn alknet");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = feeder.join();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
