@@ -1,19 +1,441 @@
 //! `alknet vault …` subcommands.
+//!
+//! Every interactive step has a file-based form for scripts and tests: `--passphrase-file`,
+//! `--new-passphrase-file`, `--bip39-passphrase-file`, `--words-file`, `--words-out` and
+//! `--yes`. Words and passphrases are never taken as arguments (they would show in `ps` and
+//! shell history) and never printed except the words, once, by `init` on a terminal.
 
-use std::path::Path;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use zeroize::Zeroizing;
+
+use crate::secret::{self, Mnemonic, Passphrase, read_secret_file};
+use crate::{Error, KdfParams, UnlockedVault, fingerprint_of_seed};
 
 /// The `alknet vault` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum VaultCommand {
-    /// Show whether a vault exists in the data directory and how it is protected.
-    Status,
+    /// Create a vault from a new random BIP39 mnemonic. Shows the words once (or writes them
+    /// to --words-out) and asks to confirm one of them.
+    Init(InitArgs),
+    /// Create a vault from existing BIP39 words (read from the terminal or --words-file).
+    /// Restoring the same words gives the same node fingerprint.
+    Restore(RestoreArgs),
+    /// Show whether a vault exists and how it is protected (no passphrase needed).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-encrypt the vault under a new passphrase; also raises the Argon2id parameters to the
+    /// given (or default) values. Use the same passphrase twice to only raise the parameters.
+    ChangePassphrase(ChangePassphraseArgs),
+    /// Unlock the vault and print the node and SSH host key fingerprints.
+    ShowFingerprints {
+        /// File holding the vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the systemd
+        /// credential `alknet-vault-passphrase`, or the terminal).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Argon2id cost options for writing a vault; they can only be raised above the default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KdfArgs {
+    /// Argon2id memory in MiB (64..=4096).
+    #[arg(long, value_name = "MIB", default_value_t = KdfParams::DEFAULT.memory_kib() / 1024)]
+    pub kdf_memory_mib: u32,
+    /// Argon2id iterations (3..=64).
+    #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.iterations())]
+    pub kdf_iterations: u32,
+    /// Argon2id parallelism (1..=16).
+    #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.parallelism())]
+    pub kdf_parallelism: u32,
+}
+
+fn parse_word_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if secret::WORD_COUNTS.contains(&n) => Ok(n),
+        _ => Err("must be 12, 15, 18, 21 or 24".into()),
+    }
+}
+
+impl KdfArgs {
+    fn params(&self) -> Result<KdfParams, Error> {
+        KdfParams::new(
+            self.kdf_memory_mib.saturating_mul(1024),
+            self.kdf_iterations,
+            self.kdf_parallelism,
+        )
+    }
+}
+
+/// Options of `alknet vault init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Number of words of the new mnemonic.
+    #[arg(long, value_name = "N", default_value_t = 24, value_parser = parse_word_count)]
+    pub words: usize,
+    /// Write the words to this new file (mode 0600) instead of showing them on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub words_out: Option<PathBuf>,
+    /// Skip asking to confirm a word (for scripts; you must have saved the words).
+    #[arg(long)]
+    pub yes: bool,
+    /// File holding the new vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the systemd
+    /// credential, or the terminal, asked twice).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Ask on the terminal for an optional BIP39 passphrase (the "25th word"). It is needed,
+    /// with the words, to restore.
+    #[arg(long, conflicts_with = "bip39_passphrase_file")]
+    pub bip39_passphrase: bool,
+    /// File holding an optional BIP39 passphrase.
+    #[arg(long, value_name = "FILE")]
+    pub bip39_passphrase_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kdf: KdfArgs,
+}
+
+/// Options of `alknet vault restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// File holding the words, separated by spaces or newlines (else asked on the terminal,
+    /// without echo).
+    #[arg(long, value_name = "FILE")]
+    pub words_file: Option<PathBuf>,
+    /// File holding the new vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the systemd
+    /// credential, or the terminal, asked twice).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Ask on the terminal for the BIP39 passphrase used at `init`, if one was.
+    #[arg(long, conflicts_with = "bip39_passphrase_file")]
+    pub bip39_passphrase: bool,
+    /// File holding the BIP39 passphrase used at `init`, if one was.
+    #[arg(long, value_name = "FILE")]
+    pub bip39_passphrase_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kdf: KdfArgs,
+}
+
+/// Options of `alknet vault change-passphrase`.
+#[derive(Debug, clap::Args)]
+pub struct ChangePassphraseArgs {
+    /// File holding the current vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the
+    /// systemd credential, or the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// File holding the new vault passphrase (else the terminal, asked twice).
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kdf: KdfArgs,
 }
 
 /// Runs one `alknet vault` subcommand against the vault in `data_dir`.
 pub fn run(cmd: VaultCommand, data_dir: &Path) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     match cmd {
-        VaultCommand::Status => {
-            anyhow::bail!("no vault in {}", data_dir.display())
+        VaultCommand::Init(args) => init(args, data_dir, &mut out),
+        VaultCommand::Restore(args) => restore(args, data_dir, &mut out),
+        VaultCommand::Status { json } => status(json, data_dir, &mut out),
+        VaultCommand::ChangePassphrase(args) => change_passphrase(args, data_dir, &mut out),
+        VaultCommand::ShowFingerprints {
+            passphrase_file,
+            json,
+        } => {
+            let pass = crate::read_passphrase(passphrase_file.as_deref(), "Vault passphrase: ")?;
+            let vault = crate::unlock(data_dir, &pass)?;
+            print_fingerprints(&vault, None, json, &mut out)
         }
     }
+}
+
+fn refuse_existing(data_dir: &Path) -> Result<(), Error> {
+    let path = crate::vault_path(data_dir);
+    if path.exists() {
+        return Err(Error::AlreadyExists { path });
+    }
+    Ok(())
+}
+
+fn bip39_passphrase(ask: bool, file: Option<&Path>) -> Result<Option<Passphrase>, Error> {
+    if let Some(f) = file {
+        return Passphrase::new(read_secret_file(f)?.to_string()).map(Some);
+    }
+    if !ask {
+        return Ok(None);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::NotATerminal {
+            what: "asking for the BIP39 passphrase",
+            hint: "use --bip39-passphrase-file FILE",
+        });
+    }
+    let first = secret::prompt_hidden("BIP39 passphrase: ")?;
+    let second = secret::prompt_hidden("Repeat it: ")?;
+    if first.as_bytes() != second.as_bytes() {
+        return Err(Error::PassphraseMismatch);
+    }
+    Ok(Some(first))
+}
+
+fn init(args: InitArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    refuse_existing(data_dir)?;
+    let kdf = args.kdf.params()?;
+    let interactive = std::io::stdin().is_terminal();
+    if !args.yes && !interactive {
+        return Err(Error::NotATerminal {
+            what: "confirming a word of the mnemonic",
+            hint: "save the words with --words-out FILE and pass --yes",
+        }
+        .into());
+    }
+    if args.words_out.is_none() && !std::io::stdout().is_terminal() {
+        return Err(Error::NotATerminal {
+            what: "showing the words",
+            hint: "write them to a file with --words-out FILE",
+        }
+        .into());
+    }
+    let pass =
+        crate::read_new_passphrase(args.passphrase_file.as_deref(), "New vault passphrase: ")?;
+    let bip39_pass =
+        bip39_passphrase(args.bip39_passphrase, args.bip39_passphrase_file.as_deref())?;
+    let mnemonic = Mnemonic::generate(args.words)?;
+
+    match &args.words_out {
+        Some(path) => {
+            let mut text = Zeroizing::new(String::from(mnemonic.phrase()));
+            text.push('\n');
+            crate::store::write_new_private(path, text.as_bytes())?;
+            eprintln!(
+                "wrote {} words to {}; copy them to paper, then delete the file",
+                mnemonic.word_count(),
+                path.display()
+            );
+        }
+        None => show_words(&mnemonic)?,
+    }
+    if !args.yes {
+        confirm_one_word(&mnemonic)?;
+    }
+
+    let seed = mnemonic.to_seed(bip39_pass.as_ref())?;
+    drop(mnemonic);
+    let vault = crate::create(data_dir, seed, &pass, kdf)?;
+    print_fingerprints(&vault, Some(data_dir), args.json, out)
+}
+
+fn show_words(mnemonic: &Mnemonic) -> anyhow::Result<()> {
+    // Straight to the terminal, never through a logger.
+    let mut tty = std::io::stdout().lock();
+    writeln!(
+        tty,
+        "Write these {} words on paper, in order. They are shown only now; with them (and the \
+         BIP39 passphrase, if you set one) the node's identity can be restored anywhere.\n",
+        mnemonic.word_count()
+    )?;
+    for (i, w) in mnemonic.words().enumerate() {
+        write!(tty, "{:>2}. {:<10}", i + 1, w)?;
+        if i % 4 == 3 {
+            writeln!(tty)?;
+        }
+    }
+    writeln!(tty)?;
+    tty.flush()?;
+    Ok(())
+}
+
+fn confirm_one_word(mnemonic: &Mnemonic) -> anyhow::Result<()> {
+    let mut r = [0u8; 2];
+    crate::random_bytes(&mut r)?;
+    let n = mnemonic.word_count();
+    let position = usize::from(u16::from_be_bytes(r)) % n + 1;
+    let answer = secret::prompt_hidden(&format!("To confirm, type word #{position}: "))
+        .map_err(|_| Error::ConfirmationMismatch { position })?;
+    let expected = mnemonic.words().nth(position - 1).unwrap_or_default();
+    let typed = Zeroizing::new(answer.as_str().trim().to_lowercase());
+    if typed.as_str() != expected {
+        return Err(Error::ConfirmationMismatch { position }.into());
+    }
+    Ok(())
+}
+
+fn restore(args: RestoreArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    refuse_existing(data_dir)?;
+    let kdf = args.kdf.params()?;
+    let words = match &args.words_file {
+        Some(f) => read_secret_file(f)?,
+        None => {
+            if !std::io::stdin().is_terminal() {
+                return Err(Error::NotATerminal {
+                    what: "reading the words",
+                    hint: "use --words-file FILE",
+                }
+                .into());
+            }
+            let p = secret::prompt_hidden("Words (on one line, separated by spaces): ")?;
+            Zeroizing::new(p.as_str().to_owned())
+        }
+    };
+    let mnemonic = Mnemonic::parse(&words)?;
+    drop(words);
+    let bip39_pass =
+        bip39_passphrase(args.bip39_passphrase, args.bip39_passphrase_file.as_deref())?;
+    let pass =
+        crate::read_new_passphrase(args.passphrase_file.as_deref(), "New vault passphrase: ")?;
+    let seed = mnemonic.to_seed(bip39_pass.as_ref())?;
+    drop(mnemonic);
+    let vault = crate::create(data_dir, seed, &pass, kdf)?;
+    print_fingerprints(&vault, Some(data_dir), args.json, out)
+}
+
+fn status(json: bool, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    let info = match crate::inspect(data_dir) {
+        Ok(info) => info,
+        Err(Error::NotFound { path }) => {
+            if json {
+                let v = serde_json::json!({ "exists": false, "path": path });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "no vault at {}: `alknet serve` uses the plain node key; create a vault with \
+                     `alknet vault init` or `alknet vault restore`",
+                    path.display()
+                )?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e).context(format!("checking the vault in {}", data_dir.display())),
+    };
+    let weak = info.kdf.below_default();
+    let loose = info.mode & 0o077 != 0;
+    if json {
+        let v = serde_json::json!({
+            "exists": true,
+            "path": info.path,
+            "format_version": info.format_version,
+            "kdf": {
+                "algorithm": "argon2id",
+                "memory_kib": info.kdf.memory_kib(),
+                "iterations": info.kdf.iterations(),
+                "parallelism": info.kdf.parallelism(),
+                "below_default": weak,
+            },
+            "cipher": "aes-256-gcm",
+            "mode": format!("{:04o}", info.mode),
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(out, "vault:  {}", info.path.display())?;
+    writeln!(out, "format: {}", info.format_version)?;
+    writeln!(
+        out,
+        "kdf:    argon2id, {} KiB, t={}, p={}",
+        info.kdf.memory_kib(),
+        info.kdf.iterations(),
+        info.kdf.parallelism()
+    )?;
+    writeln!(out, "cipher: aes-256-gcm")?;
+    writeln!(out, "mode:   {:04o}", info.mode)?;
+    if weak {
+        writeln!(
+            out,
+            "warning: argon2id parameters are below the default ({} KiB, t={}); raise them with \
+             `alknet vault change-passphrase`",
+            KdfParams::DEFAULT.memory_kib(),
+            KdfParams::DEFAULT.iterations()
+        )?;
+    }
+    if loose {
+        writeln!(
+            out,
+            "warning: the vault file is readable by others; run `chmod 600 {}`",
+            info.path.display()
+        )?;
+    }
+    Ok(())
+}
+
+fn change_passphrase(
+    args: ChangePassphraseArgs,
+    data_dir: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let kdf = args.kdf.params()?;
+    let current = crate::read_passphrase(
+        args.passphrase_file.as_deref(),
+        "Current vault passphrase: ",
+    )?;
+    let mut vault = crate::unlock(data_dir, &current)?;
+    drop(current);
+    let new = match &args.new_passphrase_file {
+        Some(f) => Passphrase::new(read_secret_file(f)?.to_string())?,
+        None => {
+            if !std::io::stdin().is_terminal() {
+                return Err(Error::NotATerminal {
+                    what: "asking for the new passphrase",
+                    hint: "use --new-passphrase-file FILE",
+                }
+                .into());
+            }
+            let first = secret::prompt_hidden("New vault passphrase: ")?;
+            let second = secret::prompt_hidden("Repeat it: ")?;
+            if first.as_bytes() != second.as_bytes() {
+                return Err(Error::PassphraseMismatch.into());
+            }
+            first
+        }
+    };
+    vault.rewrite(data_dir, &new, kdf)?;
+    writeln!(
+        out,
+        "vault re-encrypted at {} (argon2id {} KiB, t={}, p={})",
+        crate::vault_path(data_dir).display(),
+        kdf.memory_kib(),
+        kdf.iterations(),
+        kdf.parallelism()
+    )?;
+    Ok(())
+}
+
+fn print_fingerprints(
+    vault: &UnlockedVault,
+    created_in: Option<&Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let node = fingerprint_of_seed(&vault.node_identity_seed());
+    let ssh = fingerprint_of_seed(&vault.ssh_host_seed());
+    if json {
+        let mut v = serde_json::json!({ "node": node, "ssh_host": ssh });
+        if let Some(dir) = created_in {
+            v["vault"] = serde_json::json!(crate::vault_path(dir));
+        }
+        writeln!(out, "{v}")?;
+    } else {
+        if let Some(dir) = created_in {
+            writeln!(out, "vault created at {}", crate::vault_path(dir).display())?;
+        }
+        writeln!(out, "node:     {node}")?;
+        writeln!(out, "ssh-host: {ssh}")?;
+    }
+    Ok(())
 }
