@@ -14,6 +14,8 @@ pub mod control;
 pub mod echo;
 pub mod endpoint;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod identity;
 pub mod server;

@@ -36,3 +36,23 @@ pub fn fuzz_fingerprint(data: &[u8]) {
         assert_eq!(again, Ok(fp));
     }
 }
+
+/// Feeds every file of a committed corpus directory to `target`; returns how many files
+/// there were. Fails when the directory is missing or empty, so a corpus cannot silently
+/// vanish from the test suite. (Test support: the only file access in this crate.)
+pub fn replay_corpus(dir: &std::path::Path, target: fn(&[u8])) -> Result<usize, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut n = 0;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_file() {
+            let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            target(&data);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(format!("corpus {} is empty", dir.display()));
+    }
+    Ok(n)
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS seconds (default 60) and reports executions and findings.
+# Needs cargo-fuzz (`cargo install cargo-fuzz`). Uses the nightly toolchain with ASan when it
+# is installed, else stable without sanitizer (`-s none`).
+set -uo pipefail
+cd "$(dirname "$0")"
+secs="${1:-60}"
+if rustup toolchain list 2>/dev/null | grep -q nightly; then
+    tc=(+nightly); san=()
+else
+    tc=(); san=(-s none)
+fi
+targets=$(cargo "${tc[@]}" fuzz list)
+status=0
+printf '%-14s %12s %8s\n' target execs findings
+for t in $targets; do
+    mkdir -p "corpus/$t" "artifacts/$t"
+    log="artifacts/$t/run.log"
+    before=$(ls "artifacts/$t" | grep -vc run.log)
+    cargo "${tc[@]}" fuzz run "${san[@]}" "$t" "corpus/$t" -- \
+        -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1
+    rc=$?
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    after=$(ls "artifacts/$t" | grep -vc run.log)
+    found=$((after - before))
+    printf '%-14s %12s %8s\n' "$t" "${execs:-?}" "$found"
+    if [ "$rc" -ne 0 ] || [ "$found" -ne 0 ]; then status=1; fi
+done
+exit $status

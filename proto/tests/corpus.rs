@@ -1,0 +1,33 @@
+//! Replays the committed fuzz corpora through the same entry points cargo-fuzz uses.
+
+use alknet_proto::fuzzing::{fuzz_fingerprint, fuzz_route, replay_corpus};
+use std::path::Path;
+
+fn corpus(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name)
+}
+
+#[test]
+fn route_corpus() {
+    let n = replay_corpus(&corpus("route"), fuzz_route).unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 5);
+}
+
+#[test]
+fn fingerprint_corpus() {
+    let n = replay_corpus(&corpus("fingerprint"), fuzz_fingerprint).unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 5);
+}
+
+#[test]
+fn real_certificate_seed_yields_its_key() {
+    let der = std::fs::read(corpus("fingerprint").join("x509-ed25519-self-signed"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(alknet_proto::Fingerprint::from_certificate(&der).is_ok());
+    let p256 = std::fs::read(corpus("fingerprint").join("x509-p256-not-ed25519"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        alknet_proto::Fingerprint::from_certificate(&p256),
+        Err(alknet_proto::FingerprintError::NotEd25519)
+    );
+}
