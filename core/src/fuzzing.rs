@@ -14,7 +14,10 @@ pub fn fuzz_config(data: &[u8]) {
             assert!(c.worker_count() >= 1 && c.worker_count() <= 256);
         }
         Err(crate::config::ConfigError::Invalid { line, .. }) => {
-            assert!(line >= 1 && line <= text.lines().count().max(1) + 1, "line {line}");
+            assert!(
+                line >= 1 && line <= text.lines().count().max(1) + 1,
+                "line {line}"
+            );
         }
         Err(e) => panic!("unexpected error kind: {e}"),
     }

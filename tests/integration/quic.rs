@@ -226,3 +226,40 @@ async fn sigterm_gives_clients_an_application_close() {
         p.await.unwrap();
     }
 }
+
+async fn concurrent_handshakes(server: &Server, key: &std::sync::Arc<ClientKey>, n: usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let ep = quinn_endpoint();
+        let key = key.clone();
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let conn = connect(&ep, addr, Some(&key), ECHO).await.unwrap();
+            let msg = format!("client {i}");
+            assert_eq!(echo(&conn, msg.as_bytes()).await.unwrap(), msg.as_bytes());
+            conn.close(0u32.into(), b"");
+            ep.wait_idle().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_engages_above_the_handshake_cap_and_never_below() {
+    let key = std::sync::Arc::new(ClientKey::generate());
+    let tight = echo_server(&key, "[transport]\nmax_handshakes_per_shard = 1");
+    concurrent_handshakes(&tight, &key, 40).await;
+    let retries = tight.counter("retries_sent");
+    assert!(
+        retries > 0,
+        "40 simultaneous handshakes against a cap of 1 sent no Retry"
+    );
+    assert_eq!(tight.counter("connections_established"), 40);
+
+    let roomy = echo_server(&key, "[transport]\nmax_handshakes_per_shard = 1000");
+    concurrent_handshakes(&roomy, &key, 40).await;
+    assert_eq!(roomy.counter("retries_sent"), 0);
+    assert_eq!(roomy.counter("connections_established"), 40);
+}
