@@ -6,6 +6,7 @@
 //! suite (`fuzz/`) and by the corpus replay in `cargo test`.
 #![forbid(unsafe_code)]
 
+pub mod call;
 pub mod cid;
 pub mod der;
 pub mod fingerprint;

@@ -4,7 +4,9 @@ use alknet_proto::fuzzing::{fuzz_fingerprint, fuzz_route, replay_corpus};
 use std::path::Path;
 
 fn corpus(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(name)
 }
 
 #[test]
@@ -15,7 +17,8 @@ fn route_corpus() {
 
 #[test]
 fn fingerprint_corpus() {
-    let n = replay_corpus(&corpus("fingerprint"), fuzz_fingerprint).unwrap_or_else(|e| panic!("{e}"));
+    let n =
+        replay_corpus(&corpus("fingerprint"), fuzz_fingerprint).unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 5);
 }
 

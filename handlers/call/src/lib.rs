@@ -1,0 +1,2 @@
+//! Alknet call service.
+#![forbid(unsafe_code)]

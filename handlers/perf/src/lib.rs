@@ -1,0 +1,2 @@
+//! Alknet perf service.
+#![forbid(unsafe_code)]

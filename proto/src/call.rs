@@ -1,0 +1,1 @@
+//! The `alknet/call` framing: 4-byte big-endian length, then that many bytes of JSON.
