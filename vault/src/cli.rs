@@ -158,10 +158,22 @@ pub fn run(cmd: VaultCommand, data_dir: &Path) -> anyhow::Result<()> {
             passphrase_file,
             json,
         } => {
+            require_vault(data_dir)?;
             let pass = crate::read_passphrase(passphrase_file.as_deref(), "Vault passphrase: ")?;
             let vault = crate::unlock(data_dir, &pass)?;
             print_fingerprints(&vault, None, json, &mut out)
         }
+    }
+}
+
+/// Fails with "no vault" before asking for a passphrase that could not be used.
+fn require_vault(data_dir: &Path) -> Result<(), Error> {
+    if crate::vault_exists(data_dir) {
+        Ok(())
+    } else {
+        Err(Error::NotFound {
+            path: crate::vault_path(data_dir),
+        })
     }
 }
 
@@ -380,6 +392,7 @@ fn change_passphrase(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let kdf = args.kdf.params()?;
+    require_vault(data_dir)?;
     let current = crate::read_passphrase(
         args.passphrase_file.as_deref(),
         "Current vault passphrase: ",
