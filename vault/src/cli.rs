@@ -246,6 +246,12 @@ fn init(args: InitArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
     if !args.yes {
         confirm_one_word(&mnemonic)?;
     }
+    if args.words_out.is_none() {
+        // Clear the screen and the scrollback so the words do not linger on the terminal.
+        let mut tty = std::io::stdout().lock();
+        write!(tty, "\x1b[H\x1b[2J\x1b[3J")?;
+        tty.flush()?;
+    }
 
     let seed = mnemonic.to_seed(bip39_pass.as_ref())?;
     drop(mnemonic);
@@ -451,4 +457,92 @@ fn print_fingerprints(
         writeln!(out, "ssh-host: {ssh}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: VaultCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<VaultCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vault").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn word_count_must_be_a_bip39_size() {
+        assert!(parse(&["init", "--words", "13"]).is_err());
+        match parse(&["init", "--words", "12", "--yes"]).unwrap() {
+            VaultCommand::Init(a) => assert_eq!((a.words, a.yes), (12, true)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn kdf_flags_only_raise_the_default() {
+        let VaultCommand::Init(a) = parse(&["init"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.kdf.params().unwrap(), KdfParams::DEFAULT);
+        let VaultCommand::Init(a) = parse(&["init", "--kdf-memory-mib", "32"]).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(
+            a.kdf.params(),
+            Err(Error::KdfParamOutOfRange { .. })
+        ));
+        let VaultCommand::ChangePassphrase(a) = parse(&[
+            "change-passphrase",
+            "--kdf-memory-mib",
+            "256",
+            "--kdf-iterations",
+            "4",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        let p = a.kdf.params().unwrap();
+        assert_eq!((p.memory_kib(), p.iterations()), (256 * 1024, 4));
+    }
+
+    #[test]
+    fn secrets_are_never_arguments() {
+        // No flag takes a passphrase or words by value: only files.
+        assert!(parse(&["init", "--passphrase", "x"]).is_err());
+        assert!(parse(&["restore", "--words", "abandon"]).is_err());
+    }
+
+    #[test]
+    fn status_without_vault_says_how_to_create_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        status(false, dir.path(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("alknet vault init"), "{text}");
+        let mut out = Vec::new();
+        status(true, dir.path(), &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["exists"], false);
+    }
+
+    #[test]
+    fn status_flags_weak_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = crate::Seed::from_bytes(Zeroizing::new([3; 64]));
+        let pass = Passphrase::new("p".into()).unwrap();
+        crate::create(dir.path(), seed, &pass, KdfParams::insecure_for_tests()).unwrap();
+        let mut out = Vec::new();
+        status(false, dir.path(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("below the default") && text.contains("mode:   0600"),
+            "{text}"
+        );
+    }
 }

@@ -3,6 +3,9 @@
 //! Every type here zeroizes its memory on drop and implements neither `Debug` nor `Display`,
 //! so a secret cannot reach a log line by accident. Reading is bounded: a secret file larger
 //! than [`MAX_SECRET_FILE`] is refused before it is read whole.
+//!
+//! One limit: the `bip39` crate's own `Mnemonic` (word indices) does not zeroize. It lives only
+//! inside [`Mnemonic::to_seed`] and the parse check, never longer than the call.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
