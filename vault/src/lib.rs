@@ -3,7 +3,7 @@
 //! A gateway's identity must be recoverable from the words written on paper, and the secrets
 //! on its disk must be useless to whoever steals the disk. So the node keeps one secret, the
 //! 64-byte BIP39 seed, in `<data_dir>/vault.bin`, encrypted with AES-256-GCM under a key that
-//! Argon2id stretches from a passphrase (see [`format`] for the file layout). Every other key
+//! Argon2id stretches from a passphrase (see [`mod@format`] for the file layout). Every other key
 //! is derived from the seed with SLIP-0010 for Ed25519 under coin type 74':
 //!
 //! | key                     | path                     |
