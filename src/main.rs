@@ -1,6 +1,7 @@
 //! `alknet`: one QUIC port, many services, chosen by ALPN.
 #![forbid(unsafe_code)]
 
+mod admin_cli;
 mod connect;
 mod node;
 
@@ -25,6 +26,11 @@ struct Cli {
     #[arg(long, global = true)]
     log: Option<String>,
 
+    /// Data directory (identity, store, known servers, control socket). Default:
+    /// $ALKNET_DATA_DIR, else $XDG_DATA_HOME/alknet, else ~/.local/share/alknet.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -37,20 +43,6 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, clap::Args)]
-struct DataDirArg {
-    /// Data directory (identity, known servers, control socket). Default: $ALKNET_DATA_DIR,
-    /// else $XDG_DATA_HOME/alknet, else ~/.local/share/alknet.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-}
-
-impl DataDirArg {
-    fn resolve(&self) -> PathBuf {
-        alknet_core::fsutil::resolve_data_dir(self.data_dir.as_deref())
-    }
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: one worker (shard) per core on one UDP port.
@@ -60,8 +52,6 @@ enum Command {
     /// stops accepting, lets connections finish for the drain period, closes the rest with
     /// an application close and exits 0.
     Serve {
-        #[command(flatten)]
-        data_dir: DataDirArg,
         /// Configuration file (TOML); see deploy/alknet.toml for every key.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
@@ -90,16 +80,12 @@ enum Command {
         /// Expected server key, `ed25519:<64 lowercase hex>`.
         #[arg(long, value_name = "FINGERPRINT")]
         fingerprint: Option<String>,
-        #[command(flatten)]
-        data_dir: DataDirArg,
         /// File holding the vault passphrase, when the node key lives in a vault.
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
     /// Print this node's fingerprint (creating the node key on first use).
     Id {
-        #[command(flatten)]
-        data_dir: DataDirArg,
         /// File holding the vault passphrase, when the node key lives in a vault.
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
@@ -109,18 +95,37 @@ enum Command {
     },
     /// Show the counters of the server running on this data directory.
     Stats {
-        #[command(flatten)]
-        data_dir: DataDirArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Manage the vault: the BIP39 seed the node keys derive from.
     Vault {
-        #[command(flatten)]
-        data_dir: DataDirArg,
         #[command(subcommand)]
         cmd: alknet_vault::cli::VaultCommand,
+    },
+    /// Manage peers: who may connect, with which keys and scopes. Acts on the running
+    /// server through its control socket, or on the store when no server runs.
+    Peer {
+        #[command(subcommand)]
+        cmd: admin_cli::PeerCmd,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Manage API tokens (`alk_…`): shown once at creation, stored as SHA-256.
+    Token {
+        #[command(subcommand)]
+        cmd: admin_cli::TokenCmd,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Who is connected now: peer, service, address, since when.
+    Sessions {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -150,15 +155,15 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let data_dir = alknet_core::fsutil::resolve_data_dir(cli.data_dir.as_deref());
     match cli.command {
         Command::Serve {
-            data_dir,
             config,
             listen,
             workers,
             passphrase_file,
         } => serve(
-            &data_dir.resolve(),
+            &data_dir,
             config.as_deref(),
             listen,
             workers,
@@ -168,22 +173,19 @@ fn run(cli: Cli) -> Result<()> {
             addr,
             alpn,
             fingerprint,
-            data_dir,
             passphrase_file,
         } => connect::run(
-            &data_dir.resolve(),
+            &data_dir,
             &addr,
             &alpn,
             fingerprint.as_deref(),
             passphrase_file.as_deref(),
         ),
         Command::Id {
-            data_dir,
             passphrase_file,
             json,
         } => {
-            let dir = data_dir.resolve();
-            let key = node::load(&dir, passphrase_file.as_deref())?;
+            let key = node::load(&data_dir, passphrase_file.as_deref())?;
             if json {
                 println!(
                     "{}",
@@ -194,13 +196,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Stats { data_dir, json } => stats(&data_dir.resolve(), json),
-        Command::Vault { data_dir, cmd } => {
-            let dir = data_dir.resolve();
-            alknet_core::fsutil::ensure_data_dir(&dir)
-                .with_context(|| format!("cannot use data directory {}", dir.display()))?;
-            alknet_vault::cli::run(cmd, &dir)
+        Command::Stats { json } => stats(&data_dir, json),
+        Command::Vault { cmd } => {
+            alknet_core::fsutil::ensure_data_dir(&data_dir)
+                .with_context(|| format!("cannot use data directory {}", data_dir.display()))?;
+            alknet_vault::cli::run(cmd, &data_dir)
         }
+        Command::Peer { cmd, json } => admin_cli::peer(&data_dir, cmd, json),
+        Command::Token { cmd, json } => admin_cli::token(&data_dir, cmd, json),
+        Command::Sessions { json } => admin_cli::sessions(&data_dir, json),
     }
 }
 
@@ -239,10 +243,17 @@ fn serve(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
         );
     }
-    let identities = Arc::new(
+    let from_config = Arc::new(
         alknet_core::identity::MemoryIdentities::from_config(&config.peers)
             .context("peers in the config file")?,
     );
+    let store = Arc::new(alknet_core::store::RedbStore::open(
+        &data_dir.join(alknet_core::store::STORE_FILE),
+    )?);
+    let identities = Arc::new(alknet_core::identity::LayeredIdentities::new(vec![
+        from_config,
+        store.clone(),
+    ]));
     let config = Arc::new(config);
     let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
 
@@ -257,7 +268,7 @@ fn serve(
         workers: handle.workers(),
         alpns: alpns.clone(),
     };
-    let sock = match control::serve(data_dir, handle.control(), info) {
+    let sock = match control::serve(data_dir, handle.control(), info, Some(store)) {
         Ok(p) => Some(p),
         Err(e) => {
             handle.shutdown();

@@ -14,10 +14,18 @@ pub(crate) struct LoadedKey {
 pub(crate) fn load(data_dir: &Path, passphrase_file: Option<&Path>) -> Result<LoadedKey> {
     alknet_core::fsutil::ensure_data_dir(data_dir)
         .with_context(|| format!("cannot use data directory {}", data_dir.display()))?;
-    let _ = passphrase_file;
+    if alknet_vault::vault_exists(data_dir) {
+        let pass = alknet_vault::read_passphrase(passphrase_file, "vault passphrase: ")?;
+        let vault = alknet_vault::unlock(data_dir, &pass)
+            .with_context(|| format!("cannot unlock the vault in {}", data_dir.display()))?;
+        return Ok(LoadedKey {
+            key: NodeKey::from_seed(vault.node_identity_seed()),
+            source: "vault",
+        });
+    }
     let key = NodeKey::load_or_create(data_dir)?;
     Ok(LoadedKey {
         key,
-        source: "key file",
+        source: "key file (no vault; `alknet vault init` makes the identity recoverable from words)",
     })
 }

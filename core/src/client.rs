@@ -113,6 +113,7 @@ impl ClientEndpoint {
             Arc::new(MemoryIdentities::new()),
             config,
             None,
+            Arc::default(),
         );
         monoio::spawn(shard.clone().run_receiver());
         monoio::spawn(shard.clone().run_inbox(rx));

@@ -5,11 +5,13 @@
 //! (64 KiB) and connections time out, so a stuck client cannot hold the control plane.
 
 use crate::server::ControlHandle;
+use crate::store::RedbStore;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -28,6 +30,13 @@ pub enum Request {
     ClosePeer {
         /// The peer id.
         peer: String,
+    },
+    /// Authenticated connections on every shard.
+    Sessions,
+    /// Peer and token management.
+    Admin {
+        /// The operation.
+        admin: crate::admin::AdminOp,
     },
 }
 
@@ -63,7 +72,12 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Starts serving the control socket on a background thread.
-pub fn serve(data_dir: &Path, handle: ControlHandle, info: ServerInfo) -> std::io::Result<PathBuf> {
+pub fn serve(
+    data_dir: &Path,
+    handle: ControlHandle,
+    info: ServerInfo,
+    store: Option<Arc<RedbStore>>,
+) -> std::io::Result<PathBuf> {
     let path = socket_path(data_dir);
     if path.exists() {
         // A live server answers; a stale file from a crash does not.
@@ -88,7 +102,7 @@ pub fn serve(data_dir: &Path, handle: ControlHandle, info: ServerInfo) -> std::i
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => {
-                        if let Err(e) = serve_one(s, &handle, &info, started) {
+                        if let Err(e) = serve_one(s, &handle, &info, store.as_deref(), started) {
                             debug!(error = %e, "control connection ended");
                         }
                     }
@@ -103,6 +117,7 @@ fn serve_one(
     stream: UnixStream,
     handle: &ControlHandle,
     info: &ServerInfo,
+    store: Option<&RedbStore>,
     started: std::time::Instant,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -130,6 +145,36 @@ fn serve_one(
                     result: None,
                 }
             }
+            Ok(Request::Sessions) => Response {
+                ok: true,
+                error: None,
+                result: serde_json::to_value(handle.sessions()).ok(),
+            },
+            Ok(Request::Admin { admin }) => match store {
+                None => Response {
+                    ok: false,
+                    error: Some("this server has no identity store".into()),
+                    result: None,
+                },
+                Some(store) => match crate::admin::execute(store, &admin, unix_now()) {
+                    Ok(v) => {
+                        // The index already refuses the peer; now cut its live sessions.
+                        if let Some(peer) = admin.closes_peer() {
+                            handle.close_peer(peer);
+                        }
+                        Response {
+                            ok: true,
+                            error: None,
+                            result: Some(v),
+                        }
+                    }
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(e),
+                        result: None,
+                    },
+                },
+            },
             Err(e) => Response {
                 ok: false,
                 error: Some(format!("bad request: {e}")),
@@ -142,6 +187,19 @@ fn serve_one(
         line.clear();
     }
     Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// True when a server answers on `data_dir`'s control socket.
+pub fn server_running(data_dir: &Path) -> bool {
+    UnixStream::connect(socket_path(data_dir)).is_ok()
 }
 
 /// Sends one request to the server running on `data_dir`.

@@ -59,6 +59,97 @@ impl PeerEntry {
     }
 }
 
+/// An API key: a bearer token owned by a peer, with its own scopes and expiry. Only the
+/// SHA-256 of the token is stored; the token itself is shown once, at creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyEntry {
+    /// The first characters of the token after `alk_`, to name it in lists.
+    pub prefix: String,
+    /// SHA-256 of the whole token.
+    pub hash: [u8; 32],
+    /// The peer the key acts as.
+    pub peer_id: String,
+    /// Scopes granted to this key (a subset of what the peer may do).
+    pub scopes: Vec<String>,
+    /// A note for people.
+    pub description: String,
+    /// Expiry, seconds since the Unix epoch; `None` never expires.
+    pub expires_at: Option<u64>,
+}
+
+/// An encrypted secret held for a service: AES-256-GCM under the vault's storage key of
+/// version `key_version`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptedBlob {
+    /// Version of the storage key (`m/74'/2'/0'/<version>'`).
+    pub key_version: u32,
+    /// Per-blob salt.
+    pub salt: Vec<u8>,
+    /// AES-GCM nonce.
+    pub iv: Vec<u8>,
+    /// Ciphertext with tag.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for EncryptedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptedBlob")
+            .field("key_version", &self.key_version)
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encrypted blobs by name.
+pub trait CredentialStore: Send + Sync {
+    /// The blob stored under `name`.
+    fn get_credential(&self, name: &str) -> Result<Option<EncryptedBlob>, IdentityError>;
+    /// Stores or replaces a blob.
+    fn put_credential(&self, name: &str, blob: EncryptedBlob) -> Result<(), IdentityError>;
+    /// Deletes a blob; `NotFound` when absent.
+    fn delete_credential(&self, name: &str) -> Result<(), IdentityError>;
+}
+
+/// Length of the random part of a token, in bytes (160 bits).
+const TOKEN_BYTES: usize = 20;
+/// Characters of a token (after `alk_`) that name it.
+pub const TOKEN_PREFIX_LEN: usize = 8;
+
+/// A new token: `alk_` and 160 random bits in lowercase hex. Returns the token and its
+/// prefix; store only [`token_hash`] of it.
+pub fn new_token() -> (zeroize::Zeroizing<String>, String) {
+    let mut raw = zeroize::Zeroizing::new([0u8; TOKEN_BYTES]);
+    rand::fill(&mut raw[..]);
+    let token = zeroize::Zeroizing::new(format!("alk_{}", hex::encode(&raw[..])));
+    let prefix = token
+        .get(4..4 + TOKEN_PREFIX_LEN)
+        .unwrap_or_default()
+        .to_owned();
+    (token, prefix)
+}
+
+/// SHA-256 of a token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Compares two hashes without an early exit.
+pub fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The prefix naming a presented token, if it has the token shape.
+pub fn token_prefix(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix("alk_")?;
+    if rest.len() != TOKEN_BYTES * 2 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    rest.get(..TOKEN_PREFIX_LEN)
+}
+
 /// Identity store failures.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -83,6 +174,17 @@ pub trait IdentityProvider: Send + Sync {
         &self,
         token_sha256: &[u8; 32],
     ) -> Result<Option<Arc<PeerEntry>>, IdentityError>;
+    /// The enabled peer and API key a presented token authenticates, checking expiry
+    /// against `now_unix` (seconds) and comparing hashes in constant time. Providers
+    /// without API keys answer `None`.
+    fn by_token(
+        &self,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<Option<(Arc<PeerEntry>, ApiKeyEntry)>, IdentityError> {
+        let _ = (token, now_unix);
+        Ok(None)
+    }
 }
 
 /// Writes to the set of peers.
@@ -212,6 +314,55 @@ impl IdentityStore for MemoryIdentities {
         let mut all: Vec<_> = self.snapshot().peers.values().cloned().collect();
         all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         Ok(all)
+    }
+}
+
+/// Several providers asked in order; the first that knows a key or token answers. The
+/// server puts the read-only config-file peers before the redb store.
+pub struct LayeredIdentities {
+    layers: Vec<Arc<dyn IdentityProvider>>,
+}
+
+impl LayeredIdentities {
+    /// Providers in lookup order.
+    pub fn new(layers: Vec<Arc<dyn IdentityProvider>>) -> Self {
+        Self { layers }
+    }
+}
+
+impl IdentityProvider for LayeredIdentities {
+    fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
+        for l in &self.layers {
+            if let Some(p) = l.by_fingerprint(fp)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    fn by_token_hash(
+        &self,
+        token_sha256: &[u8; 32],
+    ) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
+        for l in &self.layers {
+            if let Some(p) = l.by_token_hash(token_sha256)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    fn by_token(
+        &self,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<Option<(Arc<PeerEntry>, ApiKeyEntry)>, IdentityError> {
+        for l in &self.layers {
+            if let Some(p) = l.by_token(token, now_unix)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -7,6 +7,7 @@
 //! codecs live in `alknet-proto`; services live in their own crates.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 mod conn;
@@ -18,9 +19,11 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod handler;
 pub mod identity;
+pub mod penalty;
 pub mod server;
 mod shard;
 pub mod stats;
+pub mod store;
 pub mod sys;
 pub mod tls;
 pub mod udp;
@@ -31,4 +34,4 @@ pub use identity::{AuthContext, Identity, IdentityProvider, IdentityStore, PeerE
 pub use quinn_proto as quic;
 pub use quinn_proto::{ConnectionError, VarInt};
 pub use server::{ServerHandle, start};
-pub use shard::{Forwarded, ShardMsg};
+pub use shard::{Forwarded, SessionInfo, ShardMsg};

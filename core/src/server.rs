@@ -137,6 +137,23 @@ impl ControlHandle {
             let _ = tx.send(ShardMsg::ClosePeer(peer.to_owned()));
         }
     }
+
+    /// The authenticated connections of every shard (shards that do not answer within a
+    /// second are left out).
+    pub fn sessions(&self) -> Vec<crate::shard::SessionInfo> {
+        let (tx, rx) = flume::bounded(self.senders.len());
+        for s in &self.senders {
+            let _ = s.send(ShardMsg::Sessions(tx.clone()));
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut all = Vec::new();
+        while let Ok(mut v) = rx.recv_deadline(deadline) {
+            all.append(&mut v);
+        }
+        all.sort_by(|a, b| (&a.peer, a.since_unix).cmp(&(&b.peer, b.since_unix)));
+        all
+    }
 }
 
 static URING_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -176,6 +193,7 @@ pub fn start(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let penalties = Arc::new(std::sync::Mutex::new(crate::penalty::PenaltyBox::new()));
 
     let mut threads = Vec::with_capacity(workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -193,6 +211,7 @@ pub fn start(
             config: config.clone(),
             endpoint_config: endpoint_configs[shard].clone(),
             server_config: server_config.clone(),
+            penalties: penalties.clone(),
             pin: config.pin_workers.then_some(shard % cores),
         };
         let ready = ready_tx.clone();
@@ -274,6 +293,7 @@ struct WorkerCtx {
     config: Arc<Config>,
     endpoint_config: Arc<quinn_proto::EndpointConfig>,
     server_config: Arc<quinn_proto::ServerConfig>,
+    penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
     pin: Option<usize>,
 }
 
@@ -322,6 +342,7 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             ctx.identities,
             ctx.config,
             Some(ctx.server_config),
+            ctx.penalties,
         );
         monoio::spawn(shard.clone().run_receiver());
         monoio::spawn(shard.clone().run_inbox(ctx.rx));

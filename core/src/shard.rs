@@ -53,6 +53,23 @@ pub enum ShardMsg {
     Shutdown,
     /// Close every connection of this peer (revoked or disabled).
     ClosePeer(String),
+    /// Report the authenticated connections of this shard.
+    Sessions(flume::Sender<Vec<SessionInfo>>),
+}
+
+/// One authenticated connection, as `alknet sessions` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    /// Peer id (`anonymous` for anonymous services).
+    pub peer: String,
+    /// Service ALPN.
+    pub alpn: String,
+    /// Current remote address.
+    pub remote: String,
+    /// When the handshake finished, Unix seconds.
+    pub since_unix: u64,
+    /// The shard holding it.
+    pub shard: usize,
 }
 
 /// Source ports of UDP services that answer anything (reflection/amplification vectors).
@@ -104,6 +121,7 @@ pub(crate) struct Shard {
     pub(crate) identities: Arc<dyn IdentityProvider>,
     pub(crate) config: Arc<Config>,
     pub(crate) server_config: Option<Arc<quinn_proto::ServerConfig>>,
+    pub(crate) penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
     sleeping_until: Cell<Option<Instant>>,
     pub(crate) shutting_down: Cell<bool>,
     drain_deadline: Cell<Option<Instant>>,
@@ -125,6 +143,7 @@ impl Shard {
         identities: Arc<dyn IdentityProvider>,
         config: Arc<Config>,
         server_config: Option<Arc<quinn_proto::ServerConfig>>,
+        penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
     ) -> Rc<Self> {
         Rc::new(Self {
             id,
@@ -149,6 +168,7 @@ impl Shard {
             identities,
             config,
             server_config,
+            penalties,
             sleeping_until: Cell::new(None),
             shutting_down: Cell::new(false),
             drain_deadline: Cell::new(None),
@@ -310,6 +330,16 @@ impl Shard {
             core.endpoint.ignore(incoming);
             return;
         };
+        let penalised = match self.penalties.lock() {
+            Ok(p) => p.is_blocked(remote.ip(), now),
+            Err(p) => p.into_inner().is_blocked(remote.ip(), now),
+        };
+        if penalised {
+            // Repeated authentication failures: no TLS work for this source for a while.
+            stats::bump(&self.stats.dropped_penalty);
+            core.endpoint.ignore(incoming);
+            return;
+        }
         if self.shutting_down.get() || core.live >= t.max_connections_per_shard {
             stats::bump(&self.stats.connections_refused);
             core.resp_buf.clear();
@@ -444,7 +474,38 @@ impl Shard {
                 self.signal.notify();
             }
             ShardMsg::ClosePeer(peer) => self.close_peer(&peer, close_code::REVOKED, b"revoked"),
+            ShardMsg::Sessions(reply) => {
+                let _ = reply.try_send(self.sessions(now));
+            }
         }
+    }
+
+    fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.core
+            .borrow()
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| {
+                let inner = c.inner.borrow();
+                let alpn = inner.alpn?;
+                if inner.lost.is_some() {
+                    return None;
+                }
+                Some(SessionInfo {
+                    peer: inner.peer.clone().unwrap_or_else(|| "anonymous".into()),
+                    alpn: String::from_utf8_lossy(alpn).into_owned(),
+                    remote: inner.proto.remote_address().to_string(),
+                    since_unix: wall
+                        .saturating_sub(now.saturating_duration_since(inner.since).as_secs()),
+                    shard: self.id,
+                })
+            })
+            .collect()
     }
 
     /// Closes every connection authenticated as `peer`.
@@ -857,6 +918,20 @@ impl Shard {
         };
         let refuse = |code: u32, reason: &str, msg: String| {
             stats::bump(&self.stats.auth_failures);
+            if code == close_code::UNAUTHORIZED {
+                let mut p = match self.penalties.lock() {
+                    Ok(p) => p,
+                    Err(p) => p.into_inner(),
+                };
+                if let Some(penalty) = p.record_failure(remote.ip(), now) {
+                    warn!(
+                        target: "alknet::auth",
+                        source = %remote.ip(),
+                        penalty_secs = penalty.as_secs(),
+                        "source penalised after repeated authentication failures"
+                    );
+                }
+            }
             warn!(
                 target: "alknet::auth",
                 %remote,

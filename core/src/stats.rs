@@ -59,6 +59,8 @@ counters! {
     dropped_malformed,
     /// Initials from reflection-prone source ports, ignored.
     dropped_reflection,
+    /// Initials from sources penalised for failed authentication, ignored.
+    dropped_penalty,
     /// Incoming connections accepted.
     handshakes_accepted,
     /// Incoming connections that failed during accept.

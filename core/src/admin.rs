@@ -1,0 +1,384 @@
+//! Peer and token management: the operations behind `alknet peer …` and `alknet token …`.
+//!
+//! They run inside a live server (through the control socket, which then also closes the
+//! connections of disabled or revoked peers) or directly on the store file when no server
+//! runs. Requests and answers are serde types so both paths share one definition.
+
+use crate::identity::{
+    ApiKeyEntry, IdentityError, IdentityStore, PeerEntry, new_token, token_hash,
+};
+use crate::store::{Mutation, RedbStore};
+use alknet_proto::Fingerprint;
+use serde::{Deserialize, Serialize};
+
+/// Longest peer id, scope or resource name.
+const MAX_NAME: usize = 128;
+/// Most fingerprints, scopes or resources per peer.
+const MAX_ITEMS: usize = 64;
+
+/// A management operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminOp {
+    /// Add a new peer.
+    PeerAdd {
+        /// Peer id.
+        id: String,
+        /// Keys, `ed25519:…`.
+        fingerprints: Vec<String>,
+        /// Scopes.
+        scopes: Vec<String>,
+        /// Resources.
+        #[serde(default)]
+        resources: Vec<String>,
+        /// Display name.
+        #[serde(default)]
+        display_name: Option<String>,
+    },
+    /// List peers.
+    PeerList,
+    /// Show one peer.
+    PeerShow {
+        /// Peer id.
+        id: String,
+    },
+    /// Change a peer.
+    PeerUpdate {
+        /// Peer id.
+        id: String,
+        /// Keys to add.
+        #[serde(default)]
+        add_fingerprints: Vec<String>,
+        /// Keys to remove.
+        #[serde(default)]
+        remove_fingerprints: Vec<String>,
+        /// Scopes to add.
+        #[serde(default)]
+        add_scopes: Vec<String>,
+        /// Scopes to remove.
+        #[serde(default)]
+        remove_scopes: Vec<String>,
+        /// New display name.
+        #[serde(default)]
+        display_name: Option<String>,
+    },
+    /// Refuse the peer until enabled again.
+    PeerDisable {
+        /// Peer id.
+        id: String,
+    },
+    /// Accept the peer again.
+    PeerEnable {
+        /// Peer id.
+        id: String,
+    },
+    /// Remove the peer and its tokens for good.
+    PeerRevoke {
+        /// Peer id.
+        id: String,
+    },
+    /// Create an API token for a peer.
+    TokenCreate {
+        /// Peer id.
+        peer: String,
+        /// Scopes of the token.
+        scopes: Vec<String>,
+        /// Note.
+        #[serde(default)]
+        description: String,
+        /// Expiry, Unix seconds.
+        #[serde(default)]
+        expires_at: Option<u64>,
+    },
+    /// Revoke a token by its prefix.
+    TokenRevoke {
+        /// The token prefix.
+        prefix: String,
+    },
+    /// List tokens (prefixes only).
+    TokenList,
+}
+
+impl AdminOp {
+    /// The peer whose live connections must close after this operation succeeds.
+    pub fn closes_peer(&self) -> Option<&str> {
+        match self {
+            AdminOp::PeerDisable { id } | AdminOp::PeerRevoke { id } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// A peer as shown to operators.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerView {
+    /// Peer id.
+    pub id: String,
+    /// Keys.
+    pub fingerprints: Vec<String>,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Resources.
+    pub resources: Vec<String>,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Enabled.
+    pub enabled: bool,
+}
+
+impl From<&PeerEntry> for PeerView {
+    fn from(p: &PeerEntry) -> Self {
+        Self {
+            id: p.peer_id.clone(),
+            fingerprints: p.fingerprints.iter().map(|f| f.to_string()).collect(),
+            scopes: p.scopes.clone(),
+            resources: p.resources.clone(),
+            display_name: p.display_name.clone(),
+            enabled: p.enabled,
+        }
+    }
+}
+
+/// A token as shown to operators (never the token itself, except once at creation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    /// Prefix naming the token.
+    pub prefix: String,
+    /// Owner.
+    pub peer: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Note.
+    pub description: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: Option<u64>,
+    /// The token, only in the answer to `token create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+fn check_name(kind: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_NAME || s.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "{kind} `{s}` must be 1..={MAX_NAME} characters without spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_fps(list: &[String]) -> Result<Vec<Fingerprint>, String> {
+    list.iter()
+        .map(|f| f.parse::<Fingerprint>().map_err(|e| format!("{f:?}: {e}")))
+        .collect()
+}
+
+fn check_list(kind: &str, list: &[String]) -> Result<(), String> {
+    if list.len() > MAX_ITEMS {
+        return Err(format!("at most {MAX_ITEMS} {kind}s per peer"));
+    }
+    list.iter().try_for_each(|s| check_name(kind, s))
+}
+
+fn store_err(e: IdentityError, what: &str) -> String {
+    match e {
+        IdentityError::NotFound => format!("{what} not found"),
+        other => other.to_string(),
+    }
+}
+
+fn get_peer(store: &RedbStore, id: &str) -> Result<PeerEntry, String> {
+    store
+        .list_peers()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|p| p.peer_id == id)
+        .map(|p| (*p).clone())
+        .ok_or_else(|| format!("peer `{id}` not found; `alknet peer list` shows the peers"))
+}
+
+/// Which peer already owns one of these keys, other than `except`.
+fn key_owner(
+    store: &RedbStore,
+    fps: &[Fingerprint],
+    except: &str,
+) -> Result<Option<String>, String> {
+    for p in store.list_peers().map_err(|e| e.to_string())? {
+        if p.peer_id != except && p.fingerprints.iter().any(|f| fps.contains(f)) {
+            return Ok(Some(p.peer_id.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs one operation against the store and returns its answer as JSON.
+pub fn execute(
+    store: &RedbStore,
+    op: &AdminOp,
+    now_unix: u64,
+) -> Result<serde_json::Value, String> {
+    let json = |v: &dyn erased::Ser| v.to_json();
+    match op {
+        AdminOp::PeerAdd {
+            id,
+            fingerprints,
+            scopes,
+            resources,
+            display_name,
+        } => {
+            check_name("peer id", id)?;
+            check_list("scope", scopes)?;
+            check_list("resource", resources)?;
+            if fingerprints.is_empty() || fingerprints.len() > MAX_ITEMS {
+                return Err("give 1..=64 --fingerprint ed25519:… keys".into());
+            }
+            let fps = parse_fps(fingerprints)?;
+            if get_peer(store, id).is_ok() {
+                return Err(format!(
+                    "peer `{id}` exists; change it with `alknet peer update`"
+                ));
+            }
+            if let Some(owner) = key_owner(store, &fps, id)? {
+                return Err(format!("that key already belongs to peer `{owner}`"));
+            }
+            let peer = PeerEntry {
+                peer_id: id.clone(),
+                fingerprints: fps,
+                auth_token_hash: None,
+                scopes: scopes.clone(),
+                resources: resources.clone(),
+                display_name: display_name.clone(),
+                enabled: true,
+            };
+            store.put_peer(peer.clone()).map_err(|e| e.to_string())?;
+            Ok(json(&PeerView::from(&peer)))
+        }
+        AdminOp::PeerList => {
+            let peers: Vec<PeerView> = store
+                .list_peers()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|p| PeerView::from(&**p))
+                .collect();
+            Ok(json(&peers))
+        }
+        AdminOp::PeerShow { id } => Ok(json(&PeerView::from(&get_peer(store, id)?))),
+        AdminOp::PeerUpdate {
+            id,
+            add_fingerprints,
+            remove_fingerprints,
+            add_scopes,
+            remove_scopes,
+            display_name,
+        } => {
+            let mut p = get_peer(store, id)?;
+            let add = parse_fps(add_fingerprints)?;
+            let remove = parse_fps(remove_fingerprints)?;
+            if let Some(owner) = key_owner(store, &add, id)? {
+                return Err(format!("that key already belongs to peer `{owner}`"));
+            }
+            check_list("scope", add_scopes)?;
+            p.fingerprints.retain(|f| !remove.contains(f));
+            for f in add {
+                if !p.fingerprints.contains(&f) {
+                    p.fingerprints.push(f);
+                }
+            }
+            p.scopes.retain(|s| !remove_scopes.contains(s));
+            for s in add_scopes {
+                if !p.scopes.contains(s) {
+                    p.scopes.push(s.clone());
+                }
+            }
+            if p.fingerprints.len() > MAX_ITEMS || p.scopes.len() > MAX_ITEMS {
+                return Err(format!("at most {MAX_ITEMS} keys and scopes per peer"));
+            }
+            if let Some(d) = display_name {
+                p.display_name = Some(d.clone());
+            }
+            store.put_peer(p.clone()).map_err(|e| e.to_string())?;
+            Ok(json(&PeerView::from(&p)))
+        }
+        AdminOp::PeerDisable { id } | AdminOp::PeerEnable { id } => {
+            let mut p = get_peer(store, id)?;
+            p.enabled = matches!(op, AdminOp::PeerEnable { .. });
+            store.put_peer(p.clone()).map_err(|e| e.to_string())?;
+            Ok(json(&PeerView::from(&p)))
+        }
+        AdminOp::PeerRevoke { id } => {
+            let p = store
+                .remove_peer(id)
+                .map_err(|e| store_err(e, &format!("peer `{id}`")))?;
+            Ok(json(&PeerView::from(&p)))
+        }
+        AdminOp::TokenCreate {
+            peer,
+            scopes,
+            description,
+            expires_at,
+        } => {
+            get_peer(store, peer)?;
+            check_list("scope", scopes)?;
+            if description.len() > 1024 {
+                return Err("description is limited to 1024 bytes".into());
+            }
+            if expires_at.is_some_and(|t| t <= now_unix) {
+                return Err("expiry is in the past".into());
+            }
+            let (token, prefix) = new_token();
+            let entry = ApiKeyEntry {
+                prefix: prefix.clone(),
+                hash: token_hash(&token),
+                peer_id: peer.clone(),
+                scopes: scopes.clone(),
+                description: description.clone(),
+                expires_at: *expires_at,
+            };
+            store
+                .apply(vec![Mutation::PutApiKey(entry)])
+                .map_err(|e| e.to_string())?;
+            Ok(json(&TokenView {
+                prefix,
+                peer: peer.clone(),
+                scopes: scopes.clone(),
+                description: description.clone(),
+                expires_at: *expires_at,
+                token: Some(token.to_string()),
+            }))
+        }
+        AdminOp::TokenRevoke { prefix } => {
+            store
+                .apply(vec![Mutation::RemoveApiKey(prefix.clone())])
+                .map_err(|e| store_err(e, &format!("token `{prefix}`")))?;
+            Ok(serde_json::json!({ "revoked": prefix }))
+        }
+        AdminOp::TokenList => {
+            let list: Vec<TokenView> = store
+                .list_api_keys()
+                .into_iter()
+                .map(|k| TokenView {
+                    prefix: k.prefix,
+                    peer: k.peer_id,
+                    scopes: k.scopes,
+                    description: k.description,
+                    expires_at: k.expires_at,
+                    token: None,
+                })
+                .collect();
+            Ok(json(&list))
+        }
+    }
+}
+
+mod erased {
+    /// Serialises any view to JSON without naming its type at the call site.
+    pub(super) trait Ser {
+        fn to_json(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}

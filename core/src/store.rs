@@ -1,0 +1,792 @@
+//! The identity and credential store on redb: peers, API keys and encrypted blobs.
+//!
+//! One writer thread owns every write transaction; each commit is durable (fsync) before the
+//! caller hears back. Reads never touch the disk: after each commit the writer swaps in a
+//! new in-memory index, so a handshake looking up a key takes a read lock for the time of a
+//! pointer clone. A failed commit makes the store refuse writes until it is reopened; reads
+//! go on from the last committed state.
+//!
+//! Records are JSON behind a 3-byte tag and an 8-byte SHA-256 prefix of the JSON, so a
+//! flipped bit in a value is an error at open, never a silently different peer. The schema
+//! version lives in the `meta` table; [`SCHEMA_VERSION`] and `migrate` are the upgrade path.
+
+use crate::identity::{
+    ApiKeyEntry, CredentialStore, EncryptedBlob, IdentityError, IdentityProvider, IdentityStore,
+    PeerEntry, hashes_equal, token_hash, token_prefix,
+};
+use alknet_proto::Fingerprint;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// File name of the store inside the data directory.
+pub const STORE_FILE: &str = "identity.redb";
+/// Current schema version.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
+
+const RECORD_TAG: &[u8; 3] = b"AK1";
+/// Largest record accepted from the file.
+const MAX_RECORD: usize = 1 << 20;
+
+/// One change; a list of them commits atomically.
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    /// Add or replace a peer.
+    PutPeer(PeerEntry),
+    /// Remove a peer and its API keys.
+    RemovePeer(String),
+    /// Add or replace an API key.
+    PutApiKey(ApiKeyEntry),
+    /// Remove an API key by prefix.
+    RemoveApiKey(String),
+    /// Store an encrypted blob.
+    PutCredential(String, EncryptedBlob),
+    /// Delete an encrypted blob.
+    DeleteCredential(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerRecord {
+    peer_id: String,
+    fingerprints: Vec<String>,
+    #[serde(default)]
+    auth_token_hash: Option<String>,
+    scopes: Vec<String>,
+    resources: Vec<String>,
+    display_name: Option<String>,
+    enabled: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiKeyRecord {
+    prefix: String,
+    hash: String,
+    peer_id: String,
+    scopes: Vec<String>,
+    description: String,
+    expires_at: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlobRecord {
+    key_version: u32,
+    salt: String,
+    iv: String,
+    data: String,
+}
+
+fn ser(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Serialization(e.to_string())
+}
+
+fn hex32(s: &str) -> Result<[u8; 32], IdentityError> {
+    let v = hex::decode(s).map_err(ser)?;
+    v.try_into().map_err(|_| ser("hash is not 32 bytes"))
+}
+
+impl PeerRecord {
+    fn from_entry(p: &PeerEntry) -> Self {
+        Self {
+            peer_id: p.peer_id.clone(),
+            fingerprints: p.fingerprints.iter().map(|f| f.to_string()).collect(),
+            auth_token_hash: p.auth_token_hash.map(hex::encode),
+            scopes: p.scopes.clone(),
+            resources: p.resources.clone(),
+            display_name: p.display_name.clone(),
+            enabled: p.enabled,
+        }
+    }
+
+    fn into_entry(self) -> Result<PeerEntry, IdentityError> {
+        let fingerprints = self
+            .fingerprints
+            .iter()
+            .map(|f| f.parse::<Fingerprint>().map_err(ser))
+            .collect::<Result<_, _>>()?;
+        Ok(PeerEntry {
+            peer_id: self.peer_id,
+            fingerprints,
+            auth_token_hash: self.auth_token_hash.as_deref().map(hex32).transpose()?,
+            scopes: self.scopes,
+            resources: self.resources,
+            display_name: self.display_name,
+            enabled: self.enabled,
+        })
+    }
+}
+
+impl ApiKeyRecord {
+    fn from_entry(k: &ApiKeyEntry) -> Self {
+        Self {
+            prefix: k.prefix.clone(),
+            hash: hex::encode(k.hash),
+            peer_id: k.peer_id.clone(),
+            scopes: k.scopes.clone(),
+            description: k.description.clone(),
+            expires_at: k.expires_at,
+        }
+    }
+
+    fn into_entry(self) -> Result<ApiKeyEntry, IdentityError> {
+        Ok(ApiKeyEntry {
+            hash: hex32(&self.hash)?,
+            prefix: self.prefix,
+            peer_id: self.peer_id,
+            scopes: self.scopes,
+            description: self.description,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+impl BlobRecord {
+    fn from_blob(b: &EncryptedBlob) -> Self {
+        Self {
+            key_version: b.key_version,
+            salt: hex::encode(&b.salt),
+            iv: hex::encode(&b.iv),
+            data: hex::encode(&b.data),
+        }
+    }
+
+    fn into_blob(self) -> Result<EncryptedBlob, IdentityError> {
+        Ok(EncryptedBlob {
+            key_version: self.key_version,
+            salt: hex::decode(self.salt).map_err(ser)?,
+            iv: hex::decode(self.iv).map_err(ser)?,
+            data: hex::decode(self.data).map_err(ser)?,
+        })
+    }
+}
+
+/// Encodes a record: tag, checksum, JSON.
+fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, IdentityError> {
+    let json = serde_json::to_vec(value).map_err(ser)?;
+    let sum = ring::digest::digest(&ring::digest::SHA256, &json);
+    let mut out = Vec::with_capacity(11 + json.len());
+    out.extend_from_slice(RECORD_TAG);
+    out.extend_from_slice(sum.as_ref().get(..8).unwrap_or_default());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// Decodes a record, checking its tag and checksum before parsing.
+pub fn decode_record<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, IdentityError> {
+    if bytes.len() > MAX_RECORD {
+        return Err(ser(format!("record of {} bytes is too large", bytes.len())));
+    }
+    let rest = bytes
+        .strip_prefix(&RECORD_TAG[..])
+        .ok_or_else(|| ser("record has an unknown tag"))?;
+    let (sum, json) = rest
+        .split_at_checked(8)
+        .ok_or_else(|| ser("record is truncated"))?;
+    let want = ring::digest::digest(&ring::digest::SHA256, json);
+    if want.as_ref().get(..8) != Some(sum) {
+        return Err(ser("record fails its checksum"));
+    }
+    serde_json::from_slice(json).map_err(ser)
+}
+
+/// Everything the store holds, as the readers see it.
+#[derive(Default, Clone)]
+struct Model {
+    peers: BTreeMap<String, Arc<PeerEntry>>,
+    api_keys: BTreeMap<String, ApiKeyEntry>,
+    credentials: BTreeMap<String, EncryptedBlob>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    model: Model,
+    by_key: HashMap<Fingerprint, Arc<PeerEntry>>,
+    by_token: HashMap<[u8; 32], Arc<PeerEntry>>,
+}
+
+impl Snapshot {
+    fn new(model: Model) -> Self {
+        let mut by_key = HashMap::new();
+        let mut by_token = HashMap::new();
+        for p in model.peers.values() {
+            for f in &p.fingerprints {
+                by_key.insert(*f, p.clone());
+            }
+            if let Some(h) = p.auth_token_hash {
+                by_token.insert(h, p.clone());
+            }
+        }
+        Self {
+            model,
+            by_key,
+            by_token,
+        }
+    }
+}
+
+impl Model {
+    fn apply(&mut self, m: &Mutation) -> Result<(), IdentityError> {
+        match m {
+            Mutation::PutPeer(p) => {
+                self.peers.insert(p.peer_id.clone(), Arc::new(p.clone()));
+            }
+            Mutation::RemovePeer(id) => {
+                self.peers.remove(id).ok_or(IdentityError::NotFound)?;
+                self.api_keys.retain(|_, k| &k.peer_id != id);
+            }
+            Mutation::PutApiKey(k) => {
+                if !self.peers.contains_key(&k.peer_id) {
+                    return Err(IdentityError::NotFound);
+                }
+                self.api_keys.insert(k.prefix.clone(), k.clone());
+            }
+            Mutation::RemoveApiKey(prefix) => {
+                self.api_keys
+                    .remove(prefix)
+                    .ok_or(IdentityError::NotFound)?;
+            }
+            Mutation::PutCredential(name, blob) => {
+                self.credentials.insert(name.clone(), blob.clone());
+            }
+            Mutation::DeleteCredential(name) => {
+                self.credentials
+                    .remove(name)
+                    .ok_or(IdentityError::NotFound)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type Reply = mpsc::Sender<Result<(), IdentityError>>;
+type WriteRequest = (Vec<Mutation>, Reply);
+
+/// The redb-backed store.
+pub struct RedbStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    read_only: Arc<AtomicBool>,
+    shared: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Backend(e.to_string())
+}
+
+/// Runs `f`, turning a panic inside redb (possible on a damaged file) into an error.
+fn guarded<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, IdentityError>,
+) -> Result<T, IdentityError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => Err(IdentityError::Backend(format!(
+            "{what} failed on a damaged store file"
+        ))),
+    }
+}
+
+fn load_table<T, U>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    name: &str,
+    convert: impl Fn(T) -> Result<U, IdentityError>,
+    mut put: impl FnMut(String, U),
+) -> Result<(), IdentityError>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let t = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(backend(e)),
+    };
+    for row in t.iter().map_err(backend)? {
+        let (k, v) = row.map_err(backend)?;
+        let key = k.value().to_owned();
+        let rec: T =
+            decode_record(v.value()).map_err(|e| ser(format!("{name} record `{key}`: {e}")))?;
+        put(key, convert(rec)?);
+    }
+    Ok(())
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store at `path`. A damaged file, a record failing its
+    /// checksum or a schema from a newer version is an error naming the file.
+    pub fn open(path: &Path) -> Result<Self, IdentityError> {
+        let label = |e: IdentityError| match e {
+            IdentityError::Backend(m)
+                if m.contains("another process") || m.contains("newer than") =>
+            {
+                IdentityError::Backend(format!("{}: {m}", path.display()))
+            }
+            IdentityError::Backend(m) => IdentityError::Backend(format!(
+                "{}: {m}; restore it from a backup or move it away to start empty",
+                path.display()
+            )),
+            IdentityError::Serialization(m) => IdentityError::Serialization(format!(
+                "{}: {m}; restore it from a backup or move it away to start empty",
+                path.display()
+            )),
+            other => other,
+        };
+        let (db, model) = guarded("opening the store", || {
+            let db = Database::create(path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => IdentityError::Backend(
+                    "the store is open in another process (a running server?); use the control socket or stop it"
+                        .into(),
+                ),
+                other => backend(other),
+            })?;
+            let version = {
+                let txn = db.begin_read().map_err(backend)?;
+                match txn.open_table(META) {
+                    Ok(t) => t
+                        .get("schema_version")
+                        .map_err(backend)?
+                        .map(|v| v.value()),
+                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(backend(e)),
+                }
+            };
+            match version {
+                None => {
+                    let txn = db.begin_write().map_err(backend)?;
+                    {
+                        let mut meta = txn.open_table(META).map_err(backend)?;
+                        meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
+                        txn.open_table(PEERS).map_err(backend)?;
+                        txn.open_table(API_KEYS).map_err(backend)?;
+                        txn.open_table(CREDENTIALS).map_err(backend)?;
+                    }
+                    txn.commit().map_err(backend)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(IdentityError::Backend(format!(
+                        "schema version {v} is newer than this Alknet ({SCHEMA_VERSION}); upgrade Alknet"
+                    )));
+                }
+                Some(v) => migrate(&db, v)?,
+            }
+            let mut model = Model::default();
+            let txn = db.begin_read().map_err(backend)?;
+            load_table(&txn, PEERS, "peer", PeerRecord::into_entry, |k, p: PeerEntry| {
+                if k == p.peer_id {
+                    model.peers.insert(k, Arc::new(p));
+                }
+            })?;
+            if model.peers.values().any(|p| p.peer_id.is_empty()) {
+                return Err(ser("peer with an empty id"));
+            }
+            load_table(&txn, API_KEYS, "api key", ApiKeyRecord::into_entry, |k, a| {
+                model.api_keys.insert(k, a);
+            })?;
+            load_table(&txn, CREDENTIALS, "credential", BlobRecord::into_blob, |k, b| {
+                model.credentials.insert(k, b);
+            })?;
+            Ok((db, model))
+        })
+        .map_err(label)?;
+
+        let shared = Arc::new(RwLock::new(Arc::new(Snapshot::new(model.clone()))));
+        let read_only = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<(Vec<Mutation>, Reply)>();
+        let w_shared = shared.clone();
+        let w_ro = read_only.clone();
+        let thread = std::thread::Builder::new()
+            .name("alknet-store".into())
+            .spawn(move || writer(db, model, rx, w_shared, w_ro))
+            .map_err(backend)?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            read_only,
+            shared,
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn snap(&self) -> Arc<Snapshot> {
+        match self.shared.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Whether a failed commit has made the store refuse writes.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::Acquire)
+    }
+
+    /// Commits `mutations` atomically and durably; returns once the commit is on disk.
+    pub fn apply(&self, mutations: Vec<Mutation>) -> Result<(), IdentityError> {
+        if self.is_read_only() {
+            return Err(IdentityError::Backend(
+                "the store refuses writes after a failed commit; restart alknet to reopen it"
+                    .into(),
+            ));
+        }
+        let (tx, rx) = mpsc::channel();
+        {
+            let w = match self.writer.lock() {
+                Ok(w) => w,
+                Err(p) => p.into_inner(),
+            };
+            w.as_ref()
+                .ok_or_else(|| backend("store is closed"))?
+                .send((mutations, tx))
+                .map_err(|_| backend("store writer stopped"))?;
+        }
+        rx.recv().map_err(|_| backend("store writer stopped"))?
+    }
+
+    /// Every API key, by prefix.
+    pub fn list_api_keys(&self) -> Vec<ApiKeyEntry> {
+        self.snap().model.api_keys.values().cloned().collect()
+    }
+
+    /// Every peer id with a credential name list (names only).
+    pub fn credential_names(&self) -> Vec<String> {
+        self.snap().model.credentials.keys().cloned().collect()
+    }
+
+    /// Number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.snap().model.peers.len()
+    }
+}
+
+impl Drop for RedbStore {
+    /// Stops the writer and waits until it has closed the file, so the store can be opened
+    /// again (by this process or another) as soon as this returns.
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Upgrades an older schema in place. Version 1 is the first; later versions add arms here.
+fn migrate(_db: &Database, from: u64) -> Result<(), IdentityError> {
+    match from {
+        SCHEMA_VERSION => Ok(()),
+        other => Err(IdentityError::Backend(format!(
+            "no migration from schema version {other}"
+        ))),
+    }
+}
+
+fn writer(
+    db: Database,
+    mut model: Model,
+    rx: mpsc::Receiver<(Vec<Mutation>, Reply)>,
+    shared: Arc<RwLock<Arc<Snapshot>>>,
+    read_only: Arc<AtomicBool>,
+) {
+    while let Ok((mutations, reply)) = rx.recv() {
+        if read_only.load(Ordering::Acquire) {
+            let _ = reply.send(Err(backend(
+                "the store refuses writes after a failed commit; restart alknet to reopen it",
+            )));
+            continue;
+        }
+        // Apply to a copy first: a mutation that makes no sense aborts the whole batch.
+        let mut next = model.clone();
+        if let Err(e) = mutations.iter().try_for_each(|m| next.apply(m)) {
+            let _ = reply.send(Err(e));
+            continue;
+        }
+        let result = guarded("a store commit", || commit(&db, &mutations));
+        match result {
+            Ok(()) => {
+                model = next;
+                let snap = Arc::new(Snapshot::new(model.clone()));
+                match shared.write() {
+                    Ok(mut g) => *g = snap,
+                    Err(p) => *p.into_inner() = snap,
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Err(e) => {
+                read_only.store(true, Ordering::Release);
+                tracing::error!(error = %e, "store commit failed; refusing writes until restart");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+fn commit(db: &Database, mutations: &[Mutation]) -> Result<(), IdentityError> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut peers = txn.open_table(PEERS).map_err(backend)?;
+        let mut keys = txn.open_table(API_KEYS).map_err(backend)?;
+        let mut creds = txn.open_table(CREDENTIALS).map_err(backend)?;
+        for m in mutations {
+            match m {
+                Mutation::PutPeer(p) => {
+                    let rec = encode_record(&PeerRecord::from_entry(p))?;
+                    peers
+                        .insert(p.peer_id.as_str(), rec.as_slice())
+                        .map_err(backend)?;
+                }
+                Mutation::RemovePeer(id) => {
+                    peers.remove(id.as_str()).map_err(backend)?;
+                    let owned: Vec<String> = keys
+                        .iter()
+                        .map_err(backend)?
+                        .filter_map(|row| {
+                            let (k, v) = row.ok()?;
+                            let rec: ApiKeyRecord = decode_record(v.value()).ok()?;
+                            (&rec.peer_id == id).then(|| k.value().to_owned())
+                        })
+                        .collect();
+                    for k in owned {
+                        keys.remove(k.as_str()).map_err(backend)?;
+                    }
+                }
+                Mutation::PutApiKey(k) => {
+                    let rec = encode_record(&ApiKeyRecord::from_entry(k))?;
+                    keys.insert(k.prefix.as_str(), rec.as_slice())
+                        .map_err(backend)?;
+                }
+                Mutation::RemoveApiKey(prefix) => {
+                    keys.remove(prefix.as_str()).map_err(backend)?;
+                }
+                Mutation::PutCredential(name, blob) => {
+                    let rec = encode_record(&BlobRecord::from_blob(blob))?;
+                    creds
+                        .insert(name.as_str(), rec.as_slice())
+                        .map_err(backend)?;
+                }
+                Mutation::DeleteCredential(name) => {
+                    creds.remove(name.as_str()).map_err(backend)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(backend)
+}
+
+impl IdentityProvider for RedbStore {
+    fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
+        Ok(self.snap().by_key.get(fp).cloned())
+    }
+
+    fn by_token_hash(
+        &self,
+        token_sha256: &[u8; 32],
+    ) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
+        Ok(self.snap().by_token.get(token_sha256).cloned())
+    }
+
+    fn by_token(
+        &self,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<Option<(Arc<PeerEntry>, ApiKeyEntry)>, IdentityError> {
+        let Some(prefix) = token_prefix(token) else {
+            return Ok(None);
+        };
+        let snap = self.snap();
+        let Some(key) = snap.model.api_keys.get(prefix) else {
+            return Ok(None);
+        };
+        if !hashes_equal(&key.hash, &token_hash(token)) {
+            return Ok(None);
+        }
+        if key.expires_at.is_some_and(|t| t <= now_unix) {
+            return Ok(None);
+        }
+        match snap.model.peers.get(&key.peer_id) {
+            Some(p) if p.enabled => Ok(Some((p.clone(), key.clone()))),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl IdentityStore for RedbStore {
+    fn put_peer(&self, peer: PeerEntry) -> Result<(), IdentityError> {
+        self.apply(vec![Mutation::PutPeer(peer)])
+    }
+
+    fn remove_peer(&self, peer_id: &str) -> Result<PeerEntry, IdentityError> {
+        let existing = self
+            .snap()
+            .model
+            .peers
+            .get(peer_id)
+            .map(|p| (**p).clone())
+            .ok_or(IdentityError::NotFound)?;
+        self.apply(vec![Mutation::RemovePeer(peer_id.to_owned())])?;
+        Ok(existing)
+    }
+
+    fn list_peers(&self) -> Result<Vec<Arc<PeerEntry>>, IdentityError> {
+        Ok(self.snap().model.peers.values().cloned().collect())
+    }
+}
+
+impl CredentialStore for RedbStore {
+    fn get_credential(&self, name: &str) -> Result<Option<EncryptedBlob>, IdentityError> {
+        Ok(self.snap().model.credentials.get(name).cloned())
+    }
+
+    fn put_credential(&self, name: &str, blob: EncryptedBlob) -> Result<(), IdentityError> {
+        self.apply(vec![Mutation::PutCredential(name.to_owned(), blob)])
+    }
+
+    fn delete_credential(&self, name: &str) -> Result<(), IdentityError> {
+        self.apply(vec![Mutation::DeleteCredential(name.to_owned())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn peer(id: &str, key: u8) -> PeerEntry {
+        PeerEntry {
+            peer_id: id.into(),
+            fingerprints: vec![Fingerprint::from_key([key; 32])],
+            auth_token_hash: None,
+            scopes: vec!["echo".into()],
+            resources: vec![],
+            display_name: Some(format!("peer {id}")),
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn round_trip_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.put_peer(peer("a", 1)).unwrap();
+            s.put_peer(peer("b", 2)).unwrap();
+            s.apply(vec![Mutation::PutCredential(
+                "c".into(),
+                EncryptedBlob {
+                    key_version: 3,
+                    salt: vec![1],
+                    iv: vec![2; 12],
+                    data: vec![9; 40],
+                },
+            )])
+            .unwrap();
+            s.remove_peer("b").unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.peer_count(), 1);
+        let a = s
+            .by_fingerprint(&Fingerprint::from_key([1; 32]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(*a, peer("a", 1));
+        assert!(
+            s.by_fingerprint(&Fingerprint::from_key([2; 32]))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            s.get_credential("c").unwrap().map(|b| b.key_version),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn a_failing_batch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join(STORE_FILE)).unwrap();
+        let r = s.apply(vec![
+            Mutation::PutPeer(peer("a", 1)),
+            Mutation::RemovePeer("missing".into()),
+        ]);
+        assert_eq!(r, Err(IdentityError::NotFound));
+        assert_eq!(s.peer_count(), 0);
+    }
+
+    #[test]
+    fn tokens_authenticate_until_expiry_or_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join(STORE_FILE)).unwrap();
+        s.put_peer(peer("a", 1)).unwrap();
+        let (token, prefix) = crate::identity::new_token();
+        assert!(token.starts_with("alk_") && token.len() == 4 + 40);
+        s.apply(vec![Mutation::PutApiKey(ApiKeyEntry {
+            prefix: prefix.clone(),
+            hash: token_hash(&token),
+            peer_id: "a".into(),
+            scopes: vec!["call".into()],
+            description: "ci".into(),
+            expires_at: Some(1000),
+        })])
+        .unwrap();
+        assert!(s.by_token(&token, 999).unwrap().is_some());
+        assert!(s.by_token(&token, 1000).unwrap().is_none(), "expired");
+        let mut forged = token.to_string();
+        forged.pop();
+        forged.push(if token.ends_with('0') { '1' } else { '0' });
+        assert!(s.by_token(&forged, 0).unwrap().is_none());
+        s.remove_peer("a").unwrap();
+        assert!(s.by_token(&token, 0).unwrap().is_none());
+        assert!(s.list_api_keys().is_empty(), "keys go with their peer");
+    }
+
+    #[test]
+    fn records_check_their_checksum() {
+        let rec = encode_record(&PeerRecord::from_entry(&peer("a", 1))).unwrap();
+        assert!(decode_record::<PeerRecord>(&rec).is_ok());
+        for i in 0..rec.len() {
+            let mut bad = rec.clone();
+            bad[i] ^= 0x20;
+            assert!(
+                decode_record::<PeerRecord>(&bad).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        assert!(decode_record::<PeerRecord>(&rec[..rec.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("newer than this Alknet"), "{err}");
+    }
+}
