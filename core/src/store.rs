@@ -78,6 +78,8 @@ struct ApiKeyRecord {
 
 #[derive(Serialize, Deserialize)]
 struct BlobRecord {
+    #[serde(default)]
+    name: String,
     key_version: u32,
     salt: String,
     iv: String,
@@ -149,8 +151,9 @@ impl ApiKeyRecord {
 }
 
 impl BlobRecord {
-    fn from_blob(b: &EncryptedBlob) -> Self {
+    fn from_blob(name: &str, b: &EncryptedBlob) -> Self {
         Self {
+            name: name.to_owned(),
             key_version: b.key_version,
             salt: hex::encode(&b.salt),
             iv: hex::encode(&b.iv),
@@ -158,13 +161,16 @@ impl BlobRecord {
         }
     }
 
-    fn into_blob(self) -> Result<EncryptedBlob, IdentityError> {
-        Ok(EncryptedBlob {
-            key_version: self.key_version,
-            salt: hex::decode(self.salt).map_err(ser)?,
-            iv: hex::decode(self.iv).map_err(ser)?,
-            data: hex::decode(self.data).map_err(ser)?,
-        })
+    fn into_blob(self) -> Result<(String, EncryptedBlob), IdentityError> {
+        Ok((
+            self.name,
+            EncryptedBlob {
+                key_version: self.key_version,
+                salt: hex::decode(self.salt).map_err(ser)?,
+                iv: hex::decode(self.iv).map_err(ser)?,
+                data: hex::decode(self.data).map_err(ser)?,
+            },
+        ))
     }
 }
 
@@ -300,7 +306,7 @@ fn load_table<T, U>(
     table: TableDefinition<&str, &[u8]>,
     name: &str,
     convert: impl Fn(T) -> Result<U, IdentityError>,
-    mut put: impl FnMut(String, U),
+    mut put: impl FnMut(String, U) -> Result<(), IdentityError>,
 ) -> Result<(), IdentityError>
 where
     T: for<'de> Deserialize<'de>,
@@ -315,7 +321,7 @@ where
         let key = k.value().to_owned();
         let rec: T =
             decode_record(v.value()).map_err(|e| ser(format!("{name} record `{key}`: {e}")))?;
-        put(key, convert(rec)?);
+        put(key, convert(rec)?)?;
     }
     Ok(())
 }
@@ -381,18 +387,25 @@ impl RedbStore {
             let mut model = Model::default();
             let txn = db.begin_read().map_err(backend)?;
             load_table(&txn, PEERS, "peer", PeerRecord::into_entry, |k, p: PeerEntry| {
-                if k == p.peer_id {
-                    model.peers.insert(k, Arc::new(p));
+                if k != p.peer_id || k.is_empty() {
+                    return Err(ser(format!("peer record `{k}` holds peer `{}`", p.peer_id)));
                 }
+                model.peers.insert(k, Arc::new(p));
+                Ok(())
             })?;
-            if model.peers.values().any(|p| p.peer_id.is_empty()) {
-                return Err(ser("peer with an empty id"));
-            }
             load_table(&txn, API_KEYS, "api key", ApiKeyRecord::into_entry, |k, a| {
+                if k != a.prefix {
+                    return Err(ser(format!("api key record `{k}` holds key `{}`", a.prefix)));
+                }
                 model.api_keys.insert(k, a);
+                Ok(())
             })?;
-            load_table(&txn, CREDENTIALS, "credential", BlobRecord::into_blob, |k, b| {
+            load_table(&txn, CREDENTIALS, "credential", BlobRecord::into_blob, |k, (name, b)| {
+                if k != name {
+                    return Err(ser(format!("credential record `{k}` holds `{name}`")));
+                }
                 model.credentials.insert(k, b);
+                Ok(())
             })?;
             Ok((db, model))
         })
@@ -574,7 +587,7 @@ fn commit(db: &Database, mutations: &[Mutation]) -> Result<(), IdentityError> {
                     keys.remove(prefix.as_str()).map_err(backend)?;
                 }
                 Mutation::PutCredential(name, blob) => {
-                    let rec = encode_record(&BlobRecord::from_blob(blob))?;
+                    let rec = encode_record(&BlobRecord::from_blob(name, blob))?;
                     creds
                         .insert(name.as_str(), rec.as_slice())
                         .map_err(backend)?;
