@@ -9,5 +9,6 @@
 
 mod cli;
 mod dispatch;
+mod identity;
 mod quic;
 mod support;

@@ -19,6 +19,22 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
+    /// The same key in a different certificate (other subject, serial and validity).
+    pub fn rewrap(&self) -> Self {
+        let kp = rcgen::KeyPair::try_from(&self.key).expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["another-name.example".into()]).expect("params");
+        params.serial_number = Some(rcgen::SerialNumber::from(vec![7, 7, 7]));
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2040, 1, 1);
+        let cert = params.self_signed(&kp).expect("cert");
+        Self {
+            cert: cert.der().clone(),
+            key: self.key.clone_key(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
     pub fn generate() -> Self {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("keygen");
         let fingerprint = format!("ed25519:{}", hex::encode(kp.public_key_raw()));
@@ -103,7 +119,12 @@ pub fn quinn_client_config(key: Option<&ClientKey>, alpn: &[u8]) -> quinn::Clien
 
 /// A quinn client endpoint on loopback.
 pub fn quinn_endpoint() -> quinn::Endpoint {
-    quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint")
+    quinn_endpoint_on("127.0.0.1")
+}
+
+/// A quinn client endpoint on a given loopback address (e.g. 127.0.0.2).
+pub fn quinn_endpoint_on(ip: &str) -> quinn::Endpoint {
+    quinn::Endpoint::client(format!("{ip}:0").parse().expect("addr")).expect("client endpoint")
 }
 
 /// Connects and completes the handshake.
