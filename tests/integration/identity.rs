@@ -229,3 +229,26 @@ fn peer_commands_work_on_the_store_without_a_server() {
         "tokens outlived their peer: {list}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail2ban_filter_matches_every_failed_authentication() {
+    let server = Server::start("[services.echo]\nenabled = true\n");
+    let ep = quinn_endpoint_on("127.0.0.3");
+    for _ in 0..3 {
+        let c = connect(&ep, server.addr, Some(&ClientKey::generate()), ECHO)
+            .await
+            .unwrap();
+        let _ = c.closed().await;
+    }
+    let filter =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/fail2ban/alknet.conf");
+    let out = std::process::Command::new("fail2ban-regex")
+        .arg("--print-all-matched")
+        .arg(&server.stderr_path)
+        .arg(&filter)
+        .output()
+        .expect("fail2ban-regex (Debian package fail2ban; .ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 matched"), "{text}");
+    assert!(text.contains("127.0.0.3"), "{text}");
+}
