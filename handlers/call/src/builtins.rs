@@ -1,0 +1,161 @@
+//! The operations every node serves: discovery (`/services/*`) and node facts (`/node/*`).
+
+use crate::CallContext;
+use crate::ops::{CallError, NoInput, Operations, RegisterError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Scope of the operations that reveal other peers and sessions.
+pub const ADMIN_SCOPE: &str = "admin";
+
+/// One entry of `/services/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OperationSummary {
+    /// `/service/operation`.
+    pub id: String,
+    /// One line for people.
+    pub description: String,
+    /// Whether it may send several results.
+    pub streaming: bool,
+}
+
+/// Output of `/services/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceList {
+    /// The operations the caller may call, in id order.
+    pub operations: Vec<OperationSummary>,
+}
+
+/// Input of `/services/schema`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SchemaRequest {
+    /// The operation to describe.
+    #[serde(rename = "operationId")]
+    pub operation_id: String,
+}
+
+/// Output of `/services/schema`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OperationSchema {
+    /// The operation.
+    #[serde(rename = "operationId")]
+    pub operation_id: String,
+    /// One line for people.
+    pub description: String,
+    /// Whether it may send several results.
+    pub streaming: bool,
+    /// JSON Schema of the input.
+    pub input: Value,
+    /// JSON Schema of each result.
+    pub output: Value,
+}
+
+/// Output of `/node/info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeInfo {
+    /// The node's key, `ed25519:<hex>`.
+    pub fingerprint: String,
+    /// Software version.
+    pub version: String,
+    /// The ALPNs this node serves.
+    pub alpns: Vec<String>,
+    /// Worker threads (shards).
+    pub workers: usize,
+    /// Seconds since the node started.
+    pub uptime_secs: u64,
+}
+
+/// Registers the built-in operations.
+pub(crate) fn register(ops: &mut Operations, ctx: &CallContext) -> Result<(), RegisterError> {
+    ops.unary(
+        "/services/list",
+        "List the operations you may call",
+        None,
+        |call, _: NoInput| async move {
+            let operations = call
+                .operations()
+                .iter()
+                .filter(|op| op.scope.as_deref().is_none_or(|s| call.has_scope(s)))
+                .map(|op| OperationSummary {
+                    id: op.id.clone(),
+                    description: op.description.clone(),
+                    streaming: op.streaming,
+                })
+                .collect();
+            Ok(ServiceList { operations })
+        },
+    )?;
+    ops.unary(
+        "/services/schema",
+        "JSON Schema of an operation's input and output",
+        None,
+        |call, req: SchemaRequest| async move {
+            // An operation the caller may not call does not exist for it.
+            match call.operations().get(&req.operation_id) {
+                Some(op) if op.scope.as_deref().is_none_or(|s| call.has_scope(s)) => {
+                    Ok(OperationSchema {
+                        operation_id: op.id.clone(),
+                        description: op.description.clone(),
+                        streaming: op.streaming,
+                        input: op.input_schema.clone(),
+                        output: op.output_schema.clone(),
+                    })
+                }
+                _ => Err(CallError::not_found(format!(
+                    "no operation {}",
+                    req.operation_id
+                ))),
+            }
+        },
+    )?;
+    let peers = ctx.peers.clone();
+    ops.unary(
+        "/services/list-peers",
+        "List the peers this node knows (admin)",
+        Some(ADMIN_SCOPE),
+        move |_call, _: NoInput| {
+            let peers = peers.clone();
+            async move {
+                match peers {
+                    Some(f) => Ok(f()),
+                    None => Err(CallError::unavailable("this node does not list peers")),
+                }
+            }
+        },
+    )?;
+    let info = ctx.clone();
+    ops.unary(
+        "/node/info",
+        "The node's fingerprint, version, services, workers and uptime",
+        None,
+        move |_call, _: NoInput| {
+            let ctx = info.clone();
+            async move {
+                Ok(NodeInfo {
+                    fingerprint: ctx.fingerprint.clone(),
+                    version: ctx.version.clone(),
+                    alpns: ctx.alpns.clone(),
+                    workers: ctx.workers,
+                    uptime_secs: ctx.started.elapsed().as_secs(),
+                })
+            }
+        },
+    )?;
+    let sessions = ctx.sessions.clone();
+    ops.unary(
+        "/node/sessions",
+        "The node's live sessions (admin)",
+        Some(ADMIN_SCOPE),
+        move |_call, _: NoInput| {
+            let sessions = sessions.clone();
+            async move {
+                match sessions {
+                    Some(f) => Ok(f()),
+                    None => Err(CallError::unavailable("this node does not list sessions")),
+                }
+            }
+        },
+    )?;
+    Ok(())
+}

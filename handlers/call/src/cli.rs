@@ -1,0 +1,210 @@
+//! `alknet call`: one call (or the operation list) against a node, results as JSON lines.
+//!
+//! The server's key is pinned with `--fingerprint` or checked against the known-servers file
+//! (trust on first use), as `alknet connect` does.
+
+use crate::builtins::ServiceList;
+use crate::client::{CallClient, CallOptions};
+use crate::ops::{CallError, Operations};
+use alknet_core::client::{ClientEndpoint, KnownServers, explain_failure, trust_for};
+use alknet_core::config::{Config, DriverKind};
+use alknet_core::tls::{NodeKey, ServerKeySeen, ServerTrust};
+use alknet_proto::Fingerprint;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `alknet call`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  alknet call gw.example:4433 --list\n  alknet call gw.example:4433 /node/info\n  alknet call gw.example:4433 /services/schema '{\"operationId\":\"/node/info\"}'"
+)]
+pub struct CallArgs {
+    /// The node, host:port.
+    pub addr: String,
+    /// The operation, `/service/operation`.
+    #[arg(required_unless_present = "list")]
+    pub op: Option<String>,
+    /// The input as JSON (default `null`).
+    pub input: Option<String>,
+    /// List the operations you may call, one per line with a description.
+    #[arg(long, conflicts_with_all = ["op", "input"])]
+    pub list: bool,
+    /// Expect exactly this server key (`ed25519:<hex>`) instead of the known-servers file.
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// File holding the vault passphrase, if the node key is in a vault.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Seconds the call may take.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print errors and the operation list as JSON too.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `alknet call` with the client key `node_key` and the known-servers file of `data_dir`.
+pub fn run(args: CallArgs, data_dir: &Path, node_key: NodeKey) -> Result<()> {
+    let pinned = args
+        .fingerprint
+        .as_deref()
+        .map(|f| {
+            f.parse::<Fingerprint>()
+                .map_err(|e| anyhow!("--fingerprint {f:?}: {e}"))
+        })
+        .transpose()?;
+    let input: Value = match &args.input {
+        None => Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| anyhow!("the input is not JSON ({e}); quote it, e.g. '{{\"key\":1}}'"))?,
+    };
+    let op = if args.list {
+        "/services/list".to_owned()
+    } else {
+        let op = args.op.clone().unwrap_or_default();
+        if !crate::ops::valid_operation_id(&op) {
+            bail!("{op:?} is not an operation id; they look like /service/operation (try --list)");
+        }
+        op
+    };
+    if args.timeout == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    let addr = args.addr.as_str();
+    let server: SocketAddr = addr
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr:?}; write it as host:port"))?
+        .next()
+        .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))?;
+    let known = KnownServers::in_dir(data_dir);
+    let trust = trust_for(pinned, &known, addr);
+    let config = Arc::new(Config::default());
+    let (client_config, seen) =
+        alknet_core::endpoint::client_config(&config, &node_key, crate::ALPN, trust.clone())?;
+    let target = Target {
+        server,
+        addr,
+        trust: &trust,
+        seen: &seen,
+        pinned: pinned.is_some(),
+        known: &known,
+    };
+    let mut result: Result<()> = Ok(());
+    alknet_core::server::run_on_driver(DriverKind::Auto, 0, || async {
+        result = session(
+            config.clone(),
+            &node_key,
+            client_config,
+            &target,
+            &op,
+            input,
+            &args,
+        )
+        .await;
+    })
+    .context("cannot start the runtime")?;
+    result
+}
+
+struct Target<'a> {
+    server: SocketAddr,
+    addr: &'a str,
+    trust: &'a ServerTrust,
+    seen: &'a ServerKeySeen,
+    pinned: bool,
+    known: &'a KnownServers,
+}
+
+async fn session(
+    config: Arc<Config>,
+    node: &NodeKey,
+    client_config: alknet_core::quic::ClientConfig,
+    t: &Target<'_>,
+    op: &str,
+    input: Value,
+    args: &CallArgs,
+) -> Result<()> {
+    let endpoint = ClientEndpoint::new(config, node, t.server)?;
+    let conn = endpoint.connect(client_config, t.server)?;
+    if let Err(e) = conn.connected().await {
+        return Err(
+            explain_failure(e, t.server, t.addr, t.trust, t.seen, t.pinned, t.known).into(),
+        );
+    }
+    if matches!(t.trust, ServerTrust::Observe)
+        && let Some(fp) = t.seen.get()
+    {
+        t.known
+            .add(t.addr, &fp)
+            .with_context(|| format!("cannot write {}", t.known.path().display()))?;
+        eprintln!(
+            "alknet: new server {} with key {fp}; remembered in {}",
+            t.addr,
+            t.known.path().display()
+        );
+    }
+    let client = CallClient::new(conn.clone(), Operations::new());
+    let options = CallOptions {
+        timeout: Some(Duration::from_secs(args.timeout)),
+        ..CallOptions::default()
+    };
+    let outcome = run_call(&client, op, input, options, args).await;
+    conn.close(alknet_core::close_code::NO_ERROR, b"");
+    endpoint.wait_idle(Duration::from_secs(1)).await;
+    outcome
+}
+
+async fn run_call(
+    client: &CallClient,
+    op: &str,
+    input: Value,
+    options: CallOptions,
+    args: &CallArgs,
+) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let fail = |e: CallError, out: &mut std::io::StdoutLock<'_>| -> anyhow::Error {
+        if args.json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({"error": {"code": e.code, "message": e.message, "retryable": e.retryable, "details": e.details}})
+            );
+        }
+        match client.connection().close_reason() {
+            Some(reason) => anyhow!("{op}: {e} (connection closed: {reason})"),
+            None => anyhow!("{op}: {e}"),
+        }
+    };
+    let mut stream = match client.start(op, input, options).await {
+        Ok(s) => s,
+        Err(e) => return Err(fail(e, &mut stdout)),
+    };
+    while let Some(item) = stream.next().await {
+        let value = match item {
+            Ok(v) => v,
+            Err(e) => return Err(fail(e, &mut stdout)),
+        };
+        if args.list && !args.json {
+            let list: ServiceList = serde_json::from_value(value)
+                .map_err(|e| anyhow!("unexpected answer to /services/list: {e}"))?;
+            let width = list
+                .operations
+                .iter()
+                .map(|o| o.id.len())
+                .max()
+                .unwrap_or(0);
+            for o in list.operations {
+                writeln!(stdout, "{:width$}  {}", o.id, o.description)?;
+            }
+        } else {
+            writeln!(stdout, "{value}")?;
+        }
+        stdout.flush()?;
+    }
+    Ok(())
+}

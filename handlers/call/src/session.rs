@@ -1,0 +1,575 @@
+//! The call engine for one connection, on either side: every bidirectional stream is a
+//! channel carrying frames both ways, calls are correlated by id, and each side may serve
+//! calls and make them.
+//!
+//! Bounds: a per-connection cap on calls being served, on bytes held by the frame decoders
+//! (beyond QUIC's flow control, which stops counting once bytes are read), on results queued
+//! for a caller that does not read them, and on queued outgoing frames per stream. A peer's
+//! protocol violation costs it the stream (answered with `call.error` where possible); after
+//! [`Limits::max_violations`] the connection is closed with `PROTOCOL_ERROR`.
+
+use crate::ops::{Call, CallError, OpInfo, Operations, RawSink};
+use crate::sync::{Abort, Notify, Outcome, run_guarded};
+use alknet_core::{AuthContext, Connection, RecvStream, SendStream, close_code};
+use alknet_proto::call::{
+    Body, CallId, DecodeError, Decoder, ErrorCode, Message, Request, encode_into,
+};
+use bytes::Bytes;
+use serde_json::Value;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Largest chunk read from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Stream error code sent with `STOP_SENDING` after a protocol violation.
+const STOP_PROTOCOL: u32 = 0x107;
+
+/// Per-connection limits of the call service.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest frame body accepted and sent (clamped to 64 MiB).
+    pub max_frame: usize,
+    /// Calls served at once per connection; more are answered `UNAVAILABLE`.
+    pub max_concurrent_calls: usize,
+    /// Bytes of partly received frames held per connection across its streams.
+    pub max_buffered: usize,
+    /// Bytes of results queued for one outgoing call before the stream stops being read.
+    pub max_pending_output: usize,
+    /// Bytes of frames queued for sending per stream before senders wait.
+    pub max_send_queue: usize,
+    /// Time a call may take, served or made.
+    pub call_timeout: Duration,
+    /// Protocol violations after which the connection is closed.
+    pub max_violations: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: alknet_proto::call::DEFAULT_MAX_FRAME,
+            max_concurrent_calls: 256,
+            max_buffered: 32 << 20,
+            max_pending_output: 1 << 20,
+            max_send_queue: 1 << 20,
+            call_timeout: Duration::from_secs(30),
+            max_violations: 8,
+        }
+    }
+}
+
+/// Who may call what on this side.
+pub(crate) enum Authority {
+    /// A server checking its authenticated peer's scopes.
+    Peer(AuthContext),
+    /// A client serving the server it chose and pinned: every operation.
+    Trusted,
+}
+
+/// One bidirectional stream: a queue of frames its writer task drains, and the calls on it.
+pub(crate) struct Channel {
+    queue: RefCell<VecDeque<Bytes>>,
+    queued: Cell<usize>,
+    closing: Cell<bool>,
+    broken: Cell<bool>,
+    notify: Notify,
+    served: RefCell<HashSet<CallId>>,
+    outgoing: RefCell<HashSet<CallId>>,
+}
+
+impl Channel {
+    fn new() -> Rc<Self> {
+        Rc::new(Self {
+            queue: RefCell::default(),
+            queued: Cell::new(0),
+            closing: Cell::new(false),
+            broken: Cell::new(false),
+            notify: Notify::default(),
+            served: RefCell::default(),
+            outgoing: RefCell::default(),
+        })
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        !self.closing.get() && !self.broken.get()
+    }
+
+    /// Queues a frame without waiting (control frames: small and bounded by calls).
+    fn push(&self, frame: Bytes) {
+        if self.broken.get() {
+            return;
+        }
+        self.queued.set(self.queued.get() + frame.len());
+        self.queue.borrow_mut().push_back(frame);
+        self.notify.notify();
+    }
+
+    /// Queues a frame once the queue has room.
+    async fn push_wait(&self, frame: Bytes, limit: usize) -> Result<(), CallError> {
+        self.notify
+            .wait_until(|| self.broken.get() || self.queued.get() < limit)
+            .await;
+        if self.broken.get() {
+            return Err(CallError::unavailable("stream closed"));
+        }
+        self.push(frame);
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.closing.set(true);
+        self.notify.notify();
+    }
+}
+
+async fn run_writer(chan: Rc<Channel>, mut send: SendStream) {
+    loop {
+        chan.notify
+            .wait_until(|| !chan.queue.borrow().is_empty() || chan.closing.get())
+            .await;
+        let next = chan.queue.borrow_mut().pop_front();
+        match next {
+            Some(frame) => {
+                let len = frame.len();
+                let res = send.write_chunk(frame).await;
+                chan.queued.set(chan.queued.get().saturating_sub(len));
+                chan.notify.notify();
+                if res.is_err() {
+                    chan.broken.set(true);
+                    chan.queue.borrow_mut().clear();
+                    chan.queued.set(0);
+                    chan.notify.notify();
+                    return;
+                }
+            }
+            None => {
+                let _ = send.finish();
+                return;
+            }
+        }
+    }
+}
+
+/// One result of an outgoing call (`None` once completed) and the frame bytes it took.
+pub(crate) type Item = (Result<Option<Value>, CallError>, usize);
+
+/// Results of one outgoing call, queued until its caller reads them.
+pub(crate) struct Pending {
+    pub(crate) items: RefCell<VecDeque<Item>>,
+    pub(crate) bytes: Cell<usize>,
+    pub(crate) notify: Notify,
+}
+
+/// The engine for one connection.
+pub(crate) struct Session {
+    conn: Connection,
+    ops: Operations,
+    authority: Authority,
+    limits: Limits,
+    served: RefCell<HashMap<CallId, Rc<Abort>>>,
+    outgoing: RefCell<HashMap<CallId, Rc<Pending>>>,
+    buffered: Cell<usize>,
+    violations: Cell<u32>,
+    shared: RefCell<Option<Rc<Channel>>>,
+    opening: Cell<bool>,
+    notify: Notify,
+}
+
+impl Session {
+    pub(crate) fn new(
+        conn: Connection,
+        ops: Operations,
+        authority: Authority,
+        limits: Limits,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            conn,
+            ops,
+            authority,
+            limits,
+            served: RefCell::default(),
+            outgoing: RefCell::default(),
+            buffered: Cell::new(0),
+            violations: Cell::new(0),
+            shared: RefCell::new(None),
+            opening: Cell::new(false),
+            notify: Notify::default(),
+        })
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn operations(&self) -> &Operations {
+        &self.ops
+    }
+
+    pub(crate) fn auth(&self) -> Option<&AuthContext> {
+        match &self.authority {
+            Authority::Peer(a) => Some(a),
+            Authority::Trusted => None,
+        }
+    }
+
+    pub(crate) fn has_scope(&self, scope: &str) -> bool {
+        match &self.authority {
+            Authority::Peer(a) => a.has_scope(scope),
+            Authority::Trusted => true,
+        }
+    }
+
+    /// Whether the peer may call (and see) `op`.
+    pub(crate) fn may_call(&self, op: &OpInfo) -> bool {
+        op.scope.as_deref().is_none_or(|s| self.has_scope(s))
+    }
+
+    /// Accepts the peer's streams until the connection ends.
+    pub(crate) async fn accept_loop(self: Rc<Self>) {
+        while let Ok((send, recv)) = self.conn.accept_bi().await {
+            self.clone().start_channel(send, recv);
+        }
+    }
+
+    fn start_channel(self: Rc<Self>, send: SendStream, recv: RecvStream) -> Rc<Channel> {
+        let chan = Channel::new();
+        monoio::spawn(run_writer(chan.clone(), send));
+        monoio::spawn(self.run_reader(chan.clone(), recv));
+        chan
+    }
+
+    /// Opens a new stream for this side's calls.
+    pub(crate) async fn open_channel(self: &Rc<Self>) -> Result<Rc<Channel>, CallError> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| CallError::unavailable(format!("connection lost: {e}")))?;
+        Ok(self.clone().start_channel(send, recv))
+    }
+
+    /// The stream shared by calls made without choosing one; opened on first use.
+    pub(crate) async fn shared_channel(self: &Rc<Self>) -> Result<Rc<Channel>, CallError> {
+        loop {
+            if let Some(c) = self.shared.borrow().as_ref()
+                && c.is_open()
+            {
+                return Ok(c.clone());
+            }
+            if !self.opening.get() {
+                break;
+            }
+            self.notify.wait_until(|| !self.opening.get()).await;
+        }
+        self.opening.set(true);
+        let res = self.open_channel().await;
+        self.opening.set(false);
+        self.notify.notify();
+        let chan = res?;
+        *self.shared.borrow_mut() = Some(chan.clone());
+        Ok(chan)
+    }
+
+    fn frame(&self, msg: &Message) -> Option<Bytes> {
+        let mut out = Vec::new();
+        match encode_into(msg, self.limits.max_frame, &mut out) {
+            Ok(()) => Some(Bytes::from(out)),
+            Err(e) => {
+                warn!(error = %e, "cannot encode call message");
+                None
+            }
+        }
+    }
+
+    fn push(&self, chan: &Channel, id: CallId, body: Body) {
+        if let Some(f) = self.frame(&Message { id, body }) {
+            chan.push(f);
+        }
+    }
+
+    fn push_error(&self, chan: &Channel, id: CallId, e: &CallError) {
+        self.push(chan, id, Body::Error(e.to_body()));
+    }
+
+    pub(crate) async fn send_output(
+        &self,
+        chan: &Channel,
+        id: CallId,
+        output: Value,
+    ) -> Result<(), CallError> {
+        let msg = Message {
+            id,
+            body: Body::Responded { output },
+        };
+        let mut out = Vec::new();
+        encode_into(&msg, self.limits.max_frame, &mut out)
+            .map_err(|e| CallError::internal(e.to_string()))?;
+        chan.push_wait(Bytes::from(out), self.limits.max_send_queue)
+            .await
+    }
+
+    /// Starts a call on `chan`; results arrive in the returned queue.
+    pub(crate) fn start_call(
+        &self,
+        chan: &Rc<Channel>,
+        req: Request,
+    ) -> Result<(CallId, Rc<Pending>), CallError> {
+        if !chan.is_open() {
+            return Err(CallError::unavailable("stream closed"));
+        }
+        let id = CallId::from_random(rand::random());
+        let frame = self
+            .frame(&Message {
+                id,
+                body: Body::Requested(req),
+            })
+            .ok_or_else(|| CallError::invalid_input("input too large for one frame"))?;
+        let pending = Rc::new(Pending {
+            items: RefCell::default(),
+            bytes: Cell::new(0),
+            notify: Notify::default(),
+        });
+        self.outgoing.borrow_mut().insert(id, pending.clone());
+        chan.outgoing.borrow_mut().insert(id);
+        chan.push(frame);
+        Ok((id, pending))
+    }
+
+    /// Ends this side's interest in an outgoing call; `abort` tells the peer to stop it.
+    pub(crate) fn finish_call(&self, chan: &Channel, id: CallId, abort: bool) {
+        let was = self.outgoing.borrow_mut().remove(&id);
+        chan.outgoing.borrow_mut().remove(&id);
+        chan.notify.notify();
+        if let Some(p) = &was {
+            // Wakes a reader waiting for this call's queue to drain.
+            p.notify.notify();
+        }
+        if abort && was.is_some() {
+            self.push(chan, id, Body::Aborted);
+        }
+    }
+
+    fn violation(&self, chan: &Channel, id: Option<CallId>, code: ErrorCode, message: String) {
+        let n = self.violations.get() + 1;
+        self.violations.set(n);
+        let remote = self.conn.remote_address();
+        info!(%remote, violations = n, error = %message, "call protocol violation");
+        self.push_error(
+            chan,
+            id.unwrap_or(CallId::NIL),
+            &CallError::new(code, message),
+        );
+        if n >= self.limits.max_violations {
+            warn!(%remote, violations = n, "closing connection after repeated call protocol violations");
+            self.conn.close(
+                close_code::PROTOCOL_ERROR,
+                b"repeated call protocol violations",
+            );
+        }
+    }
+
+    async fn run_reader(self: Rc<Self>, chan: Rc<Channel>, mut recv: RecvStream) {
+        let mut dec = Decoder::with_max(self.limits.max_frame);
+        let mut held = 0usize;
+        let clean_end = 'read: loop {
+            loop {
+                let before = dec.buffered();
+                let res = dec.poll();
+                let frame_len = before - dec.buffered();
+                match res {
+                    Ok(None) => break,
+                    Ok(Some(msg)) => {
+                        if let Err((id, message)) = self.dispatch(&chan, msg, frame_len).await {
+                            self.violation(&chan, Some(id), ErrorCode::InvalidInput, message);
+                            break 'read false;
+                        }
+                    }
+                    Err(e) => {
+                        self.violation(&chan, e.id(), ErrorCode::InvalidInput, describe(&e));
+                        break 'read false;
+                    }
+                }
+            }
+            let now = dec.buffered();
+            self.buffered.set(self.buffered.get() - held + now);
+            held = now;
+            if self.buffered.get() + READ_CHUNK > self.limits.max_buffered {
+                self.push_error(
+                    &chan,
+                    CallId::NIL,
+                    &CallError::unavailable("connection receive buffer full; use fewer streams"),
+                );
+                break false;
+            }
+            match recv.read_chunk(READ_CHUNK).await {
+                Ok(Some(chunk)) => dec.feed(&chunk),
+                Ok(None) => break dec.buffered() == 0,
+                Err(e) => {
+                    debug!(error = %e, "call stream ended");
+                    break false;
+                }
+            }
+        };
+        self.buffered.set(self.buffered.get() - held);
+        drop(dec);
+        let outgoing: Vec<CallId> = chan.outgoing.borrow_mut().drain().collect();
+        for id in outgoing {
+            if let Some(p) = self.outgoing.borrow_mut().remove(&id) {
+                p.items
+                    .borrow_mut()
+                    .push_back((Err(CallError::unavailable("stream closed by the peer")), 0));
+                p.notify.notify();
+            }
+        }
+        if clean_end {
+            // The peer sent everything; answer what it asked, then end our side.
+            chan.notify
+                .wait_until(|| chan.served.borrow().is_empty() || chan.broken.get())
+                .await;
+        } else {
+            recv.stop(STOP_PROTOCOL);
+            let served: Vec<CallId> = chan.served.borrow().iter().copied().collect();
+            for id in served {
+                if let Some(a) = self.served.borrow().get(&id) {
+                    a.abort();
+                }
+            }
+        }
+        chan.close();
+    }
+
+    /// Handles one message; `Err` is a protocol violation that ends the stream.
+    async fn dispatch(
+        self: &Rc<Self>,
+        chan: &Rc<Channel>,
+        msg: Message,
+        frame_len: usize,
+    ) -> Result<(), (CallId, String)> {
+        let id = msg.id;
+        match msg.body {
+            Body::Requested(req) => {
+                if self.served.borrow().contains_key(&id) {
+                    return Err((
+                        id,
+                        format!("duplicate call id {id}: a call with this id is in flight"),
+                    ));
+                }
+                if self.served.borrow().len() >= self.limits.max_concurrent_calls {
+                    self.push_error(
+                        chan,
+                        id,
+                        &CallError::unavailable(format!(
+                            "too many calls in flight (limit {}); retry later",
+                            self.limits.max_concurrent_calls
+                        )),
+                    );
+                    return Ok(());
+                }
+                let abort = Rc::new(Abort::default());
+                self.served.borrow_mut().insert(id, abort.clone());
+                chan.served.borrow_mut().insert(id);
+                monoio::spawn(self.clone().serve(chan.clone(), id, req, abort));
+            }
+            Body::Aborted => {
+                if let Some(a) = self.served.borrow().get(&id) {
+                    a.abort();
+                } else {
+                    self.deliver(
+                        id,
+                        Err(CallError::unavailable("call aborted by the peer")),
+                        0,
+                    );
+                }
+            }
+            Body::Responded { output } => {
+                let pending = self.outgoing.borrow().get(&id).cloned();
+                if let Some(p) = pending {
+                    // Back-pressure: stop reading this stream until the caller catches up.
+                    let limit = self.limits.max_pending_output;
+                    p.notify
+                        .wait_until(|| {
+                            p.bytes.get() < limit || !self.outgoing.borrow().contains_key(&id)
+                        })
+                        .await;
+                    self.deliver(id, Ok(Some(output)), frame_len);
+                }
+            }
+            Body::Completed => self.deliver(id, Ok(None), 0),
+            Body::Error(e) => self.deliver(id, Err(CallError::from_body(e)), 0),
+        }
+        Ok(())
+    }
+
+    /// Hands a result to an outgoing call; results for calls no longer wanted are dropped.
+    fn deliver(&self, id: CallId, item: Result<Option<Value>, CallError>, len: usize) {
+        let pending = self.outgoing.borrow().get(&id).cloned();
+        if let Some(p) = pending {
+            p.bytes.set(p.bytes.get() + len);
+            p.items.borrow_mut().push_back((item, len));
+            p.notify.notify();
+        }
+    }
+
+    async fn serve(self: Rc<Self>, chan: Rc<Channel>, id: CallId, req: Request, abort: Rc<Abort>) {
+        let op_id = req.operation_id.clone();
+        if let Some(f) = &req.forwarded_for {
+            debug!(call = %id, operation = %op_id, forwarded_for = %f, "call forwarded");
+        }
+        let result = match self.ops.entry(&op_id) {
+            None => Some(Err(CallError::not_found(format!("no operation {op_id}")))),
+            Some(entry) if !self.may_call(&entry.info) => Some(Err(CallError::forbidden(format!(
+                "{op_id} needs scope `{}`",
+                entry.info.scope.as_deref().unwrap_or_default()
+            )))),
+            Some(entry) => {
+                let call = Call {
+                    session: self.clone(),
+                    id,
+                    operation: entry.info.clone(),
+                    forwarded_for: req.forwarded_for,
+                    abort: abort.clone(),
+                };
+                let sink = RawSink {
+                    session: self.clone(),
+                    channel: chan.clone(),
+                    id,
+                    abort: abort.clone(),
+                };
+                let work = (entry.handler)(call, req.input, sink);
+                match run_guarded(work, &abort, self.limits.call_timeout).await {
+                    Outcome::Done(r) => Some(r),
+                    Outcome::Aborted => None,
+                    Outcome::TimedOut => Some(Err(CallError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "{op_id} did not finish within {} s",
+                            self.limits.call_timeout.as_secs_f64()
+                        ),
+                    ))),
+                    Outcome::Panicked => {
+                        warn!(operation = %op_id, "call handler panicked");
+                        Some(Err(CallError::internal("the operation failed")))
+                    }
+                }
+            }
+        };
+        self.served.borrow_mut().remove(&id);
+        chan.served.borrow_mut().remove(&id);
+        match result {
+            Some(Ok(())) => self.push(&chan, id, Body::Completed),
+            Some(Err(e)) => self.push_error(&chan, id, &e),
+            None => self.push(&chan, id, Body::Aborted),
+        }
+        chan.notify.notify();
+    }
+}
+
+fn describe(e: &DecodeError) -> String {
+    e.to_string()
+}
