@@ -242,6 +242,18 @@ fn serve(
     if config.service("echo").enabled {
         registry.register(alknet_core::echo::factory())?;
     }
+    #[cfg(feature = "perf")]
+    {
+        let perf = config.service("perf");
+        if perf.enabled {
+            if perf.anonymous {
+                tracing::warn!(
+                    "perf is served to clients with unknown keys (services.perf.anonymous = true); use this for benchmarks only"
+                );
+            }
+            registry.register(alknet_perf::factory(perf.anonymous))?;
+        }
+    }
     if registry.is_empty() {
         tracing::warn!(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
