@@ -518,6 +518,10 @@ impl Session {
 
     async fn serve(self: Rc<Self>, chan: Rc<Channel>, id: CallId, req: Request, abort: Rc<Abort>) {
         let op_id = req.operation_id.clone();
+        if req.auth_token.is_some() {
+            // Access follows the connection's key; a token cannot widen it (yet).
+            debug!(call = %id, operation = %op_id, "call carries a bearer token; ignored");
+        }
         if let Some(f) = &req.forwarded_for {
             debug!(call = %id, operation = %op_id, forwarded_for = %f, "call forwarded");
         }
