@@ -121,6 +121,12 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Call an operation of the `alknet/call` service, or list them (`--list`).
+    ///
+    /// Results are printed as JSON lines. Server pinning and the client key work as for
+    /// `alknet connect`.
+    #[cfg(feature = "call")]
+    Call(alknet_call::cli::CallArgs),
     /// Who is connected now: peer, service, address, since when.
     Sessions {
         /// Print JSON.
@@ -209,6 +215,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Peer { cmd, json } => admin_cli::peer(&data_dir, cmd, json),
         Command::Token { cmd, json } => admin_cli::token(&data_dir, cmd, json),
         Command::Sessions { json } => admin_cli::sessions(&data_dir, json),
+        #[cfg(feature = "call")]
+        Command::Call(args) => {
+            let key = node::load(&data_dir, args.passphrase_file.as_deref())?;
+            alknet_call::cli::run(args, &data_dir, key.key)
+        }
     }
 }
 
@@ -238,6 +249,9 @@ fn serve(
     let node = node::load(data_dir, passphrase_file)?;
     tracing::info!(source = node.source, "node key loaded");
 
+    let store = Arc::new(alknet_core::store::RedbStore::open(
+        &data_dir.join(alknet_core::store::STORE_FILE),
+    )?);
     let mut registry = alknet_core::Registry::new();
     if config.service("echo").enabled {
         registry.register(alknet_core::echo::factory())?;
@@ -254,6 +268,31 @@ fn serve(
             registry.register(alknet_perf::factory(perf.anonymous))?;
         }
     }
+    // Filled once the shards run; the call service reads sessions through it.
+    let control_slot: Arc<std::sync::OnceLock<alknet_core::server::ControlHandle>> = Arc::default();
+    #[cfg(feature = "call")]
+    if config.service("call").enabled {
+        let mut alpns = registry.alpns();
+        alpns.push(alknet_call::ALPN.to_vec());
+        let slot = control_slot.clone();
+        let peers_store = store.clone();
+        let ctx = alknet_call::CallContext::new(node.key.fingerprint().to_string())
+            .with_alpns(alpns)
+            .with_workers(config.worker_count())
+            .with_sessions(move || match slot.get() {
+                Some(h) => serde_json::to_value(h.sessions()).unwrap_or_default(),
+                None => serde_json::Value::Array(Vec::new()),
+            })
+            .with_peers(move || {
+                alknet_core::admin::execute(
+                    &peers_store,
+                    &alknet_core::admin::AdminOp::PeerList,
+                    control::unix_now(),
+                )
+                .unwrap_or_default()
+            });
+        registry.register(alknet_call::factory(ctx))?;
+    }
     if registry.is_empty() {
         tracing::warn!(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
@@ -263,15 +302,13 @@ fn serve(
         alknet_core::identity::MemoryIdentities::from_config(&config.peers)
             .context("peers in the config file")?,
     );
-    let store = Arc::new(alknet_core::store::RedbStore::open(
-        &data_dir.join(alknet_core::store::STORE_FILE),
-    )?);
     let identities = Arc::new(alknet_core::identity::LayeredIdentities::new(vec![
         from_config,
         store.clone(),
     ]));
     let config = Arc::new(config);
     let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
+    let _ = control_slot.set(handle.control());
 
     let alpns: Vec<String> = handle
         .alpns()

@@ -114,6 +114,7 @@ impl ClientEndpoint {
             config,
             None,
             Arc::default(),
+            Arc::default(),
         );
         monoio::spawn(shard.clone().run_receiver());
         monoio::spawn(shard.clone().run_inbox(rx));

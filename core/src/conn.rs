@@ -106,6 +106,8 @@ pub(crate) struct ConnInner {
     pub(crate) alpn: Option<&'static [u8]>,
     pub(crate) peer: Option<String>,
     pub(crate) since: Instant,
+    /// Key of this connection on the shard's session board, once authenticated.
+    pub(crate) session: Option<u64>,
 }
 
 impl ConnInner {
@@ -129,6 +131,7 @@ impl ConnInner {
             alpn: None,
             peer: None,
             since: now,
+            session: None,
         }
     }
 }

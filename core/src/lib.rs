@@ -34,4 +34,4 @@ pub use identity::{AuthContext, Identity, IdentityProvider, IdentityStore, PeerE
 pub use quinn_proto as quic;
 pub use quinn_proto::{ConnectionError, VarInt};
 pub use server::{ServerHandle, start};
-pub use shard::{Forwarded, SessionInfo, ShardMsg};
+pub use shard::{Forwarded, SessionBoard, SessionInfo, ShardMsg};

@@ -55,6 +55,7 @@ pub enum ServeError {
 
 /// A running server.
 pub struct ServerHandle {
+    boards: Vec<crate::shard::SessionBoard>,
     senders: Vec<flume::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<ShardStats>>,
@@ -94,6 +95,7 @@ impl ServerHandle {
         ControlHandle {
             senders: self.senders.clone(),
             stats: self.stats.clone(),
+            boards: self.boards.clone(),
         }
     }
 
@@ -118,6 +120,7 @@ impl ServerHandle {
 pub struct ControlHandle {
     senders: Vec<flume::Sender<ShardMsg>>,
     stats: Vec<Arc<ShardStats>>,
+    boards: Vec<crate::shard::SessionBoard>,
 }
 
 impl ControlHandle {
@@ -138,19 +141,16 @@ impl ControlHandle {
         }
     }
 
-    /// The authenticated connections of every shard (shards that do not answer within a
-    /// second are left out).
+    /// The authenticated connections of every shard.
     pub fn sessions(&self) -> Vec<crate::shard::SessionInfo> {
-        let (tx, rx) = flume::bounded(self.senders.len());
-        for s in &self.senders {
-            let _ = s.send(ShardMsg::Sessions(tx.clone()));
-        }
-        drop(tx);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        let mut all = Vec::new();
-        while let Ok(mut v) = rx.recv_deadline(deadline) {
-            all.append(&mut v);
-        }
+        let mut all: Vec<_> = self
+            .boards
+            .iter()
+            .flat_map(|b| match b.lock() {
+                Ok(g) => g.values().cloned().collect::<Vec<_>>(),
+                Err(p) => p.into_inner().values().cloned().collect(),
+            })
+            .collect();
         all.sort_by(|a, b| (&a.peer, a.since_unix).cmp(&(&b.peer, b.since_unix)));
         all
     }
@@ -190,6 +190,7 @@ pub fn start(
         .map(|_| flume::bounded::<ShardMsg>(4096))
         .unzip();
     let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
+    let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -212,6 +213,7 @@ pub fn start(
             endpoint_config: endpoint_configs[shard].clone(),
             server_config: server_config.clone(),
             penalties: penalties.clone(),
+            board: boards[shard].clone(),
             pin: config.pin_workers.then_some(shard % cores),
         };
         let ready = ready_tx.clone();
@@ -243,6 +245,7 @@ pub fn start(
         }
     }
     Ok(ServerHandle {
+        boards,
         senders,
         threads,
         stats,
@@ -294,6 +297,7 @@ struct WorkerCtx {
     endpoint_config: Arc<quinn_proto::EndpointConfig>,
     server_config: Arc<quinn_proto::ServerConfig>,
     penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
+    board: crate::shard::SessionBoard,
     pin: Option<usize>,
 }
 
@@ -343,6 +347,7 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             ctx.config,
             Some(ctx.server_config),
             ctx.penalties,
+            ctx.board,
         );
         monoio::spawn(shard.clone().run_receiver());
         monoio::spawn(shard.clone().run_inbox(ctx.rx));

@@ -53,9 +53,11 @@ pub enum ShardMsg {
     Shutdown,
     /// Close every connection of this peer (revoked or disabled).
     ClosePeer(String),
-    /// Report the authenticated connections of this shard.
-    Sessions(flume::Sender<Vec<SessionInfo>>),
 }
+
+/// The authenticated connections of one shard, readable from any thread without asking the
+/// shard (so a handler on a shard can list sessions without waiting on itself).
+pub type SessionBoard = Arc<std::sync::Mutex<std::collections::HashMap<u64, SessionInfo>>>;
 
 /// One authenticated connection, as `alknet sessions` shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -64,7 +66,7 @@ pub struct SessionInfo {
     pub peer: String,
     /// Service ALPN.
     pub alpn: String,
-    /// Current remote address.
+    /// Remote address at the handshake.
     pub remote: String,
     /// When the handshake finished, Unix seconds.
     pub since_unix: u64,
@@ -122,6 +124,8 @@ pub(crate) struct Shard {
     pub(crate) config: Arc<Config>,
     pub(crate) server_config: Option<Arc<quinn_proto::ServerConfig>>,
     pub(crate) penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
+    pub(crate) board: SessionBoard,
+    next_session: Cell<u64>,
     sleeping_until: Cell<Option<Instant>>,
     pub(crate) shutting_down: Cell<bool>,
     drain_deadline: Cell<Option<Instant>>,
@@ -144,6 +148,7 @@ impl Shard {
         config: Arc<Config>,
         server_config: Option<Arc<quinn_proto::ServerConfig>>,
         penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
+        board: SessionBoard,
     ) -> Rc<Self> {
         Rc::new(Self {
             id,
@@ -169,6 +174,8 @@ impl Shard {
             config,
             server_config,
             penalties,
+            board,
+            next_session: Cell::new(0),
             sleeping_until: Cell::new(None),
             shutting_down: Cell::new(false),
             drain_deadline: Cell::new(None),
@@ -474,38 +481,7 @@ impl Shard {
                 self.signal.notify();
             }
             ShardMsg::ClosePeer(peer) => self.close_peer(&peer, close_code::REVOKED, b"revoked"),
-            ShardMsg::Sessions(reply) => {
-                let _ = reply.try_send(self.sessions(now));
-            }
         }
-    }
-
-    fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.core
-            .borrow()
-            .conns
-            .iter()
-            .flatten()
-            .filter_map(|c| {
-                let inner = c.inner.borrow();
-                let alpn = inner.alpn?;
-                if inner.lost.is_some() {
-                    return None;
-                }
-                Some(SessionInfo {
-                    peer: inner.peer.clone().unwrap_or_else(|| "anonymous".into()),
-                    alpn: String::from_utf8_lossy(alpn).into_owned(),
-                    remote: inner.proto.remote_address().to_string(),
-                    since_unix: wall
-                        .saturating_sub(now.saturating_duration_since(inner.since).as_secs()),
-                    shard: self.id,
-                })
-            })
-            .collect()
     }
 
     /// Closes every connection authenticated as `peer`.
@@ -859,6 +835,12 @@ impl Shard {
             }
             inner.wakers.wake_all();
             inner.timer_at = None;
+            if let Some(id) = inner.session.take() {
+                match self.board.lock() {
+                    Ok(mut b) => b.remove(&id),
+                    Err(p) => p.into_inner().remove(&id),
+                };
+            }
             if let Some(slot) = core.conns.get_mut(ch.0) {
                 *slot = None;
             }
@@ -997,6 +979,20 @@ impl Shard {
             inner.alpn = Some(handler.alpn());
             inner.peer = auth.identity.as_ref().map(|i| i.id.clone());
             inner.since = now;
+            let id = self.next_session.get();
+            self.next_session.set(id + 1);
+            inner.session = Some(id);
+            let info = SessionInfo {
+                peer: inner.peer.clone().unwrap_or_else(|| "anonymous".into()),
+                alpn: alpn_str.clone(),
+                remote: remote.to_string(),
+                since_unix: crate::control::unix_now(),
+                shard: self.id,
+            };
+            match self.board.lock() {
+                Ok(mut b) => b.insert(id, info),
+                Err(p) => p.into_inner().insert(id, info),
+            };
         }
         info!(
             %remote,

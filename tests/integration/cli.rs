@@ -237,3 +237,32 @@ fn serve_without_arguments_creates_its_data_dir_and_says_what_it_serves() {
     let (_, id, _) = run_cli(&["id"], &data, b"");
     assert_eq!(format!("fingerprint {}", id.trim()), lines[1]);
 }
+
+#[test]
+fn call_command_reaches_the_call_service() {
+    let client = tempfile::tempdir().unwrap();
+    let (_, fp, _) = run_cli(&["id"], client.path(), b"");
+    let fp = fp.trim().to_owned();
+    let server = Server::start(&format!(
+        "workers = 2\n[services.call]\nenabled = true\n[[peers]]\nid = \"ops\"\nfingerprints = [\"{fp}\"]\nscopes = [\"call\"]\n"
+    ));
+    let addr = server.addr.to_string();
+    let (code, out, err) = run_cli(&["call", &addr, "/node/info"], client.path(), b"");
+    assert_eq!(code, 0, "{err}");
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        info["fingerprint"].as_str(),
+        Some(server.fingerprint.as_str())
+    );
+    assert_eq!(info["workers"].as_u64(), Some(2));
+    let (code, out, err) = run_cli(&["call", &addr, "--list"], client.path(), b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("/services/list") && !out.contains("/node/sessions"),
+        "{out}"
+    );
+    // Admin operations need the admin scope.
+    let (code, _, err) = run_cli(&["call", &addr, "/node/sessions"], client.path(), b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("FORBIDDEN"), "{err}");
+}
