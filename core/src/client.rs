@@ -141,6 +141,7 @@ impl ClientEndpoint {
         let cell = Rc::new(ConnCell {
             inner: RefCell::new(ConnInner::new(proto, ch, now)),
             signal: shard.signal.clone(),
+            stats: shard.stats.clone(),
         });
         shard.insert(&mut core, ch, cell.clone());
         drop(core);

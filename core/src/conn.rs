@@ -52,6 +52,7 @@ pub(crate) type ConnRef = Rc<ConnCell>;
 pub(crate) struct ConnCell {
     pub(crate) inner: RefCell<ConnInner>,
     pub(crate) signal: Rc<DriverSignal>,
+    pub(crate) stats: std::sync::Arc<crate::stats::ShardStats>,
 }
 
 #[derive(Default)]
@@ -344,6 +345,29 @@ impl Connection {
     /// The peer's current address.
     pub fn remote_address(&self) -> SocketAddr {
         self.cell.inner.borrow().proto.remote_address()
+    }
+
+    /// Runs `task` on this shard alongside the handler. If it panics, the panic is caught,
+    /// counted and logged, and this connection (only) is closed with
+    /// [`close_code::INTERNAL`](crate::close_code::INTERNAL). Use it instead of
+    /// `monoio::spawn` for work that belongs to a connection.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        let cell = self.cell.clone();
+        monoio::spawn(async move {
+            use futures_util::FutureExt;
+            if std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                crate::stats::bump(&cell.stats.handler_panics);
+                tracing::error!("a connection task panicked; closing its connection");
+                close_cell(&cell, crate::close_code::INTERNAL, b"internal error");
+            }
+        });
     }
 
     /// Transport statistics.

@@ -30,7 +30,7 @@ impl ProtocolHandler for Echo {
     fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<()> {
         Box::pin(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
-                monoio::spawn(echo_stream(send, recv));
+                conn.spawn(echo_stream(send, recv));
             }
         })
     }

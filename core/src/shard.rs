@@ -400,6 +400,7 @@ impl Shard {
                 let cell = Rc::new(ConnCell {
                     inner: RefCell::new(inner),
                     signal: self.signal.clone(),
+                    stats: self.stats.clone(),
                 });
                 cell.inner.borrow_mut().counts_as_handshake = true;
                 self.insert(core, ch, cell.clone());

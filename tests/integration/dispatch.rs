@@ -16,6 +16,28 @@ struct Named {
     panics: bool,
 }
 
+/// Hands each stream to a task spawned through the connection; that task panics.
+struct SpawnPanics;
+
+impl ProtocolHandler for SpawnPanics {
+    fn alpn(&self) -> &'static [u8] {
+        b"test/spawn-panic"
+    }
+    fn scope(&self) -> Option<&str> {
+        None
+    }
+    fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<()> {
+        Box::pin(async move {
+            while let Ok((_send, mut recv)) = conn.accept_bi().await {
+                conn.spawn(async move {
+                    let _ = recv.read_to_end(1024).await;
+                    panic!("task bug");
+                });
+            }
+        })
+    }
+}
+
 impl ProtocolHandler for Named {
     fn alpn(&self) -> &'static [u8] {
         self.alpn
@@ -75,6 +97,11 @@ fn start(driver: DriverKind, key: &ClientKey) -> alknet_core::ServerHandle {
         .register(factory(b"test/scoped", Some("secret"), false))
         .unwrap();
     registry.register(alknet_core::echo::factory()).unwrap();
+    registry
+        .register(Arc::new(FnFactory::new(b"test/spawn-panic", false, |_| {
+            Rc::new(SpawnPanics) as Rc<dyn ProtocolHandler>
+        })))
+        .unwrap();
     let ids = MemoryIdentities::with_peers([PeerEntry {
         peer_id: "p1".into(),
         fingerprints: vec![key.fingerprint.parse().unwrap()],
@@ -137,8 +164,15 @@ async fn dispatch_and_isolation(driver: DriverKind) {
         .to_string();
     assert!(err.contains("internal error"), "{err}");
     assert_eq!(echo(&steady, b"unaffected").await.unwrap(), b"unaffected");
+    // So does a panic in a task the handler spawned for the connection.
+    let err = ask(&ep, addr, &key, b"test/spawn-panic")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("internal error"), "{err}");
+    assert_eq!(echo(&steady, b"still fine").await.unwrap(), b"still fine");
     let stats = server.stats();
-    assert_eq!(stats.handler_panics, 1);
+    assert_eq!(stats.handler_panics, 2);
     assert_eq!(stats.auth_failures, 1);
     server.shutdown();
     server.join();
