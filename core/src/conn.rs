@@ -543,9 +543,15 @@ impl SendStream {
 }
 
 impl Drop for SendStream {
+    /// Finishes the stream, unless the owner is unwinding from a panic: then the stream is
+    /// reset, so the peer never mistakes a truncated answer for a complete one.
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.finish();
+            if std::thread::panicking() {
+                self.reset(crate::close_code::INTERNAL);
+            } else {
+                let _ = self.finish();
+            }
         }
     }
 }

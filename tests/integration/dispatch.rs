@@ -28,8 +28,9 @@ impl ProtocolHandler for SpawnPanics {
     }
     fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<()> {
         Box::pin(async move {
-            while let Ok((_send, mut recv)) = conn.accept_bi().await {
+            while let Ok((send, mut recv)) = conn.accept_bi().await {
                 conn.spawn(async move {
+                    let _keep = send;
                     let _ = recv.read_to_end(1024).await;
                     panic!("task bug");
                 });
