@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod abuse;
 mod cli;
 mod dispatch;
 mod identity;

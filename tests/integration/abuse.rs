@@ -1,0 +1,213 @@
+//! Hostile traffic against a real `alknet serve`: garbage datagrams, reflection sources,
+//! half-open and idle clients. Each checks the behaviour, and that legitimate sessions
+//! running alongside keep working.
+
+use crate::support::*;
+use alknet_core::quic as qp;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ECHO: &[u8] = b"alknet/echo";
+
+/// A genuine client Initial datagram for `server`, as the first flight of a handshake.
+fn real_initial(server: SocketAddr) -> Vec<u8> {
+    let key = alknet_core::tls::NodeKey::generate();
+    let config = alknet_core::config::Config::default();
+    let (cc, _) = alknet_core::endpoint::client_config(
+        &config,
+        &key,
+        ECHO,
+        alknet_core::tls::ServerTrust::Observe,
+    )
+    .unwrap();
+    let mut ep = qp::Endpoint::new(Arc::new(qp::EndpointConfig::default()), None, true, None);
+    let (_, mut conn) = ep.connect(Instant::now(), cc, server, "alknet").unwrap();
+    let mut buf = Vec::new();
+    let t = conn.poll_transmit(Instant::now(), 1, &mut buf).unwrap();
+    buf.truncate(t.size);
+    buf
+}
+
+/// Datagrams received on `sock` within `wait`.
+fn replies(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < until {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+    }
+    out
+}
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn echo_server(key: &ClientKey, extra: &str) -> Server {
+    Server::start(&format!(
+        "workers = 2\n{extra}\n[services.echo]\nenabled = true\n{}",
+        peer_toml("tester", key, &["echo"])
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_no_reply_and_live_sessions_go_on() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+
+    // Random bytes, short headers with random CIDs, and truncated Initials: silence.
+    let quiet = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let initial = real_initial(server.addr);
+    for i in 0..300 {
+        let len = 1 + (rng(&mut seed) % 1400) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| rng(&mut seed) as u8).collect();
+        match i % 3 {
+            0 => d[0] &= 0x7f, // short header, random CID
+            1 => d = initial[..(rng(&mut seed) as usize % 1199).max(1)].to_vec(),
+            _ => {}
+        }
+        if i % 3 == 2 && d[0] & 0x80 != 0 && d.len() >= 1200 {
+            // A long header of full size may legitimately get version negotiation.
+            continue;
+        }
+        quiet.send_to(&d, server.addr).unwrap();
+    }
+    let got = replies(&quiet, Duration::from_millis(500));
+    assert!(
+        got.is_empty(),
+        "{} replies to garbage and sub-1200-byte Initials",
+        got.len()
+    );
+
+    // Long headers with unknown versions, full size: version negotiation at most, never
+    // larger than the trigger.
+    let vn = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20 {
+        let mut d = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8];
+        d.extend((0..8).map(|_| rng(&mut seed) as u8));
+        d.push(8);
+        d.extend((0..8).map(|_| rng(&mut seed) as u8));
+        d.resize(1200, 0);
+        vn.send_to(&d, server.addr).unwrap();
+    }
+    for r in replies(&vn, Duration::from_millis(300)) {
+        assert!(r.len() < 1200);
+        assert_eq!(&r[1..5], &[0, 0, 0, 0], "reply is not version negotiation");
+    }
+
+    assert_eq!(echo(&live, b"unharmed").await.unwrap(), b"unharmed");
+    assert!(server.stats()["counters"]["datagrams_in"].as_u64().unwrap() > 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_resets_are_rate_limited_and_smaller_than_their_trigger() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    // A CID the server would have issued (its key is on disk), for no live connection.
+    let node = alknet_core::tls::NodeKey::load_or_create(&server.data_dir()).unwrap();
+    let codec = alknet_core::endpoint::cid_codec(&node, 0);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let start = Instant::now();
+    for i in 0..100u8 {
+        let mut d = vec![0x40];
+        d.extend_from_slice(&codec.encode(i % 2, [i, 1, 2, 3, 4, 5]));
+        d.resize(120, 0xaa);
+        sock.send_to(&d, server.addr).unwrap();
+    }
+    let sent_for = start.elapsed();
+    let resets = replies(&sock, Duration::from_millis(300));
+    assert!(!resets.is_empty(), "no stateless reset at all");
+    for r in &resets {
+        assert!(
+            r.len() < 120,
+            "reset of {} bytes for a 120-byte trigger",
+            r.len()
+        );
+        assert_eq!(r[0] & 0xc0, 0x40, "not shaped like a short header");
+    }
+    // At most one reset per shard per 20 ms (quinn-proto's minimum reset interval).
+    let bound = 2 * (sent_for.as_millis() as usize / 20 + 1);
+    assert!(
+        resets.len() <= bound,
+        "{} resets in {sent_for:?}",
+        resets.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initials_from_reflection_ports_get_no_answer() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let initial = real_initial(server.addr);
+    // Control: the same Initial from an ordinary port is answered.
+    let normal = UdpSocket::bind("127.0.0.1:0").unwrap();
+    normal.send_to(&initial, server.addr).unwrap();
+    assert!(
+        !replies(&normal, Duration::from_millis(500)).is_empty(),
+        "control got no answer"
+    );
+    for port in [17u16, 19, 53, 111, 123, 137, 138, 161, 389, 500] {
+        let Ok(s) = UdpSocket::bind(("127.0.0.9", port)) else {
+            panic!("cannot bind 127.0.0.9:{port}; the test needs root");
+        };
+        s.send_to(&real_initial(server.addr), server.addr).unwrap();
+        let got = replies(&s, Duration::from_millis(200));
+        assert!(got.is_empty(), "answered an Initial from port {port}");
+    }
+    assert_eq!(server.counter("dropped_reflection"), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_and_idle_clients_are_reclaimed() {
+    let key = ClientKey::generate();
+    let server = echo_server(
+        &key,
+        "[transport]\nhandshake_timeout = \"1s\"\nidle_timeout = \"2s\"",
+    );
+    // 40 half-open clients: one Initial each, then silence.
+    let socks: Vec<UdpSocket> = (0..40)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for s in &socks {
+        s.send_to(&real_initial(server.addr), server.addr).unwrap();
+    }
+    // 20 clients that finish the handshake and then never open a stream.
+    let ep = quinn_endpoint();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(connect(&ep, server.addr, Some(&key), ECHO).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.counter("connections_open") >= 50);
+    // The idle clients stay alive but silent: only the server's idle timer can end them.
+    let until = Instant::now() + Duration::from_secs(15);
+    while server.counter("connections_open") > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.counter("connections_open"), 0, "state not reclaimed");
+    assert_eq!(server.counter("handshake_timeouts"), 40);
+    for c in &idle {
+        // Both ends apply the negotiated (server's) idle timeout; nothing else closed it.
+        assert!(
+            matches!(c.close_reason(), Some(quinn::ConnectionError::TimedOut)),
+            "{:?}",
+            c.close_reason()
+        );
+    }
+    // And the server still serves.
+    let c = connect(&quinn_endpoint(), server.addr, Some(&key), ECHO)
+        .await
+        .unwrap();
+    assert_eq!(echo(&c, b"fresh").await.unwrap(), b"fresh");
+}
