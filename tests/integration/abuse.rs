@@ -211,3 +211,49 @@ async fn half_open_and_idle_clients_are_reclaimed() {
         .unwrap();
     assert_eq!(echo(&c, b"fresh").await.unwrap(), b"fresh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_unknown_keys_are_refused_without_touching_a_handler() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    let addr = server.addr;
+    // 200 sources x 5 attempts: under the penalty threshold, so every attempt is a full
+    // handshake that must be refused.
+    let mut batches = Vec::new();
+    for src in 0..200u32 {
+        batches.push(tokio::spawn(async move {
+            let ip = format!("127.1.{}.{}", src / 250, src % 250 + 1);
+            let ep = quinn_endpoint_on(&ip);
+            let mut echoed = 0usize;
+            for _ in 0..5 {
+                let stranger = ClientKey::generate();
+                match connect(&ep, addr, Some(&stranger), ECHO).await {
+                    Ok(c) => {
+                        if let Ok(bytes) = echo(&c, b"let me in").await {
+                            echoed += bytes.len();
+                        }
+                        let _ = c.closed().await;
+                    }
+                    Err(_) => {}
+                }
+            }
+            echoed
+        }));
+        if batches.len() >= 25 {
+            for b in batches.drain(..) {
+                assert_eq!(b.await.unwrap(), 0, "a stranger got bytes back");
+            }
+            assert_eq!(echo(&live, b"alive").await.unwrap(), b"alive");
+        }
+    }
+    for b in batches {
+        assert_eq!(b.await.unwrap(), 0);
+    }
+    assert_eq!(server.counter("auth_failures"), 1000);
+    assert_eq!(server.counter("dropped_penalty"), 0);
+    // Exactly one connection ever reached a handler: the legitimate one.
+    assert_eq!(server.stderr().matches("connection established").count(), 1);
+    assert_eq!(echo(&live, b"still alive").await.unwrap(), b"still alive");
+}
