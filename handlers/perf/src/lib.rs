@@ -9,7 +9,7 @@
 //!
 //! The service is off unless `[services.perf] enabled = true`. It needs the `perf` scope,
 //! unless it is registered as anonymous (`anonymous = true`, for benchmarks only), in which
-//! case clients whose key is unknown are served too and [`factory`] logs a warning.
+//! case clients whose key is unknown are served too (and `alknet serve` logs a warning).
 //!
 //! Not here: the load generator and the quinn baseline (`bench/`).
 #![forbid(unsafe_code)]
@@ -25,7 +25,7 @@ use bytes::Bytes;
 use request::{ChunkSizes, RequestReader};
 use std::rc::Rc;
 use std::sync::Arc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// The perf service's ALPN (the one quinn's `perf` tool offers).
 pub const ALPN: &[u8] = b"perf";
@@ -115,14 +115,9 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream) {
 }
 
 /// The factory registering `perf`. With `anonymous`, clients whose key is unknown are
-/// served too (benchmarks only); a warning is logged when such a factory is built.
+/// served too (benchmarks only); the caller logs a warning at start when it asks for that
+/// (`alknet serve` does).
 pub fn factory(anonymous: bool) -> Arc<dyn HandlerFactory> {
-    if anonymous {
-        warn!(
-            alpn = "perf",
-            "perf service is anonymous: any client can make this server send data; use it for benchmarks only"
-        );
-    }
     Arc::new(FnFactory::new(ALPN, anonymous, move |_| {
         Rc::new(Perf { anonymous }) as Rc<dyn ProtocolHandler>
     }))
