@@ -205,25 +205,31 @@ impl Shard {
             }
             let now = Instant::now();
             for _ in 0..RECV_BUDGET {
-                let mut got = Vec::new();
+                // Each GRO segment is copied once into a buffer of its own size: the
+                // endpoint decrypts in place and stream data keeps referring to it, so a
+                // shared 64 KiB receive slot must not be pinned by one retained segment.
                 let r = self.io.recv_batch(|meta, bytes| {
                     let stride = if meta.stride == 0 {
                         meta.len
                     } else {
                         meta.stride
                     };
+                    let ecn = meta
+                        .ecn
+                        .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
                     for seg in bytes.chunks(stride.max(1)) {
-                        got.push((meta.addr, meta.dst_ip, meta.ecn, BytesMut::from(seg)));
+                        self.on_datagram(
+                            now,
+                            meta.addr,
+                            meta.dst_ip,
+                            ecn,
+                            BytesMut::from(seg),
+                            true,
+                        );
                     }
                 });
                 match r {
-                    Ok(_) => {
-                        for (remote, local_ip, ecn, data) in got {
-                            let ecn =
-                                ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
-                            self.on_datagram(now, remote, local_ip, ecn, data, true);
-                        }
-                    }
+                    Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -859,6 +865,24 @@ impl Shard {
             inner.timer_at = deadline;
             if let Some(at) = deadline {
                 core.timers.push(Reverse((at, inner.handle.0)));
+                // Re-armed timers leave stale entries behind; rebuild the heap from the live
+                // deadlines when they outnumber the connections, so it stays O(connections).
+                if core.timers.len() > 2 * core.live + 1024 {
+                    let own = (inner.handle.0, inner.timer_at);
+                    let fresh: BinaryHeap<_> = core
+                        .conns
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| {
+                            if i == own.0 {
+                                return own.1.map(|t| Reverse((t, i)));
+                            }
+                            let t = c.as_ref()?.inner.try_borrow().ok()?.timer_at?;
+                            Some(Reverse((t, i)))
+                        })
+                        .collect();
+                    core.timers = fresh;
+                }
                 if self.sleeping_until.get().is_none_or(|s| at < s) {
                     self.signal.notify();
                 }
