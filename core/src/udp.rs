@@ -122,10 +122,14 @@ impl UdpIo {
         let mut bufs = self.bufs.borrow_mut();
         let mut meta = self.meta.borrow_mut();
         let n = {
-            let mut slices: Vec<IoSliceMut<'_>> = Vec::with_capacity(self.slots);
-            slices.extend(bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])));
+            // On the stack: no allocation per receive syscall.
+            let mut it = bufs.iter_mut();
+            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(it.next().map(|b| &mut b[..]).unwrap_or(&mut []))
+            });
+            let len = self.slots.min(slices.len());
             self.state
-                .recv((&self.socket).into(), &mut slices, &mut meta)?
+                .recv((&self.socket).into(), &mut slices[..len], &mut meta[..len])?
         };
         for (meta, buf) in meta.iter().zip(bufs.iter()).take(n) {
             if let Some(bytes) = buf.get(..meta.len) {
