@@ -168,6 +168,30 @@ fn restore_on_second_data_dir_gives_same_fingerprints() {
     let first = fingerprints(&d1, &p1);
     let second = fingerprints(&d2, &p2);
     assert_eq!(first, second, "restored vault derives other keys");
+    // `alknet id`, which `serve` and `connect` share, reads the vault on both data dirs.
+    let id = |dir: &Path, pass: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_alknet"))
+            .args(["id", "--data-dir"])
+            .arg(dir)
+            .arg("--passphrase-file")
+            .arg(pass)
+            .env_remove("ALKNET_VAULT_PASSPHRASE_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(id(&d1, &p1), first.0);
+    assert_eq!(id(&d2, &p2), first.0);
+    assert!(
+        !d1.join("node.key").exists(),
+        "a plain key was made beside the vault"
+    );
     assert!(
         init_out.contains(&first.0),
         "init prints the node fingerprint"

@@ -220,6 +220,16 @@ fn serve_without_arguments_creates_its_data_dir_and_says_what_it_serves() {
         .take(3)
         .map(|l| l.unwrap())
         .collect();
+    // Secrets stay out of core dumps: the server turned them off for itself.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().filter(|w| *w == "0").count() >= 2,
+        "{core}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert!(
