@@ -13,15 +13,25 @@ fi
 targets=$(cargo "${tc[@]}" fuzz list)
 status=0
 printf '%-14s %12s %8s\n' target execs findings
+# Corpora that live beside their crate.
+corpus_of() {
+    case "$1" in
+        perf_request) echo ../handlers/perf/testdata/fuzz_perf_request ;;
+        vault_file) echo ../vault/testdata/fuzz_vault_file ;;
+        *) echo "corpus/$1" ;;
+    esac
+}
 for t in $targets; do
-    mkdir -p "corpus/$t" "artifacts/$t"
+    corpus=$(corpus_of "$t")
+    # New inputs go to a scratch directory; the committed seeds are read, not grown.
+    mkdir -p "artifacts/$t/new-corpus"
     log="artifacts/$t/run.log"
-    before=$(ls "artifacts/$t" | grep -vc run.log)
-    cargo "${tc[@]}" fuzz run "${san[@]}" "$t" "corpus/$t" -- \
+    before=$(ls "artifacts/$t" | grep -Evc 'run.log|new-corpus')
+    cargo "${tc[@]}" fuzz run "${san[@]}" "$t" "artifacts/$t/new-corpus" "$corpus" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1
     rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-    after=$(ls "artifacts/$t" | grep -vc run.log)
+    after=$(ls "artifacts/$t" | grep -Evc 'run.log|new-corpus')
     found=$((after - before))
     printf '%-14s %12s %8s\n' "$t" "${execs:-?}" "$found"
     if [ "$rc" -ne 0 ] || [ "$found" -ne 0 ]; then status=1; fi
