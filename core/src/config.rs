@@ -223,6 +223,9 @@ pub struct Config {
     pub pin_workers: bool,
     /// On SIGTERM/SIGINT, time given to connections to finish before they are closed.
     pub drain_period: ConfigDuration,
+    /// Resident memory (bytes) above which new connections are retried or refused and no
+    /// new stream credit is granted; 0 means half of physical memory.
+    pub memory_budget: u64,
     /// UDP socket options.
     pub udp: UdpConfig,
     /// QUIC transport limits.
@@ -244,6 +247,7 @@ impl Default for Config {
             driver: DriverKind::Auto,
             pin_workers: true,
             drain_period: ConfigDuration(Duration::from_secs(5)),
+            memory_budget: 0,
             udp: UdpConfig::default(),
             transport: TransportConfig::default(),
             services: BTreeMap::new(),

@@ -135,6 +135,11 @@ fn serve_one(
                     "uptime_secs": started.elapsed().as_secs(),
                     "counters": handle.stats(),
                     "shards": handle.per_shard(),
+                    "memory": {
+                        "rss_bytes": handle.memory().0,
+                        "budget_bytes": handle.memory().1,
+                        "over_budget": handle.memory().2,
+                    },
                 })),
             },
             Ok(Request::ClosePeer { peer }) => {

@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod handler;
 pub mod identity;
+pub mod memory;
 pub mod penalty;
 pub mod server;
 mod shard;

@@ -55,6 +55,7 @@ pub enum ServeError {
 
 /// A running server.
 pub struct ServerHandle {
+    memory: Arc<crate::memory::MemoryGauge>,
     boards: Vec<crate::shard::SessionBoard>,
     senders: Vec<flume::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
@@ -93,6 +94,7 @@ impl ServerHandle {
     /// A cheap handle for the control plane (stats, closing a peer's connections).
     pub fn control(&self) -> ControlHandle {
         ControlHandle {
+            memory: self.memory.clone(),
             senders: self.senders.clone(),
             stats: self.stats.clone(),
             boards: self.boards.clone(),
@@ -112,12 +114,19 @@ impl ServerHandle {
         for t in self.threads {
             let _ = t.join();
         }
+        self.memory.stop();
+    }
+
+    /// The memory gauge: resident bytes, the budget, and whether the process is over it.
+    pub fn memory(&self) -> &crate::memory::MemoryGauge {
+        &self.memory
     }
 }
 
 /// What the control socket needs from a running server.
 #[derive(Clone)]
 pub struct ControlHandle {
+    memory: Arc<crate::memory::MemoryGauge>,
     senders: Vec<flume::Sender<ShardMsg>>,
     stats: Vec<Arc<ShardStats>>,
     boards: Vec<crate::shard::SessionBoard>,
@@ -127,6 +136,11 @@ impl ControlHandle {
     /// Counters summed over shards.
     pub fn stats(&self) -> StatsSnapshot {
         crate::stats::sum(self.stats.iter().map(|s| s.as_ref()))
+    }
+
+    /// Resident bytes, budget, and whether the process is over it.
+    pub fn memory(&self) -> (u64, u64, bool) {
+        (self.memory.rss(), self.memory.budget(), self.memory.over())
     }
 
     /// Counters of each shard, in shard order.
@@ -244,7 +258,12 @@ pub fn start(
             }
         }
     }
+    let memory = crate::memory::start(
+        crate::memory::effective_budget(config.memory_budget),
+        senders.clone(),
+    );
     Ok(ServerHandle {
+        memory,
         boards,
         senders,
         threads,

@@ -53,6 +53,8 @@ pub enum ShardMsg {
     Shutdown,
     /// Close every connection of this peer (revoked or disabled).
     ClosePeer(String),
+    /// The process crossed its memory budget (`true`: now above it).
+    MemoryPressure(bool),
 }
 
 /// The authenticated connections of one shard, readable from any thread without asking the
@@ -126,6 +128,7 @@ pub(crate) struct Shard {
     pub(crate) penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
     pub(crate) board: SessionBoard,
     next_session: Cell<u64>,
+    pressure: Cell<bool>,
     sleeping_until: Cell<Option<Instant>>,
     pub(crate) shutting_down: Cell<bool>,
     drain_deadline: Cell<Option<Instant>>,
@@ -176,6 +179,7 @@ impl Shard {
             penalties,
             board,
             next_session: Cell::new(0),
+            pressure: Cell::new(false),
             sleeping_until: Cell::new(None),
             shutting_down: Cell::new(false),
             drain_deadline: Cell::new(None),
@@ -353,6 +357,43 @@ impl Shard {
             core.endpoint.ignore(incoming);
             return;
         }
+        if self.pressure.get() {
+            // Over the memory budget: make strangers prove their address first, then refuse.
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                core.resp_buf.clear();
+                match core.endpoint.retry(incoming, &mut core.resp_buf) {
+                    Ok(tx) => {
+                        stats::bump(&self.stats.retries_sent);
+                        let buf = std::mem::take(&mut core.resp_buf);
+                        self.transmit(
+                            core,
+                            tx.destination,
+                            tx.ecn,
+                            &buf[..tx.size],
+                            None,
+                            tx.src_ip,
+                        );
+                        core.resp_buf = buf;
+                    }
+                    Err(e) => core.endpoint.ignore(e.into_incoming()),
+                }
+                return;
+            }
+            stats::bump(&self.stats.refused_memory);
+            core.resp_buf.clear();
+            let tx = core.endpoint.refuse(incoming, &mut core.resp_buf);
+            let buf = std::mem::take(&mut core.resp_buf);
+            self.transmit(
+                core,
+                tx.destination,
+                tx.ecn,
+                &buf[..tx.size],
+                None,
+                tx.src_ip,
+            );
+            core.resp_buf = buf;
+            return;
+        }
         if self.shutting_down.get() || core.live >= t.max_connections_per_shard {
             stats::bump(&self.stats.connections_refused);
             core.resp_buf.clear();
@@ -488,6 +529,36 @@ impl Shard {
                 self.signal.notify();
             }
             ShardMsg::ClosePeer(peer) => self.close_peer(&peer, close_code::REVOKED, b"revoked"),
+            ShardMsg::MemoryPressure(over) => self.set_pressure(over),
+        }
+    }
+
+    /// Under memory pressure connections get no new stream credit (streams already open go
+    /// on); when it passes, the configured limits come back.
+    fn set_pressure(&self, over: bool) {
+        if self.pressure.replace(over) == over {
+            return;
+        }
+        let t = &self.config.transport;
+        let (bi, uni) = if over {
+            (0, 0)
+        } else {
+            (t.max_concurrent_bidi_streams, t.max_concurrent_uni_streams)
+        };
+        let cells: Vec<ConnRef> = self.core.borrow().conns.iter().flatten().cloned().collect();
+        for c in cells {
+            {
+                let mut inner = c.inner.borrow_mut();
+                inner.proto.set_max_concurrent_streams(
+                    quinn_proto::Dir::Bi,
+                    quinn_proto::VarInt::from_u32(bi),
+                );
+                inner.proto.set_max_concurrent_streams(
+                    quinn_proto::Dir::Uni,
+                    quinn_proto::VarInt::from_u32(uni),
+                );
+            }
+            queue_dirty(&c);
         }
     }
 

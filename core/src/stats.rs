@@ -71,6 +71,8 @@ counters! {
     retries_sent,
     /// Incoming connections refused (connection cap, shutdown).
     connections_refused,
+    /// Incoming connections refused because the process is over its memory budget.
+    refused_memory,
     /// Connections that completed the handshake.
     connections_established,
     /// Connections currently held by the shard.

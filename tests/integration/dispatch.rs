@@ -188,3 +188,66 @@ async fn alpn_dispatch_scopes_and_panics_io_uring() {
 async fn alpn_dispatch_scopes_and_panics_legacy_driver() {
     dispatch_and_isolation(DriverKind::Legacy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_budget_new_connections_and_streams_wait() {
+    let key = ClientKey::generate();
+    let server = start(DriverKind::Auto, &key);
+    let addr = server.local_addr();
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, addr, Some(&key), b"alknet/echo")
+        .await
+        .unwrap();
+    assert_eq!(echo(&conn, b"before").await.unwrap(), b"before");
+
+    server.memory().set_budget(1);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !server.memory().over() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(server.memory().over());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // New connections are refused (after a Retry proves the address).
+    let err = connect(&quinn_endpoint(), addr, Some(&key), b"alknet/echo")
+        .await
+        .expect_err("a connection was accepted over the budget");
+    assert!(
+        matches!(err, quinn::ConnectionError::ConnectionClosed(_)),
+        "{err:?}"
+    );
+    assert!(server.stats().refused_memory >= 1);
+
+    // The live connection gets no new stream credit: it can use what it has, then waits.
+    let mut opened = 0;
+    loop {
+        let open =
+            tokio::time::timeout(std::time::Duration::from_millis(300), conn.open_bi()).await;
+        let Ok(Ok((mut send, mut recv))) = open else {
+            break;
+        };
+        send.write_all(b"x").await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(16).await.unwrap(), b"x");
+        opened += 1;
+        // The credit granted before the pressure (100 concurrent streams) is all there is.
+        assert!(opened <= 100, "stream credit kept growing under pressure");
+    }
+
+    // Back under the budget: streams and connections flow again.
+    server.memory().set_budget(u64::MAX);
+    let (mut send, mut recv) =
+        tokio::time::timeout(std::time::Duration::from_secs(3), conn.open_bi())
+            .await
+            .expect("stream credit did not come back")
+            .unwrap();
+    send.write_all(b"after").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(recv.read_to_end(16).await.unwrap(), b"after");
+    let fresh = connect(&quinn_endpoint(), addr, Some(&key), b"alknet/echo")
+        .await
+        .unwrap();
+    assert_eq!(echo(&fresh, b"new").await.unwrap(), b"new");
+    server.shutdown();
+    server.join();
+}
