@@ -254,3 +254,63 @@ async fn a_thousand_unknown_keys_are_refused_without_touching_a_handler() {
     assert_eq!(server.stderr().matches("connection established").count(), 1);
     assert_eq!(echo(&live, b"still alive").await.unwrap(), b"still alive");
 }
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
+    let key = ClientKey::generate();
+    let server = echo_server(
+        &key,
+        "[transport]\nstream_receive_window = 65536\nconnection_receive_window = 262144\nsend_window = 262144\nmax_concurrent_bidi_streams = 100",
+    );
+    let pid = server.child.id();
+    let ep = quinn_endpoint();
+    let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    assert_eq!(
+        echo(&live, &pattern(1, 100_000)).await.unwrap(),
+        pattern(1, 100_000)
+    );
+    let baseline = rss_of(pid);
+
+    // 20 connections each open every stream they may, push data, and never read the echo.
+    let mut hogs = Vec::new();
+    let chunk = pattern(2, 64 * 1024);
+    for _ in 0..20 {
+        let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+        let mut streams = Vec::new();
+        for _ in 0..100 {
+            let Ok(Ok((mut send, recv))) =
+                tokio::time::timeout(Duration::from_millis(200), conn.open_bi()).await
+            else {
+                break;
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(20), send.write_all(&chunk)).await;
+            streams.push((send, recv));
+        }
+        assert!(streams.len() >= 90, "only {} streams opened", streams.len());
+        hogs.push((conn, streams));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown = rss_of(pid).saturating_sub(baseline);
+    // Per connection: the receive window (256 KiB) plus the send window (256 KiB) plus
+    // bookkeeping for 100 streams; 1.5 MiB leaves room for allocator slack.
+    let per_conn = grown / 20;
+    eprintln!("rss growth per abusive connection: {per_conn} bytes");
+    assert!(
+        per_conn < 1536 * 1024,
+        "{per_conn} bytes per abusive connection"
+    );
+    // The legitimate session is unaffected.
+    assert_eq!(echo(&live, b"fine").await.unwrap(), b"fine");
+    drop(hogs);
+}
