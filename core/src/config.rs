@@ -107,6 +107,10 @@ pub struct UdpConfig {
     pub gro: bool,
     /// ECN marks on send and their report to the congestion controller.
     pub ecn: bool,
+    /// Let the kernel steer datagrams to the shard named in their connection ID (a classic
+    /// BPF program on the reuseport group). Off, a datagram that lands on the wrong shard is
+    /// forwarded between threads instead.
+    pub steer_by_cid: bool,
     /// Socket receive buffer in bytes (the kernel caps it at `net.core.rmem_max`).
     pub recv_buffer: usize,
     /// Socket send buffer in bytes (capped at `net.core.wmem_max`).
@@ -119,6 +123,7 @@ impl Default for UdpConfig {
             gso: true,
             gro: true,
             ecn: true,
+            steer_by_cid: true,
             recv_buffer: 4 << 20,
             send_buffer: 4 << 20,
         }

@@ -182,6 +182,13 @@ pub fn start(
     let workers = config.worker_count();
     let addr = config.listen;
     let sockets = bind_group(addr, workers)?;
+    if config.udp.steer_by_cid
+        && workers > 1
+        && let Some(first) = sockets.first()
+        && let Err(e) = crate::sys::attach_reuseport_steering(first)
+    {
+        warn!(error = %e, "cannot attach the CID steering program; misrouted datagrams will be forwarded between shards");
+    }
     let local_addr = sockets
         .first()
         .and_then(|s| s.local_addr().ok())

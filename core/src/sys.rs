@@ -26,6 +26,80 @@ pub fn set_udp_gro(socket: &impl AsRawFd, on: bool) -> io::Result<()> {
     }
 }
 
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic value; libc exports it for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+const fn insn(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// The classic BPF program that makes the kernel steer each datagram of a reuseport group
+/// to the socket of the shard named in its destination connection ID.
+///
+/// The program sees the UDP payload (the kernel pulls the UDP header first). For a short
+/// header it reads the CID at offset 1, for a long header the DCID length at 5 and the CID at
+/// 6; when the CID starts with Alknet's first octet, it returns the shard byte as the socket
+/// index. Anything else returns an index past the group, and the kernel falls back to its
+/// usual 4-tuple hash (first Initials, other protocols). Reads past the end of a datagram
+/// return 0: short garbage lands on shard 0, which drops it.
+pub fn reuseport_steering_program() -> [libc::sock_filter; 13] {
+    use libc::{BPF_A, BPF_ABS, BPF_B, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET};
+    let first = u32::from(alknet_proto::cid::FIRST_OCTET);
+    let shard = alknet_proto::cid::SHARD_OFFSET as u32;
+    let ldb = BPF_LD | BPF_B | BPF_ABS;
+    [
+        insn(ldb, 0, 0, 0),                           // 0: A = byte 0
+        insn(BPF_JMP | BPF_JSET | BPF_K, 4, 0, 0x80), // 1: long header? -> 6
+        insn(ldb, 0, 0, 1),                           // 2: A = CID byte 0
+        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 8, first), // 3: not ours -> 12
+        insn(ldb, 0, 0, 1 + shard),                   // 4: A = shard
+        insn(BPF_RET | BPF_A, 0, 0, 0),               // 5: socket = shard
+        insn(ldb, 0, 0, 5),                           // 6: A = DCID length
+        insn(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            0,
+            4,
+            alknet_proto::CID_LEN as u32,
+        ), // 7: -> 12
+        insn(ldb, 0, 0, 6),                           // 8: A = DCID byte 0
+        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, first), // 9: not ours -> 12
+        insn(ldb, 0, 0, 6 + shard),                   // 10: A = shard
+        insn(BPF_RET | BPF_A, 0, 0, 0),               // 11: socket = shard
+        insn(BPF_RET | BPF_K, 0, 0, u32::MAX),        // 12: kernel's own choice
+    ]
+}
+
+/// Attaches [`reuseport_steering_program`] to the reuseport group of `socket`. Sockets must
+/// have joined the group in shard order (socket index = shard).
+pub fn attach_reuseport_steering(socket: &impl AsRawFd) -> io::Result<()> {
+    let mut program = reuseport_steering_program();
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points to `program`, which outlives the call; the kernel copies the
+    // instructions during setsockopt and keeps no pointer to them.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Keeps secrets out of core dumps and other processes: no core files, no ptrace attach by
 /// non-root users (`PR_SET_DUMPABLE` 0).
 pub fn harden_process() -> io::Result<()> {
@@ -83,6 +157,16 @@ mod tests {
         // A closed descriptor number fails instead of touching anything.
         let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         assert!(set_udp_gro(&t, true).is_err());
+    }
+
+    #[test]
+    fn steering_program_attaches_to_a_reuseport_group() {
+        let a = crate::udp::bind_reuseport("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(attach_reuseport_steering(&a).is_ok());
+        // A plain socket has no group to steer.
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        assert!(attach_reuseport_steering(&plain).is_err());
     }
 
     #[test]

@@ -5,17 +5,19 @@
 //! ```text
 //! byte 0      QUIC-LB first octet: config rotation (3 bits) | length - 1 (5 bits)
 //! bytes 1..3  server id, plaintext (QUIC-LB "plaintext" algorithm), for an L4 balancer
-//! bytes 3..9  nonce, random
-//! byte 9      shard id XOR mask
-//! bytes 9..12 mask (1 byte) and tag (2 bytes) = SipHash-1-3(key, bytes 0..9)
+//! byte 3      shard id, plaintext
+//! bytes 4..10 nonce, random
+//! bytes 10..12 tag = SipHash-1-3(key, bytes 0..10), first two bytes
 //! ```
 //!
-//! The shard byte is masked with a keyed hash of the nonce, so two CIDs of one connection
-//! cannot be linked by an observer through the shard, while the server id stays readable for
-//! a balancer as QUIC-LB's plaintext mode intends. The 16-bit tag lets a shard tell the CIDs
-//! it issued from a client's random Initial DCID of the same length (a false match is
-//! harmless: routing stays a pure function of the DCID bytes, so every shard makes the same
-//! choice and split ClientHellos still meet on one endpoint).
+//! The routing part (server id and shard) is in plaintext at fixed offsets, as in QUIC-LB's
+//! plaintext mode, so that the kernel can steer a datagram to its shard's socket before any
+//! thread sees it (a classic BPF program attached with `SO_ATTACH_REUSEPORT_CBPF` reads the
+//! shard byte; see `alknet-core`'s `sys` module). An observer learns which of at most 256
+//! shards holds a connection, nothing more: the nonce is random per CID. The 16-bit keyed tag
+//! lets a shard tell the CIDs it issued from a client's random Initial DCID of the same
+//! length (a false match is harmless: routing stays a pure function of the DCID bytes, so
+//! every shard makes the same choice and split ClientHellos still meet on one endpoint).
 //!
 //! This module does not generate randomness and does not know about quinn-proto; the core
 //! crate wraps [`CidCodec`] in a `ConnectionIdGenerator`.
@@ -33,7 +35,11 @@ pub const NONCE_LEN: usize = 6;
 /// is never used).
 pub const CONFIG_ID: u8 = 0;
 
-const FIRST_OCTET: u8 = (CONFIG_ID << 5) | ((CID_LEN - 1) as u8 & 0x1f);
+/// The first byte of every Alknet CID.
+pub const FIRST_OCTET: u8 = (CONFIG_ID << 5) | ((CID_LEN - 1) as u8 & 0x1f);
+
+/// Offset of the shard byte inside a CID.
+pub const SHARD_OFFSET: usize = 3;
 
 /// The fields of a connection ID issued by an Alknet endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,11 +100,11 @@ impl CidCodec {
         let mut cid = [0u8; CID_LEN];
         cid[0] = FIRST_OCTET;
         cid[1..3].copy_from_slice(&self.server_id.to_be_bytes());
-        cid[3..9].copy_from_slice(&nonce);
-        let m = self.mac(&cid[..9]).to_le_bytes();
-        cid[9] = shard ^ m[0];
-        cid[10] = m[1];
-        cid[11] = m[2];
+        cid[SHARD_OFFSET] = shard;
+        cid[4..10].copy_from_slice(&nonce);
+        let m = self.mac(&cid[..10]).to_le_bytes();
+        cid[10] = m[0];
+        cid[11] = m[1];
         cid
     }
 
@@ -113,13 +119,13 @@ impl CidCodec {
         if server_id != self.server_id {
             return None;
         }
-        let m = self.mac(&cid[..9]).to_le_bytes();
-        if cid[10] != m[1] || cid[11] != m[2] {
+        let m = self.mac(&cid[..10]).to_le_bytes();
+        if cid[10] != m[0] || cid[11] != m[1] {
             return None;
         }
         Some(CidFields {
             server_id,
-            shard: cid[9] ^ m[0],
+            shard: cid[SHARD_OFFSET],
         })
     }
 
@@ -228,24 +234,21 @@ mod tests {
         for i in 0..CID_LEN {
             let mut bad = cid;
             bad[i] ^= 0x01;
-            // Flipping the masked shard byte still decodes (to another shard); every other
-            // byte is covered by the tag.
-            if i == 9 {
-                assert_eq!(c.decode(&bad).map(|f| f.shard), Some(0));
-            } else {
-                assert_eq!(c.decode(&bad), None, "byte {i}");
-            }
+            // Every byte, the shard included, is covered by the tag.
+            assert_eq!(c.decode(&bad), None, "byte {i}");
         }
     }
 
     #[test]
-    fn shard_is_masked() {
-        // The same shard must not show up as the same byte across CIDs.
+    fn routing_fields_sit_at_fixed_offsets() {
+        // The kernel's steering program reads these bytes; they must not move.
         let c = codec();
-        let bytes: std::collections::HashSet<u8> = (0..64u8)
-            .map(|n| c.encode(3, [n, 0, 0, 0, 0, 0])[9])
-            .collect();
-        assert!(bytes.len() > 16, "shard byte looks unmasked: {bytes:?}");
+        for n in 0..64u8 {
+            let cid = c.encode(5, [n, n, 0, 1, 2, 3]);
+            assert_eq!(cid[0], FIRST_OCTET);
+            assert_eq!(cid[SHARD_OFFSET], 5);
+            assert_eq!(&cid[1..3], &7u16.to_be_bytes());
+        }
     }
 
     #[test]

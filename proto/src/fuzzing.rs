@@ -19,7 +19,7 @@ pub fn fuzz_route(data: &[u8]) {
     if let Some(cid) = data.get(..CID_LEN)
         && let Some(f) = codec.decode(cid)
     {
-        let nonce = [cid[3], cid[4], cid[5], cid[6], cid[7], cid[8]];
+        let nonce = [cid[4], cid[5], cid[6], cid[7], cid[8], cid[9]];
         assert_eq!(codec.encode(f.shard, nonce)[..], cid[..]);
     }
 }

@@ -34,3 +34,12 @@ fn real_certificate_seed_yields_its_key() {
         Err(alknet_proto::FingerprintError::NotEd25519)
     );
 }
+
+#[test]
+fn route_seeds_hold_valid_cids() {
+    // The seeds must exercise the decode path, not only the rejections.
+    let codec = alknet_proto::CidCodec::new(*b"alknet-fuzz-key!", 3);
+    let seed = std::fs::read(corpus("route").join("short-header-own-cid-shard1"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(codec.decode(&seed[1..13]).map(|f| f.shard), Some(1));
+}

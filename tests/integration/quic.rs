@@ -134,7 +134,9 @@ async fn many_connections_and_streams_keep_every_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebinding_client_keeps_its_connection_through_forwarding() {
     let key = ClientKey::generate();
-    let server = echo_server(&key, "");
+    // Without kernel steering, datagrams from a new port may land on the other shard and
+    // must be forwarded to the owner.
+    let server = echo_server(&key, "[udp]\nsteer_by_cid = false");
     let ep = quinn_endpoint();
     let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
     let before = server.counter("forwarded_out");
@@ -174,6 +176,37 @@ async fn rebinding_client_keeps_its_connection_through_forwarding() {
     assert!(
         forwarded > 0,
         "no datagram was forwarded across {rebinds} rebinds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_steering_delivers_rebound_clients_to_their_shard() {
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "");
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    assert_eq!(echo(&conn, b"warm").await.unwrap(), b"warm");
+    let before = server.counter("forwarded_out");
+    let total = 1 << 20;
+    let data = pattern(9, total);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let reader = tokio::spawn(async move { recv.read_to_end(total + 1).await.unwrap() });
+    for (i, part) in data.chunks(64 * 1024).enumerate() {
+        send.write_all(part).await.unwrap();
+        if i % 2 == 1 {
+            ep.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .unwrap();
+        }
+    }
+    send.finish().unwrap();
+    assert!(reader.await.unwrap() == data);
+    assert!(conn.close_reason().is_none());
+    // Eight new 4-tuples, and the kernel sent every datagram straight to the owner.
+    assert_eq!(server.counter("forwarded_out"), before);
+    assert!(
+        !server.stderr().contains("cannot attach"),
+        "{}",
+        server.stderr()
     );
 }
 
