@@ -121,8 +121,14 @@ fn stream(c: &mut Criterion) {
         Arc::new(MemoryIdentities::new()),
     )
     .unwrap();
-    // quinn with the same settings, on the benchmark's tokio runtime.
-    let quinn_addr: SocketAddr = rt.block_on(async {
+    // quinn with the same settings, on a runtime thread of its own (as alknet's shard is), so
+    // neither server shares a thread with the client.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let quinn_addr: SocketAddr = server_rt.block_on(async {
         let node = alknet_core::tls::NodeKey::generate();
         let (ec, sc) = quinn_server::configs(&config, &node).unwrap();
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -156,6 +162,7 @@ fn stream(c: &mut Criterion) {
     }
     alknet.shutdown();
     alknet.join();
+    server_rt.shutdown_background();
 }
 
 criterion_group!(benches, cid, identity, stream);
