@@ -141,6 +141,7 @@ impl Variant {
             ecn: true,
             recv_buffer: SOCKET_BUFFER,
             send_buffer: SOCKET_BUFFER,
+            ..UdpConfig::default()
         }
     }
 }
