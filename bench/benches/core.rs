@@ -64,7 +64,7 @@ fn identity(c: &mut Criterion) {
         k[31] = 1;
         Fingerprint::from_key(k)
     };
-    let ids = MemoryIdentities::with_peers((0..n).map(|i| PeerEntry {
+    let peer = |i: u32| PeerEntry {
         peer_id: format!("peer-{i}"),
         fingerprints: vec![key(i)],
         auth_token_hash: None,
@@ -72,7 +72,19 @@ fn identity(c: &mut Criterion) {
         resources: vec![],
         display_name: None,
         enabled: true,
-    }));
+    };
+    let ids = MemoryIdentities::with_peers((0..n).map(peer));
+    // The default store: 100 000 peers committed to a real redb file, read at handshake
+    // time from its in-memory index.
+    let dir = tempfile::tempdir().unwrap();
+    let store = alknet_core::store::RedbStore::open(&dir.path().join("identity.redb")).unwrap();
+    store
+        .apply(
+            (0..n)
+                .map(|i| alknet_core::store::Mutation::PutPeer(peer(i)))
+                .collect(),
+        )
+        .unwrap();
     let mut g = c.benchmark_group("identity");
     g.throughput(Throughput::Elements(1));
     let hit = key(n / 2);
@@ -82,6 +94,12 @@ fn identity(c: &mut Criterion) {
     let miss = key(n + 7);
     g.bench_function("by_fingerprint_miss_100k", |b| {
         b.iter(|| black_box(ids.by_fingerprint(black_box(&miss))))
+    });
+    g.bench_function("redb_store_by_fingerprint_hit_100k", |b| {
+        b.iter(|| black_box(store.by_fingerprint(black_box(&hit))))
+    });
+    g.bench_function("redb_store_by_fingerprint_miss_100k", |b| {
+        b.iter(|| black_box(store.by_fingerprint(black_box(&miss))))
     });
     g.finish();
 }
