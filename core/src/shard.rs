@@ -325,11 +325,7 @@ impl Shard {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 self.on_incoming(core, now, incoming);
             }
-            Some(DatagramEvent::Response(t)) => {
-                let buf = std::mem::take(&mut core.resp_buf);
-                self.transmit(core, t.destination, t.ecn, &buf[..t.size], None, t.src_ip);
-                core.resp_buf = buf;
-            }
+            Some(DatagramEvent::Response(t)) => self.send_response(core, t),
         }
     }
 
@@ -360,75 +356,21 @@ impl Shard {
         if self.pressure.get() {
             // Over the memory budget: make strangers prove their address first, then refuse.
             if !incoming.remote_address_validated() && incoming.may_retry() {
-                core.resp_buf.clear();
-                match core.endpoint.retry(incoming, &mut core.resp_buf) {
-                    Ok(tx) => {
-                        stats::bump(&self.stats.retries_sent);
-                        let buf = std::mem::take(&mut core.resp_buf);
-                        self.transmit(
-                            core,
-                            tx.destination,
-                            tx.ecn,
-                            &buf[..tx.size],
-                            None,
-                            tx.src_ip,
-                        );
-                        core.resp_buf = buf;
-                    }
-                    Err(e) => core.endpoint.ignore(e.into_incoming()),
-                }
-                return;
+                self.send_retry(core, incoming);
+            } else {
+                stats::bump(&self.stats.refused_memory);
+                self.send_refusal(core, incoming);
             }
-            stats::bump(&self.stats.refused_memory);
-            core.resp_buf.clear();
-            let tx = core.endpoint.refuse(incoming, &mut core.resp_buf);
-            let buf = std::mem::take(&mut core.resp_buf);
-            self.transmit(
-                core,
-                tx.destination,
-                tx.ecn,
-                &buf[..tx.size],
-                None,
-                tx.src_ip,
-            );
-            core.resp_buf = buf;
             return;
         }
         if self.shutting_down.get() || core.live >= t.max_connections_per_shard {
             stats::bump(&self.stats.connections_refused);
-            core.resp_buf.clear();
-            let tx = core.endpoint.refuse(incoming, &mut core.resp_buf);
-            let buf = std::mem::take(&mut core.resp_buf);
-            self.transmit(
-                core,
-                tx.destination,
-                tx.ecn,
-                &buf[..tx.size],
-                None,
-                tx.src_ip,
-            );
-            core.resp_buf = buf;
+            self.send_refusal(core, incoming);
             return;
         }
         if core.handshaking >= t.max_handshakes_per_shard && !incoming.remote_address_validated() {
             if incoming.may_retry() {
-                core.resp_buf.clear();
-                match core.endpoint.retry(incoming, &mut core.resp_buf) {
-                    Ok(tx) => {
-                        stats::bump(&self.stats.retries_sent);
-                        let buf = std::mem::take(&mut core.resp_buf);
-                        self.transmit(
-                            core,
-                            tx.destination,
-                            tx.ecn,
-                            &buf[..tx.size],
-                            None,
-                            tx.src_ip,
-                        );
-                        core.resp_buf = buf;
-                    }
-                    Err(e) => core.endpoint.ignore(e.into_incoming()),
-                }
+                self.send_retry(core, incoming);
             } else {
                 stats::bump(&self.stats.connections_refused);
                 core.endpoint.ignore(incoming);
@@ -458,19 +400,38 @@ impl Shard {
                 stats::bump(&self.stats.handshakes_failed);
                 debug!(%remote, cause = %e.cause, "incoming connection failed");
                 if let Some(tx) = e.response {
-                    let buf = std::mem::take(&mut core.resp_buf);
-                    self.transmit(
-                        core,
-                        tx.destination,
-                        tx.ecn,
-                        &buf[..tx.size],
-                        None,
-                        tx.src_ip,
-                    );
-                    core.resp_buf = buf;
+                    self.send_response(core, tx);
                 }
             }
         }
+    }
+
+    /// Answers an Initial with a Retry (address validation).
+    fn send_retry(&self, core: &mut Core, incoming: Incoming) {
+        core.resp_buf.clear();
+        match core.endpoint.retry(incoming, &mut core.resp_buf) {
+            Ok(tx) => {
+                stats::bump(&self.stats.retries_sent);
+                self.send_response(core, tx);
+            }
+            Err(e) => core.endpoint.ignore(e.into_incoming()),
+        }
+    }
+
+    /// Answers an Initial with CONNECTION_REFUSED.
+    fn send_refusal(&self, core: &mut Core, incoming: Incoming) {
+        core.resp_buf.clear();
+        let tx = core.endpoint.refuse(incoming, &mut core.resp_buf);
+        self.send_response(core, tx);
+    }
+
+    /// Sends a stateless answer the endpoint wrote into `resp_buf`.
+    fn send_response(&self, core: &mut Core, tx: quinn_proto::Transmit) {
+        let buf = std::mem::take(&mut core.resp_buf);
+        if let Some(bytes) = buf.get(..tx.size) {
+            self.transmit(core, tx.destination, tx.ecn, bytes, None, tx.src_ip);
+        }
+        core.resp_buf = buf;
     }
 
     pub(crate) fn insert(&self, core: &mut Core, ch: ConnectionHandle, cell: ConnRef) {
