@@ -233,6 +233,9 @@ impl Shard {
                     }
                 });
                 match r {
+                    // A short batch means the queue is drained: skip the read that would only
+                    // say EAGAIN (the next readiness poll fires at once if more arrived).
+                    Ok(n) if n < self.io.batch_slots() => break,
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -94,6 +94,11 @@ impl UdpIo {
             .ok_or_else(|| io::Error::other("not an inet socket"))
     }
 
+    /// Receive slots per batch (`recvmmsg` vector length).
+    pub fn batch_slots(&self) -> usize {
+        self.slots.min(quinn_udp::BATCH_SIZE)
+    }
+
     /// How many datagrams one transmit may carry for a given segment size.
     pub fn max_segments(&self, segment: usize) -> usize {
         if !self.gso || segment == 0 {
