@@ -65,13 +65,20 @@ impl EndpointPair {
             Some([7; 32]),
         );
         let client_key = fixed_key(2);
-        let (client_cfg, _) = crate::endpoint::client_config(
+        let (mut client_cfg, _) = crate::endpoint::client_config(
             &config,
             &client_key,
             crate::echo::ALPN,
             crate::tls::ServerTrust::Observe,
         )
         .ok()?;
+        // The abusive client of these tests is not held back by its own congestion
+        // controller: every packet it builds goes out at once.
+        let mut transport = crate::endpoint::transport_config(&config);
+        let mut cubic = quinn_proto::congestion::CubicConfig::default();
+        cubic.initial_window(1 << 30);
+        transport.congestion_controller_factory(Arc::new(cubic));
+        client_cfg.transport_config(Arc::new(transport));
         let mut client = quinn_proto::Endpoint::new(
             Arc::new(quinn_proto::EndpointConfig::default()),
             None,
@@ -249,6 +256,49 @@ impl EndpointPair {
         if let Some((_, c)) = self.sconn.as_mut() {
             c.handle_timeout(self.now);
         }
+    }
+
+    /// The abusive peer of the reassembly tests: writes `n` bytes on a new stream one byte
+    /// per packet, then delivers the packets to the server in reverse order (the first one
+    /// last), so the server holds up to `n - 1` one-byte out-of-order fragments. Returns the
+    /// bytes the server then read in order, or `None` if the server closed the connection.
+    pub fn reversed_one_byte_fragments(&mut self, n: usize) -> Option<(usize, Vec<u8>)> {
+        let c = &mut self.cconn.1;
+        let id = c.streams().open(quinn_proto::Dir::Bi)?;
+        let mut packets = Vec::with_capacity(n);
+        let mut buf = Vec::new();
+        for i in 0..n {
+            c.send_stream(id).write(&[i as u8]).ok()?;
+            buf.clear();
+            while let Some(t) = c.poll_transmit(self.now, 1, &mut buf) {
+                packets.push(buf[..t.size].to_vec());
+                buf.clear();
+            }
+        }
+        let before = self.received.len();
+        for p in packets.iter().rev() {
+            self.inject(p);
+            if let Some((h, sc)) = self.sconn.as_mut() {
+                while let Some(e) = sc.poll_endpoint_events() {
+                    if let Some(ce) = self.server.handle_event(*h, e) {
+                        sc.handle_event(ce);
+                    }
+                }
+            }
+        }
+        for _ in 0..64 {
+            self.step();
+            if self.received.len() >= before + n || !self.server_alive() {
+                break;
+            }
+        }
+        if !self.server_alive() {
+            return None;
+        }
+        Some((
+            packets.len(),
+            self.received.get(before..).unwrap_or_default().to_vec(),
+        ))
     }
 
     /// Sends `data` on a client stream and drives until the server has read it (bounded).
