@@ -280,3 +280,81 @@ fn corruption_is_an_error_never_a_panic_or_a_wrong_record() {
     }
     assert!(errors > 0, "no damage was ever detected ({opened} opened)");
 }
+
+const FULL_DISK_ENV: &str = "ALKNET_STORE_FULL_DISK_DIR";
+
+/// The child of the full-disk test: commits until the file-size limit makes a commit fail,
+/// then checks the store's reaction and prints `verdict ok`. Does nothing otherwise.
+#[test]
+fn store_full_disk_child() {
+    let Ok(dir) = std::env::var(FULL_DISK_ENV) else {
+        return;
+    };
+    let store = RedbStore::open(&Path::new(&dir).join(STORE_FILE)).unwrap();
+    let mut committed = 0u64;
+    let mut failure = None;
+    for i in 0..10_000u64 {
+        let big = EncryptedBlob {
+            key_version: 1,
+            salt: vec![1; 16],
+            iv: vec![2; 12],
+            data: vec![(i % 251) as u8; 256 * 1024],
+        };
+        match store.apply(vec![
+            Mutation::PutPeer(peer(i)),
+            Mutation::PutCredential(format!("c{i}"), big),
+        ]) {
+            Ok(()) => committed += 1,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("the file-size limit never stopped a commit");
+    assert!(committed > 0, "the very first commit failed: {failure}");
+    println!("failed after {committed} commits: {failure}");
+    assert!(
+        store.is_read_only(),
+        "a failed commit left the store writable"
+    );
+    let again = store.put_peer(peer(999_999)).unwrap_err().to_string();
+    assert!(again.contains("refuses writes"), "{again}");
+    // Reads go on from the last committed state.
+    assert_eq!(store.peer_count() as u64, committed);
+    assert!(
+        store
+            .by_fingerprint(&peer(0).fingerprints[0])
+            .unwrap()
+            .is_some()
+    );
+    println!("verdict ok");
+}
+
+#[test]
+fn a_failed_commit_makes_the_store_read_only_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // The child runs with a 64 MiB file-size limit and SIGXFSZ ignored, so writes past it
+    // fail with EFBIG inside redb's commit.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 65536; exec '{}' --exact store_full_disk_child --nocapture --test-threads=1",
+        exe.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .env(FULL_DISK_ENV, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("verdict ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Reopened (without the limit), the store holds every commit acknowledged before the
+    // failure and accepts writes again.
+    let store = RedbStore::open(&dir.path().join(STORE_FILE)).unwrap();
+    assert!(store.peer_count() > 0);
+    store.put_peer(peer(424_242)).unwrap();
+}
