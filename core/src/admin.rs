@@ -5,7 +5,7 @@
 //! runs. Requests and answers are serde types so both paths share one definition.
 
 use crate::identity::{
-    ApiKeyEntry, IdentityError, IdentityStore, PeerEntry, new_token, token_hash,
+    ApiKeyEntry, IdentityError, IdentityProvider, IdentityStore, PeerEntry, new_token, token_hash,
 };
 use crate::store::{Mutation, RedbStore};
 use alknet_proto::Fingerprint;
@@ -189,10 +189,7 @@ fn store_err(e: IdentityError, what: &str) -> String {
 
 fn get_peer(store: &RedbStore, id: &str) -> Result<PeerEntry, String> {
     store
-        .list_peers()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|p| p.peer_id == id)
+        .peer(id)
         .map(|p| (*p).clone())
         .ok_or_else(|| format!("peer `{id}` not found; `alknet peer list` shows the peers"))
 }
@@ -203,12 +200,18 @@ fn key_owner(
     fps: &[Fingerprint],
     except: &str,
 ) -> Result<Option<String>, String> {
-    for p in store.list_peers().map_err(|e| e.to_string())? {
-        if p.peer_id != except && p.fingerprints.iter().any(|f| fps.contains(f)) {
+    for fp in fps {
+        if let Some(p) = store.by_fingerprint(fp).map_err(|e| e.to_string())?
+            && p.peer_id != except
+        {
             return Ok(Some(p.peer_id.clone()));
         }
     }
     Ok(None)
+}
+
+fn json<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
 /// Runs one operation against the store and returns its answer as JSON.
@@ -217,7 +220,6 @@ pub fn execute(
     op: &AdminOp,
     now_unix: u64,
 ) -> Result<serde_json::Value, String> {
-    let json = |v: &dyn erased::Ser| v.to_json();
     match op {
         AdminOp::PeerAdd {
             id,
@@ -366,19 +368,6 @@ pub fn execute(
                 })
                 .collect();
             Ok(json(&list))
-        }
-    }
-}
-
-mod erased {
-    /// Serialises any view to JSON without naming its type at the call site.
-    pub(super) trait Ser {
-        fn to_json(&self) -> serde_json::Value;
-    }
-
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
         }
     }
 }

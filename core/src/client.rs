@@ -195,7 +195,7 @@ impl KnownServers {
 
     /// Remembers `fp` for `server`.
     pub fn add(&self, server: &str, fp: &Fingerprint) -> std::io::Result<()> {
-        crate::tls::append_private(&self.path, &format!("{server} {fp}\n"))
+        crate::fsutil::append_private(&self.path, &format!("{server} {fp}\n"))
     }
 }
 

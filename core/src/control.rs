@@ -53,6 +53,24 @@ pub struct Response {
     pub result: Option<serde_json::Value>,
 }
 
+impl Response {
+    fn ok(result: Option<serde_json::Value>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            result,
+        }
+    }
+
+    fn err(error: String) -> Self {
+        Self {
+            ok: false,
+            error: Some(error),
+            result: None,
+        }
+    }
+}
+
 /// Static facts about the server, reported with the stats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -127,64 +145,40 @@ fn serve_one(
     let mut line = String::new();
     while reader.read_line(&mut line)? > 0 {
         let response = match serde_json::from_str::<Request>(line.trim()) {
-            Ok(Request::Stats) => Response {
-                ok: true,
-                error: None,
-                result: Some(serde_json::json!({
+            Ok(Request::Stats) => {
+                let (rss, budget, over) = handle.memory();
+                let memory = serde_json::json!({
+                    "rss_bytes": rss,
+                    "budget_bytes": budget,
+                    "over_budget": over,
+                });
+                Response::ok(Some(serde_json::json!({
                     "server": info,
                     "uptime_secs": started.elapsed().as_secs(),
                     "counters": handle.stats(),
                     "shards": handle.per_shard(),
-                    "memory": {
-                        "rss_bytes": handle.memory().0,
-                        "budget_bytes": handle.memory().1,
-                        "over_budget": handle.memory().2,
-                    },
-                })),
-            },
+                    "memory": memory,
+                })))
+            }
             Ok(Request::ClosePeer { peer }) => {
                 handle.close_peer(&peer);
-                Response {
-                    ok: true,
-                    error: None,
-                    result: None,
-                }
+                Response::ok(None)
             }
-            Ok(Request::Sessions) => Response {
-                ok: true,
-                error: None,
-                result: serde_json::to_value(handle.sessions()).ok(),
-            },
+            Ok(Request::Sessions) => Response::ok(serde_json::to_value(handle.sessions()).ok()),
             Ok(Request::Admin { admin }) => match store {
-                None => Response {
-                    ok: false,
-                    error: Some("this server has no identity store".into()),
-                    result: None,
-                },
+                None => Response::err("this server has no identity store".into()),
                 Some(store) => match crate::admin::execute(store, &admin, unix_now()) {
                     Ok(v) => {
                         // The index already refuses the peer; now cut its live sessions.
                         if let Some(peer) = admin.closes_peer() {
                             handle.close_peer(peer);
                         }
-                        Response {
-                            ok: true,
-                            error: None,
-                            result: Some(v),
-                        }
+                        Response::ok(Some(v))
                     }
-                    Err(e) => Response {
-                        ok: false,
-                        error: Some(e),
-                        result: None,
-                    },
+                    Err(e) => Response::err(e),
                 },
             },
-            Err(e) => Response {
-                ok: false,
-                error: Some(format!("bad request: {e}")),
-                result: None,
-            },
+            Err(e) => Response::err(format!("bad request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
         out.push(b'\n');

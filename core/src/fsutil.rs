@@ -71,6 +71,17 @@ pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Appends a line to a file, creating it with mode 0600, and syncs it.
+pub(crate) fn append_private(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(line.as_bytes())?;
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

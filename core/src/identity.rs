@@ -197,35 +197,47 @@ pub trait IdentityStore: IdentityProvider {
     fn list_peers(&self) -> Result<Vec<Arc<PeerEntry>>, IdentityError>;
 }
 
+/// Handshake-time lookups of a set of peers: by key and by token hash. Built whole from the
+/// peers and replaced whole, by [`MemoryIdentities`] and the redb store alike.
 #[derive(Default)]
-struct Index {
-    peers: HashMap<String, Arc<PeerEntry>>,
+pub(crate) struct KeyIndex {
     by_key: HashMap<Fingerprint, Arc<PeerEntry>>,
     by_token: HashMap<[u8; 32], Arc<PeerEntry>>,
 }
 
-impl Index {
-    fn build(peers: impl IntoIterator<Item = PeerEntry>) -> Self {
-        let mut index = Index::default();
+impl KeyIndex {
+    pub(crate) fn build<'a>(peers: impl IntoIterator<Item = &'a Arc<PeerEntry>>) -> Self {
+        let mut index = Self::default();
         for p in peers {
-            let p = Arc::new(p);
-            index.peers.insert(p.peer_id.clone(), p);
+            for f in &p.fingerprints {
+                index.by_key.insert(*f, p.clone());
+            }
+            if let Some(h) = p.auth_token_hash {
+                index.by_token.insert(h, p.clone());
+            }
         }
-        index.reindex();
         index
     }
 
-    fn reindex(&mut self) {
-        self.by_key.clear();
-        self.by_token.clear();
-        for p in self.peers.values() {
-            for f in &p.fingerprints {
-                self.by_key.insert(*f, p.clone());
-            }
-            if let Some(h) = p.auth_token_hash {
-                self.by_token.insert(h, p.clone());
-            }
-        }
+    pub(crate) fn by_key(&self, fp: &Fingerprint) -> Option<Arc<PeerEntry>> {
+        self.by_key.get(fp).cloned()
+    }
+
+    pub(crate) fn by_token(&self, hash: &[u8; 32]) -> Option<Arc<PeerEntry>> {
+        self.by_token.get(hash).cloned()
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    peers: HashMap<String, Arc<PeerEntry>>,
+    keys: KeyIndex,
+}
+
+impl Index {
+    fn new(peers: HashMap<String, Arc<PeerEntry>>) -> Self {
+        let keys = KeyIndex::build(peers.values());
+        Self { peers, keys }
     }
 }
 
@@ -246,8 +258,12 @@ impl MemoryIdentities {
 
     /// A set holding `peers`.
     pub fn with_peers(peers: impl IntoIterator<Item = PeerEntry>) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|p| (p.peer_id.clone(), Arc::new(p)))
+            .collect();
         Self {
-            index: RwLock::new(Arc::new(Index::build(peers))),
+            index: RwLock::new(Arc::new(Index::new(peers))),
         }
     }
 
@@ -274,25 +290,21 @@ impl MemoryIdentities {
         };
         let mut peers = guard.peers.clone();
         f(&mut peers);
-        let mut next = Index {
-            peers,
-            ..Index::default()
-        };
-        next.reindex();
+        let next = Index::new(peers);
         *guard = Arc::new(next);
     }
 }
 
 impl IdentityProvider for MemoryIdentities {
     fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
-        Ok(self.snapshot().by_key.get(fp).cloned())
+        Ok(self.snapshot().keys.by_key(fp))
     }
 
     fn by_token_hash(
         &self,
         token_sha256: &[u8; 32],
     ) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
-        Ok(self.snapshot().by_token.get(token_sha256).cloned())
+        Ok(self.snapshot().keys.by_token(token_sha256))
     }
 }
 

@@ -140,11 +140,6 @@ impl PenaltyBox {
     }
 }
 
-/// True when two addresses share a penalty.
-pub fn same_group(a: IpAddr, b: IpAddr) -> bool {
-    SourceKey::of(a) == SourceKey::of(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,7 +185,10 @@ mod tests {
         assert!(b.is_blocked(ip("2001:db8:1:2::9999"), t));
         assert!(!b.is_blocked(ip("2001:db8:1:3::5"), t));
         assert!(!b.is_blocked(ip("192.0.2.1"), t));
-        assert!(same_group(ip("::ffff:192.0.2.1"), ip("192.0.2.1")));
+        assert_eq!(
+            SourceKey::of(ip("::ffff:192.0.2.1")),
+            SourceKey::of(ip("192.0.2.1"))
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl ServerHandle {
 
     /// Counters summed over shards.
     pub fn stats(&self) -> StatsSnapshot {
-        crate::stats::sum(self.stats.iter().map(|s| s.as_ref()))
+        self.control().stats()
     }
 
     /// A cheap handle for the control plane (stats, closing a peer's connections).

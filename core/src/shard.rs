@@ -509,8 +509,7 @@ impl Shard {
         } else {
             (t.max_concurrent_bidi_streams, t.max_concurrent_uni_streams)
         };
-        let cells: Vec<ConnRef> = self.core.borrow().conns.iter().flatten().cloned().collect();
-        for c in cells {
+        for c in self.connections() {
             {
                 let mut inner = c.inner.borrow_mut();
                 inner.proto.set_max_concurrent_streams(
@@ -528,26 +527,23 @@ impl Shard {
 
     /// Closes every connection authenticated as `peer`.
     pub(crate) fn close_peer(&self, peer: &str, code: u32, reason: &[u8]) {
-        let cells: Vec<ConnRef> = self
-            .core
-            .borrow()
-            .conns
-            .iter()
-            .flatten()
-            .filter(|c| c.inner.borrow().peer.as_deref() == Some(peer))
-            .cloned()
-            .collect();
-        for c in cells {
-            crate::conn::close_cell(&c, code, reason);
+        for c in self.connections() {
+            if c.inner.borrow().peer.as_deref() == Some(peer) {
+                crate::conn::close_cell(&c, code, reason);
+            }
         }
     }
 
     /// Closes every connection.
     pub(crate) fn close_all(&self, code: u32, reason: &[u8]) {
-        let cells: Vec<ConnRef> = self.core.borrow().conns.iter().flatten().cloned().collect();
-        for c in cells {
+        for c in self.connections() {
             crate::conn::close_cell(&c, code, reason);
         }
+    }
+
+    /// The connections held now (a copy of the handles, so callers may change the table).
+    fn connections(&self) -> Vec<ConnRef> {
+        self.core.borrow().conns.iter().flatten().cloned().collect()
     }
 
     // ----- the driver --------------------------------------------------------------------

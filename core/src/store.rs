@@ -12,12 +12,12 @@
 
 use crate::identity::{
     ApiKeyEntry, CredentialStore, EncryptedBlob, IdentityError, IdentityProvider, IdentityStore,
-    PeerEntry, hashes_equal, token_hash, token_prefix,
+    KeyIndex, PeerEntry, hashes_equal, token_hash, token_prefix,
 };
 use alknet_proto::Fingerprint;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -214,27 +214,13 @@ struct Model {
 #[derive(Default)]
 struct Snapshot {
     model: Model,
-    by_key: HashMap<Fingerprint, Arc<PeerEntry>>,
-    by_token: HashMap<[u8; 32], Arc<PeerEntry>>,
+    keys: KeyIndex,
 }
 
 impl Snapshot {
     fn new(model: Model) -> Self {
-        let mut by_key = HashMap::new();
-        let mut by_token = HashMap::new();
-        for p in model.peers.values() {
-            for f in &p.fingerprints {
-                by_key.insert(*f, p.clone());
-            }
-            if let Some(h) = p.auth_token_hash {
-                by_token.insert(h, p.clone());
-            }
-        }
-        Self {
-            model,
-            by_key,
-            by_token,
-        }
+        let keys = KeyIndex::build(model.peers.values());
+        Self { model, keys }
     }
 }
 
@@ -478,6 +464,11 @@ impl RedbStore {
         self.snap().model.credentials.keys().cloned().collect()
     }
 
+    /// One peer by id.
+    pub fn peer(&self, peer_id: &str) -> Option<Arc<PeerEntry>> {
+        self.snap().model.peers.get(peer_id).cloned()
+    }
+
     /// Number of peers.
     pub fn peer_count(&self) -> usize {
         self.snap().model.peers.len()
@@ -603,14 +594,14 @@ fn commit(db: &Database, mutations: &[Mutation]) -> Result<(), IdentityError> {
 
 impl IdentityProvider for RedbStore {
     fn by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
-        Ok(self.snap().by_key.get(fp).cloned())
+        Ok(self.snap().keys.by_key(fp))
     }
 
     fn by_token_hash(
         &self,
         token_sha256: &[u8; 32],
     ) -> Result<Option<Arc<PeerEntry>>, IdentityError> {
-        Ok(self.snap().by_token.get(token_sha256).cloned())
+        Ok(self.snap().keys.by_token(token_sha256))
     }
 
     fn by_token(
@@ -645,11 +636,8 @@ impl IdentityStore for RedbStore {
 
     fn remove_peer(&self, peer_id: &str) -> Result<PeerEntry, IdentityError> {
         let existing = self
-            .snap()
-            .model
-            .peers
-            .get(peer_id)
-            .map(|p| (**p).clone())
+            .peer(peer_id)
+            .map(|p| (*p).clone())
             .ok_or(IdentityError::NotFound)?;
         self.apply(vec![Mutation::RemovePeer(peer_id.to_owned())])?;
         Ok(existing)

@@ -15,7 +15,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -168,12 +167,24 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The one signature scheme Alknet identities use, on both sides of a handshake.
+const SIGNATURE_SCHEME: SignatureScheme = SignatureScheme::ED25519;
+
+/// Alknet speaks TLS 1.3 only; a TLS 1.2 signature is never checked.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
+/// Checks a TLS 1.3 handshake signature against the Ed25519 key inside `cert` (X.509 or a
+/// raw SPKI); used by both verifiers.
 fn verify_ed25519(
     message: &[u8],
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
-    if dss.scheme != SignatureScheme::ED25519 {
+    if dss.scheme != SIGNATURE_SCHEME {
         return Err(rustls::Error::PeerIncompatible(
             rustls::PeerIncompatible::NoSignatureSchemesInCommon,
         ));
@@ -223,9 +234,7 @@ impl ClientCertVerifier for ClientKeyVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -238,7 +247,7 @@ impl ClientCertVerifier for ClientKeyVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        vec![SIGNATURE_SCHEME]
     }
 }
 
@@ -325,9 +334,7 @@ impl ServerCertVerifier for ServerKeyVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -340,7 +347,7 @@ impl ServerCertVerifier for ServerKeyVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        vec![SIGNATURE_SCHEME]
     }
 }
 
@@ -368,18 +375,6 @@ pub fn client_config(
 pub fn peer_fingerprint(identity: Option<Box<dyn std::any::Any>>) -> Option<Fingerprint> {
     let certs = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     Fingerprint::from_peer_der(certs.first()?.as_ref()).ok()
-}
-
-/// Writes a line to a file opened for appending, creating it with mode 0600.
-pub(crate) fn append_private(path: &Path, line: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(line.as_bytes())?;
-    f.sync_all()
 }
 
 #[cfg(test)]

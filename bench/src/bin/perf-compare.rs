@@ -67,6 +67,22 @@ enum Cmd {
     },
 }
 
+/// The load of the small-request scenarios: 100 connections x 8 streams, 64 B each way.
+fn small_args(duration: &str) -> Vec<String> {
+    s(&[
+        "-c",
+        "100",
+        "-s",
+        "8",
+        "--request-size",
+        "64",
+        "--response-size",
+        "64",
+        "-d",
+        duration,
+    ])
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Cmd::ServeAlknet { config, data_dir }) = &args.cmd {
@@ -411,18 +427,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if wanted.contains(&"small") || wanted.contains(&"open") {
         let sc = Scenario {
             name: "small requests closed loop (64 B/64 B, 100 conns x 8 streams)",
-            args: s(&[
-                "-c",
-                "100",
-                "-s",
-                "8",
-                "--request-size",
-                "64",
-                "--response-size",
-                "64",
-                "-d",
-                &d,
-            ]),
+            args: small_args(&d),
         };
         let (a, q) = both(&env, &sc)?;
         small_rates = Some(a.requests_per_sec.min(q.requests_per_sec));
@@ -511,18 +516,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if wanted.contains(&"scaling") {
         // alknet only; the client cannot have a core of its own here, so it is unpinned in
         // both runs and the two runs are compared with each other.
-        let args_small = s(&[
-            "-c",
-            "100",
-            "-s",
-            "8",
-            "--request-size",
-            "64",
-            "--response-size",
-            "64",
-            "-d",
-            &d,
-        ]);
+        let args_small = small_args(&d);
         let mut out = Vec::new();
         for workers in [1usize, 2] {
             eprintln!("scenario scaling: alknet, {workers} worker(s)");
