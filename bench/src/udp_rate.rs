@@ -137,6 +137,8 @@ impl Variant {
         let offload = self != Self::RingReadyNoOffload;
         UdpConfig {
             gso: offload,
+            // The same batches as the baseline's path (capped by MAX_GSO_BYTES).
+            gso_segments: 64,
             gro: offload,
             ecn: true,
             recv_buffer: SOCKET_BUFFER,

@@ -129,6 +129,8 @@ pub(crate) struct Shard {
     pub(crate) board: SessionBoard,
     next_session: Cell<u64>,
     pressure: Cell<bool>,
+    /// A connection was accepted since the last flush.
+    accepted: Cell<bool>,
     sleeping_until: Cell<Option<Instant>>,
     pub(crate) shutting_down: Cell<bool>,
     drain_deadline: Cell<Option<Instant>>,
@@ -180,6 +182,7 @@ impl Shard {
             board,
             next_session: Cell::new(0),
             pressure: Cell::new(false),
+            accepted: Cell::new(false),
             sleeping_until: Cell::new(None),
             shutting_down: Cell::new(false),
             drain_deadline: Cell::new(None),
@@ -230,6 +233,12 @@ impl Shard {
                             BytesMut::from(seg),
                             true,
                         );
+                        if self.accepted.get() {
+                            // Send the server's first flight now: a burst of Initials costs
+                            // a key exchange and a signature each, and the first client
+                            // should not wait for the last one's.
+                            self.flush(now);
+                        }
                     }
                 });
                 match r {
@@ -398,6 +407,7 @@ impl Shard {
                 self.insert(core, ch, cell.clone());
                 core.handshaking += 1;
                 queue_dirty(&cell);
+                self.accepted.set(true);
             }
             Err(e) => {
                 stats::bump(&self.stats.handshakes_failed);
@@ -605,17 +615,33 @@ impl Shard {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut core = self.core.borrow_mut();
-        // Drop stale heap entries so the wait is for a real deadline.
+        let core = &mut *core;
+        // Settle the top of the heap: drop stale entries, and move an entry whose connection's
+        // deadline went later to that deadline, so the driver never wakes for nothing.
         while let Some(Reverse((at, idx))) = core.timers.peek().copied() {
-            let live = core
-                .conns
-                .get(idx)
-                .and_then(|c| c.as_ref())
-                .is_some_and(|c| c.inner.borrow().timer_at == Some(at));
-            if live {
+            let Some(Some(cell)) = core.conns.get(idx) else {
+                core.timers.pop();
+                continue;
+            };
+            let Ok(mut inner) = cell.inner.try_borrow_mut() else {
                 return Some(at);
+            };
+            if inner.heap_at != Some(at) {
+                core.timers.pop();
+                continue;
             }
-            core.timers.pop();
+            match inner.timer_at {
+                Some(t) if t > at => {
+                    core.timers.pop();
+                    inner.heap_at = Some(t);
+                    core.timers.push(Reverse((t, idx)));
+                }
+                Some(_) => return Some(at),
+                None => {
+                    core.timers.pop();
+                    inner.heap_at = None;
+                }
+            }
         }
         None
     }
@@ -624,15 +650,31 @@ impl Shard {
         let mut due = Vec::new();
         {
             let mut core = self.core.borrow_mut();
+            let core = &mut *core;
             while let Some(Reverse((at, idx))) = core.timers.peek().copied() {
                 if at > now {
                     break;
                 }
                 core.timers.pop();
-                if let Some(Some(cell)) = core.conns.get(idx)
-                    && cell.inner.borrow().timer_at == Some(at)
-                {
-                    due.push(cell.clone());
+                let Some(Some(cell)) = core.conns.get(idx) else {
+                    continue;
+                };
+                let mut inner = cell.inner.borrow_mut();
+                if inner.heap_at != Some(at) {
+                    continue; // stale
+                }
+                inner.heap_at = None;
+                match inner.timer_at {
+                    Some(t) if t <= now => {
+                        drop(inner);
+                        due.push(cell.clone());
+                    }
+                    Some(t) => {
+                        // Fired early: the deadline moved later since this entry was pushed.
+                        inner.heap_at = Some(t);
+                        core.timers.push(Reverse((t, idx)));
+                    }
+                    None => {}
                 }
             }
         }
@@ -723,6 +765,7 @@ impl Shard {
 
     /// Drives every connection touched since the last flush, then sends collected forwards.
     pub(crate) fn flush(&self, now: Instant) {
+        self.accepted.set(false);
         loop {
             let dirty = std::mem::take(&mut *self.signal.dirty.borrow_mut());
             if dirty.is_empty() {
@@ -873,6 +916,7 @@ impl Shard {
             }
             inner.wakers.wake_all();
             inner.timer_at = None;
+            inner.heap_at = None;
             if let Some(id) = inner.session.take() {
                 match self.board.lock() {
                     Ok(mut b) => b.remove(&id),
@@ -892,31 +936,34 @@ impl Shard {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if deadline != inner.timer_at {
-            inner.timer_at = deadline;
-            if let Some(at) = deadline {
-                core.timers.push(Reverse((at, inner.handle.0)));
-                // Re-armed timers leave stale entries behind; rebuild the heap from the live
-                // deadlines when they outnumber the connections, so it stays O(connections).
-                if core.timers.len() > 2 * core.live + 1024 {
-                    let own = (inner.handle.0, inner.timer_at);
-                    let fresh: BinaryHeap<_> = core
-                        .conns
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, c)| {
-                            if i == own.0 {
-                                return own.1.map(|t| Reverse((t, i)));
-                            }
-                            let t = c.as_ref()?.inner.try_borrow().ok()?.timer_at?;
-                            Some(Reverse((t, i)))
-                        })
-                        .collect();
-                    core.timers = fresh;
-                }
-                if self.sleeping_until.get().is_none_or(|s| at < s) {
-                    self.signal.notify();
-                }
+        inner.timer_at = deadline;
+        if let Some(at) = deadline
+            && inner.heap_at.is_none_or(|h| at < h)
+        {
+            // Only an earlier deadline needs a new entry; a later one is found when the
+            // current entry fires.
+            inner.heap_at = Some(at);
+            core.timers.push(Reverse((at, inner.handle.0)));
+            // Superseded entries pile up; rebuild the heap from the live ones when they
+            // outnumber the connections, so it stays O(connections).
+            if core.timers.len() > 2 * core.live + 1024 {
+                let own = (inner.handle.0, inner.heap_at);
+                let fresh: BinaryHeap<_> = core
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| {
+                        if i == own.0 {
+                            return own.1.map(|t| Reverse((t, i)));
+                        }
+                        let t = c.as_ref()?.inner.try_borrow().ok()?.heap_at?;
+                        Some(Reverse((t, i)))
+                    })
+                    .collect();
+                core.timers = fresh;
+            }
+            if self.sleeping_until.get().is_none_or(|s| at < s) {
+                self.signal.notify();
             }
         }
     }

@@ -31,7 +31,10 @@ pub struct UdpIo {
     ring: monoio::net::udp::UdpSocket,
     state: quinn_udp::UdpSocketState,
     gso: bool,
+    gso_segments: usize,
     ecn: bool,
+    /// Bound to one address: the kernel sources from it, so no `IP_PKTINFO` per send.
+    fixed_source: bool,
     slots: usize,
     bufs: RefCell<Vec<Box<[u8]>>>,
     meta: RefCell<Vec<RecvMeta>>,
@@ -66,6 +69,10 @@ impl UdpIo {
             // quinn-udp turns GRO on where it can; honour the switch.
             let _ = crate::sys::set_udp_gro(&socket, false);
         }
+        let fixed_source = socket
+            .local_addr()?
+            .as_socket()
+            .is_some_and(|a| !a.ip().is_unspecified());
         let twin = socket.try_clone()?;
         let ring = monoio::net::udp::UdpSocket::from_std(std::net::UdpSocket::from(twin))?;
         let slots = quinn_udp::BATCH_SIZE.max(1);
@@ -74,7 +81,9 @@ impl UdpIo {
             socket,
             ring,
             gso: cfg.gso && state.max_gso_segments() > 1,
+            gso_segments: cfg.gso_segments.clamp(1, 64),
             ecn: cfg.ecn,
+            fixed_source,
             state,
             slots,
             bufs: RefCell::new(
@@ -106,6 +115,7 @@ impl UdpIo {
         }
         self.state
             .max_gso_segments()
+            .min(self.gso_segments)
             .min(MAX_GSO_BYTES / segment)
             .max(1)
     }
@@ -165,7 +175,8 @@ impl UdpIo {
             ecn,
             contents,
             segment_size: segment_size.filter(|&s| s < contents.len()),
-            src_ip,
+            // A control message the kernel copies and parses on every send for nothing.
+            src_ip: if self.fixed_source { None } else { src_ip },
         };
         self.state.send((&self.socket).into(), &t)
     }

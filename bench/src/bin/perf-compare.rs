@@ -47,6 +47,11 @@ struct Args {
     /// Scenarios to run, comma-separated: bulk,small,open,handshake,idle,scaling.
     #[arg(long, default_value = "bulk,small,open,handshake,idle,scaling")]
     scenarios: String,
+    /// Run each alknet-vs-quinn scenario this many times, alternating which server goes
+    /// first, and report the run with the median ratio of the scenario's target figure along
+    /// with the lowest and highest ratio seen (a shared machine makes single runs noisy).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=25))]
+    repeat: u32,
     /// Write the JSON result here too.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -368,18 +373,54 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut results = serde_json::Map::new();
     let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
-    let both = |env: &Env, sc: &Scenario| -> anyhow::Result<(Report, Report)> {
-        eprintln!("scenario {}: alknet", sc.name);
-        let a = {
-            let srv = start_server(env, Kind::Alknet, 1, !env.alknet_cli_ok)?;
-            load(env, &srv, pin_client, &sc.args)?
+    let repeat = args.repeat as usize;
+    let ratio = |a: Option<f64>, q: Option<f64>| match (a, q) {
+        (Some(a), Some(q)) if q > 0.0 => Some(a / q),
+        _ => None,
+    };
+    // Runs a scenario `repeat` times (alternating which server goes first) and keeps the
+    // pair whose ratio of `key` is the median; returns every ratio seen too.
+    let both = |env: &Env,
+                sc: &Scenario,
+                key: fn(&Report) -> Option<f64>|
+     -> anyhow::Result<(Report, Report, Vec<f64>)> {
+        let one = |kind: Kind| -> anyhow::Result<Report> {
+            eprintln!(
+                "scenario {}: {}",
+                sc.name,
+                if kind == Kind::Alknet {
+                    "alknet"
+                } else {
+                    "quinn"
+                }
+            );
+            let srv = start_server(env, kind, 1, kind == Kind::Alknet && !env.alknet_cli_ok)?;
+            load(env, &srv, pin_client, &sc.args)
         };
-        eprintln!("scenario {}: quinn", sc.name);
-        let q = {
-            let srv = start_server(env, Kind::Quinn, 1, false)?;
-            load(env, &srv, pin_client, &sc.args)?
-        };
-        Ok((a, q))
+        let mut pairs = Vec::with_capacity(repeat);
+        for round in 0..repeat {
+            let (a, q) = if round % 2 == 0 {
+                let a = one(Kind::Alknet)?;
+                (a, one(Kind::Quinn)?)
+            } else {
+                let q = one(Kind::Quinn)?;
+                (one(Kind::Alknet)?, q)
+            };
+            pairs.push((a, q));
+        }
+        let mut ratios: Vec<(f64, usize)> = pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (a, q))| ratio(key(a), key(q)).map(|r| (r, i)))
+            .collect();
+        ratios.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let pick = ratios
+            .get(ratios.len() / 2)
+            .map(|x| x.1)
+            .unwrap_or(pairs.len() - 1);
+        let seen = ratios.iter().map(|x| x.0).collect();
+        let (a, q) = pairs.swap_remove(pick);
+        Ok((a, q, seen))
     };
     let mut record = |name: &str, a: &Report, q: &Report, results: &mut serde_json::Map<_, _>| {
         let qf = q.figures();
@@ -393,10 +434,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut small_rates = None;
     let mut targets: Vec<(String, f64, String, bool)> = Vec::new();
-    let ratio = |a: Option<f64>, q: Option<f64>| match (a, q) {
-        (Some(a), Some(q)) if q > 0.0 => Some(a / q),
-        _ => None,
-    };
+    let mut spreads: Vec<(String, Vec<f64>)> = Vec::new();
     let mut target = |what: &str, v: Option<f64>, op: &str, limit: f64| {
         if let Some(v) = v {
             let ok = if op == "<=" { v <= limit } else { v >= limit };
@@ -409,7 +447,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             name: "bulk download (1 conn)",
             args: s(&["-c", "1", "-s", "1", "--response-size", "256M", "-d", &d]),
         };
-        let (a, q) = both(&env, &sc)?;
+        let (a, q, seen) = both(&env, &sc, |r| r.server_cpu_secs_per_gb)?;
+        spreads.push(("bulk: server CPU/GB ratio".into(), seen));
         target(
             "bulk: server CPU/GB ratio",
             ratio(a.server_cpu_secs_per_gb, q.server_cpu_secs_per_gb),
@@ -429,7 +468,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             name: "small requests closed loop (64 B/64 B, 100 conns x 8 streams)",
             args: small_args(&d),
         };
-        let (a, q) = both(&env, &sc)?;
+        let (a, q, seen) = both(&env, &sc, |r| r.server_cpu_us_per_request)?;
+        spreads.push(("small: server CPU/request ratio".into(), seen));
         small_rates = Some(a.requests_per_sec.min(q.requests_per_sec));
         target(
             "small: server CPU/request ratio",
@@ -459,7 +499,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 &d,
             ]),
         };
-        let (a, q) = both(&env, &sc)?;
+        let (a, q, seen) = both(&env, &sc, |r| r.latency_us.map(|l| l.p99 as f64))?;
+        spreads.push(("small open loop: p99 ratio".into(), seen));
         target(
             "small open loop: p99 ratio",
             ratio(
@@ -482,7 +523,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             name: "handshakes (32 concurrent connect loops)",
             args: s(&["--mode", "handshake", "-c", "32", "-d", &d]),
         };
-        let (a, q) = both(&env, &sc)?;
+        let (a, q, seen) = both(&env, &sc, |r| r.server_cpu_us_per_handshake)?;
+        spreads.push(("handshakes: server CPU/handshake ratio".into(), seen));
         target(
             "handshakes: server CPU/handshake ratio",
             ratio(a.server_cpu_us_per_handshake, q.server_cpu_us_per_handshake),
@@ -497,7 +539,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             name: "idle sessions",
             args: s(&["--mode", "idle", "-c", &n, "-d", &format!("{idle_secs}")]),
         };
-        let (a, q) = both(&env, &sc)?;
+        let (a, q, seen) = both(&env, &sc, |r| r.server_rss_kib_per_connection)?;
+        spreads.push(("idle: RSS KiB/connection ratio".into(), seen));
         target(
             "idle: alknet failures (failed + lost)",
             Some((a.connections_failed + a.connections_lost) as f64),
@@ -588,10 +631,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             if *ok { "yes" } else { "**no**" }
         );
     }
+    if repeat > 1 {
+        println!(
+            "\n{repeat} runs per scenario; each figure above is from the run with the median ratio of\n\n| ratio | median | lowest | highest |\n| --- | ---: | ---: | ---: |"
+        );
+        for (what, seen) in &spreads {
+            if let (Some(lo), Some(hi)) = (seen.first(), seen.last()) {
+                let mid = seen.get(seen.len() / 2).copied().unwrap_or(*lo);
+                println!(
+                    "| {what} | {} | {} | {} |",
+                    fmt_num(mid),
+                    fmt_num(*lo),
+                    fmt_num(*hi)
+                );
+            }
+        }
+    }
     let out = json!({
         "machine": { "cores": cores, "taskset": taskset },
         "alknet_server": alknet_server_kind,
         "quick": args.quick,
+        "repeat": repeat,
+        "ratio_spread": spreads.iter().map(|(w, seen)| json!({ "ratio": w, "seen": seen })).collect::<Vec<_>>(),
         "secs": secs,
         "idle_secs": idle_secs,
         "results": results,
