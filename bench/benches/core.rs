@@ -9,8 +9,7 @@
 //!   settings: 64 B round trips and 1 MiB downloads. Ratios between the two groups are the
 //!   figure to read; absolute times include the client.
 //!
-//! Not here (yet): packet handling through one shard's endpoint without sockets; the
-//! `stream` group covers the same code with the kernel's loopback in the loop.
+//! Packet handling through one shard's endpoint without sockets is `benches/endpoint.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use alknet_bench::load::quinn_server;

@@ -491,6 +491,20 @@ scopes = ["echo"]
             "{msg}"
         );
 
+        let e = parse("[udp]\ngro = true\ngso_segments = 65\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with("alknet.toml:3: key `udp.gso_segments`"),
+            "{msg}"
+        );
+        assert!(parse("[udp]\ngso_segments = 0\n").is_err());
+        assert_eq!(
+            parse("[udp]\ngso_segments = 1\n")
+                .map(|c| c.udp.gso_segments)
+                .ok(),
+            Some(1)
+        );
+
         let e = parse("[[peers]]\nid = \"a\"\nfingerprints = [\"ed25519:zz\"]\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(

@@ -213,6 +213,38 @@ async fn half_open_and_idle_clients_are_reclaimed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_deadline_moves_with_traffic_and_still_fires() {
+    // Every packet pushes the idle deadline later; the shard keeps the earlier timer entry
+    // and re-arms when it fires. Traffic for twice the idle timeout must keep the
+    // connection, and silence afterwards must end it on time.
+    let key = ClientKey::generate();
+    let server = echo_server(&key, "[transport]\nidle_timeout = \"1500ms\"");
+    let c = connect(&quinn_endpoint(), server.addr, Some(&key), ECHO)
+        .await
+        .unwrap();
+    let busy_until = Instant::now() + Duration::from_secs(3);
+    let mut rounds = 0;
+    while Instant::now() < busy_until {
+        assert_eq!(echo(&c, b"tick").await.unwrap(), b"tick");
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(rounds >= 8, "{rounds}");
+    assert!(c.close_reason().is_none(), "{:?}", c.close_reason());
+    assert_eq!(server.counter("connections_open"), 1);
+    let silent = Instant::now();
+    while server.counter("connections_open") > 0 && silent.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = silent.elapsed();
+    assert_eq!(server.counter("connections_open"), 0, "never timed out");
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_millis(4000),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_unknown_keys_are_refused_without_touching_a_handler() {
     let key = ClientKey::generate();
     let server = echo_server(&key, "");

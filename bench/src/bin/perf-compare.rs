@@ -633,7 +633,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if repeat > 1 {
         println!(
-            "\n{repeat} runs per scenario; each figure above is from the run with the median ratio of\n\n| ratio | median | lowest | highest |\n| --- | ---: | ---: | ---: |"
+            "\n{repeat} runs per scenario; each table row above comes from the run whose target ratio was the median;\nthe ratios of all runs:\n\n| ratio | median | lowest | highest |\n| --- | ---: | ---: | ---: |"
         );
         for (what, seen) in &spreads {
             if let (Some(lo), Some(hi)) = (seen.first(), seen.last()) {
