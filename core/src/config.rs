@@ -146,7 +146,10 @@ pub struct TransportConfig {
     pub keep_alive: ConfigDuration,
     /// Bidirectional streams a peer may have open at once.
     pub max_concurrent_bidi_streams: u32,
-    /// Unidirectional streams a peer may have open at once.
+    /// Unidirectional streams a peer may have open at once. Every connection reserves
+    /// bookkeeping for all the streams its peer may open (bidirectional plus unidirectional):
+    /// up to 112 in all fit the smallest table, beyond that each connection holds ≈ 3 KiB
+    /// more, idle or not.
     pub max_concurrent_uni_streams: u32,
     /// Bytes a peer may send on one stream ahead of what the handler has read.
     pub stream_receive_window: u32,
@@ -169,7 +172,7 @@ impl Default for TransportConfig {
             idle_timeout: ConfigDuration(Duration::from_secs(30)),
             keep_alive: ConfigDuration(Duration::ZERO),
             max_concurrent_bidi_streams: 100,
-            max_concurrent_uni_streams: 100,
+            max_concurrent_uni_streams: 8,
             stream_receive_window: 1 << 20,
             connection_receive_window: 4 << 20,
             send_window: 4 << 20,
