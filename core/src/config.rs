@@ -231,7 +231,9 @@ pub struct Config {
     pub server_id: u16,
     /// io driver selection.
     pub driver: DriverKind,
-    /// Pin each worker to one core.
+    /// Pin each worker to one core. Best when the workers have their cores to themselves;
+    /// with other busy processes on the same cores, unpinned workers can move out of their
+    /// way.
     pub pin_workers: bool,
     /// On SIGTERM/SIGINT, time given to connections to finish before they are closed.
     pub drain_period: ConfigDuration,
