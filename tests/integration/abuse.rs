@@ -60,7 +60,7 @@ fn echo_server(key: &ClientKey, extra: &str) -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_gets_no_reply_and_live_sessions_go_on() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let ep = quinn_endpoint();
     let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
@@ -112,7 +112,7 @@ async fn garbage_gets_no_reply_and_live_sessions_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_resets_are_rate_limited_and_smaller_than_their_trigger() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     // A CID the server would have issued (its key is on disk), for no live connection.
     let node = alknet_core::tls::NodeKey::load_or_create(&server.data_dir()).unwrap();
@@ -147,7 +147,7 @@ async fn stateless_resets_are_rate_limited_and_smaller_than_their_trigger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initials_from_reflection_ports_get_no_answer() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let initial = real_initial(server.addr);
     // Control: the same Initial from an ordinary port is answered.
@@ -170,7 +170,7 @@ async fn initials_from_reflection_ports_get_no_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_and_idle_clients_are_reclaimed() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(
         &key,
         "[transport]\nhandshake_timeout = \"1s\"\nidle_timeout = \"2s\"",
@@ -217,7 +217,7 @@ async fn idle_deadline_moves_with_traffic_and_still_fires() {
     // Every packet pushes the idle deadline later; the shard keeps the earlier timer entry
     // and re-arms when it fires. Traffic for twice the idle timeout must keep the
     // connection, and silence afterwards must end it on time.
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "[transport]\nidle_timeout = \"1500ms\"");
     let c = connect(&quinn_endpoint(), server.addr, Some(&key), ECHO)
         .await
@@ -247,7 +247,7 @@ async fn idle_deadline_moves_with_traffic_and_still_fires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_unknown_keys_are_refused_without_touching_a_handler() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let ep = quinn_endpoint();
     let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
@@ -261,7 +261,7 @@ async fn a_thousand_unknown_keys_are_refused_without_touching_a_handler() {
             let ep = quinn_endpoint_on(&ip);
             let mut echoed = 0usize;
             for _ in 0..5 {
-                let stranger = ClientKey::generate();
+                let stranger = ClientKey::generate().unwrap();
                 if let Ok(c) = connect(&ep, addr, Some(&stranger), ECHO).await {
                     if let Ok(bytes) = echo(&c, b"let me in").await {
                         echoed += bytes.len();
@@ -301,7 +301,7 @@ fn rss_of(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(
         &key,
         "[transport]\nstream_receive_window = 65536\nconnection_receive_window = 262144\nsend_window = 262144\nmax_concurrent_bidi_streams = 100",
@@ -433,7 +433,7 @@ impl RawClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_byte_out_of_order_fragments_stay_within_the_connection_bound() {
     let node = alknet_core::tls::NodeKey::generate();
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = Server::start(&format!(
         "workers = 1\n[services.echo]\nenabled = true\n{}[[peers]]\nid = \"raw\"\nfingerprints = [\"{}\"]\nscopes = [\"echo\"]\n",
         peer_toml("tester", &key, &["echo"]),

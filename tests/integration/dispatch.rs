@@ -141,7 +141,7 @@ async fn ask(
 }
 
 async fn dispatch_and_isolation(driver: DriverKind) {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = start(driver, &key);
     let addr = server.local_addr();
     let ep = quinn_endpoint();
@@ -191,7 +191,7 @@ async fn alpn_dispatch_scopes_and_panics_legacy_driver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_memory_budget_new_connections_and_streams_wait() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = start(DriverKind::Auto, &key);
     let addr = server.local_addr();
     let ep = quinn_endpoint();

@@ -37,7 +37,10 @@ fn sessions(server: &Server) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_cuts_live_sessions_within_a_second_and_only_that_peer() {
     let server = Server::start("workers = 2\n[services.echo]\nenabled = true\n");
-    let (alice, bob) = (ClientKey::generate(), ClientKey::generate());
+    let (alice, bob) = (
+        ClientKey::generate().unwrap(),
+        ClientKey::generate().unwrap(),
+    );
     add_peer(&server, "alice", &alice);
     add_peer(&server, "bob", &bob);
     let ep = quinn_endpoint();
@@ -110,9 +113,9 @@ async fn revoke_cuts_live_sessions_within_a_second_and_only_that_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_in_another_certificate_is_the_same_peer() {
     let server = Server::start("[services.echo]\nenabled = true\n");
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     add_peer(&server, "carol", &key);
-    let other = key.rewrap();
+    let other = key.rewrap().unwrap();
     assert_ne!(key.cert, other.cert);
     let ep = quinn_endpoint();
     let c1 = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
@@ -123,22 +126,32 @@ async fn same_key_in_another_certificate_is_the_same_peer() {
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|s| s["peer"] == "carol"), "{listed:?}");
     // A different key never matches.
-    let stranger = connect(&ep, server.addr, Some(&ClientKey::generate()), ECHO)
-        .await
-        .unwrap();
+    let stranger = connect(
+        &ep,
+        server.addr,
+        Some(&ClientKey::generate().unwrap()),
+        ECHO,
+    )
+    .await
+    .unwrap();
     assert!(echo(&stranger, b"x").await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_penalise_only_their_source() {
     let server = Server::start("[services.echo]\nenabled = true\n");
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     add_peer(&server, "dave", &key);
     let attacker = quinn_endpoint_on("127.0.0.2");
     for _ in 0..6 {
-        let c = connect(&attacker, server.addr, Some(&ClientKey::generate()), ECHO)
-            .await
-            .unwrap();
+        let c = connect(
+            &attacker,
+            server.addr,
+            Some(&ClientKey::generate().unwrap()),
+            ECHO,
+        )
+        .await
+        .unwrap();
         let _ = c.closed().await;
     }
     // Now even a good key from that source gets no answer...
@@ -163,7 +176,7 @@ async fn repeated_failures_penalise_only_their_source() {
 #[test]
 fn peer_commands_work_on_the_store_without_a_server() {
     let dir = tempfile::tempdir().unwrap();
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let (code, _, err) = run_cli(
         &[
             "peer",
@@ -235,9 +248,14 @@ async fn fail2ban_filter_matches_every_failed_authentication() {
     let server = Server::start("[services.echo]\nenabled = true\n");
     let ep = quinn_endpoint_on("127.0.0.3");
     for _ in 0..3 {
-        let c = connect(&ep, server.addr, Some(&ClientKey::generate()), ECHO)
-            .await
-            .unwrap();
+        let c = connect(
+            &ep,
+            server.addr,
+            Some(&ClientKey::generate().unwrap()),
+            ECHO,
+        )
+        .await
+        .unwrap();
         let _ = c.closed().await;
     }
     let filter =

@@ -15,7 +15,7 @@ fn echo_server(key: &ClientKey, extra: &str) -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_round_trip() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let ep = quinn_endpoint();
     let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
@@ -33,7 +33,7 @@ async fn echo_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unserved_alpn_fails_with_no_application_protocol() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let ep = quinn_endpoint();
     let err = connect(&ep, server.addr, Some(&key), b"alknet/nothing")
@@ -50,10 +50,10 @@ async fn unserved_alpn_fails_with_no_application_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_client_key_is_refused() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let ep = quinn_endpoint();
-    for stranger in [Some(ClientKey::generate()), None] {
+    for stranger in [Some(ClientKey::generate().unwrap()), None] {
         let result = async {
             let conn = connect(&ep, server.addr, stranger.as_ref(), ECHO).await?;
             let r = echo(&conn, b"should not echo").await;
@@ -87,7 +87,7 @@ async fn unknown_client_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_and_streams_keep_every_byte() {
-    let key = std::sync::Arc::new(ClientKey::generate());
+    let key = std::sync::Arc::new(ClientKey::generate().unwrap());
     let server = echo_server(&key, "");
     let addr = server.addr;
     // Several client sockets, so the kernel spreads flows over both shards.
@@ -133,7 +133,7 @@ async fn many_connections_and_streams_keep_every_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebinding_client_keeps_its_connection_through_forwarding() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     // Without kernel steering, datagrams from a new port may land on the other shard and
     // must be forwarded to the owner.
     let server = echo_server(&key, "[udp]\nsteer_by_cid = false");
@@ -181,7 +181,7 @@ async fn rebinding_client_keeps_its_connection_through_forwarding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_steering_delivers_rebound_clients_to_their_shard() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     let ep = quinn_endpoint();
     let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
@@ -212,7 +212,7 @@ async fn kernel_steering_delivers_rebound_clients_to_their_shard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_clients_an_application_close() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let mut server = echo_server(&key, "drain_period = \"500ms\"");
     let ep = quinn_endpoint();
     let mut conns = Vec::new();
@@ -281,7 +281,7 @@ async fn concurrent_handshakes(server: &Server, key: &std::sync::Arc<ClientKey>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_engages_above_the_handshake_cap_and_never_below() {
-    let key = std::sync::Arc::new(ClientKey::generate());
+    let key = std::sync::Arc::new(ClientKey::generate().unwrap());
     let tight = echo_server(&key, "[transport]\nmax_handshakes_per_shard = 1");
     concurrent_handshakes(&tight, &key, 40).await;
     let retries = tight.counter("retries_sent");

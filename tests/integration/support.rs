@@ -1,7 +1,6 @@
 //! Shared pieces of the integration tests: client keys, quinn clients, and `alknet serve`
 //! run as a real process.
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,110 +10,19 @@ use std::time::{Duration, Instant};
 
 pub const ALKNET: &str = env!("CARGO_BIN_EXE_alknet");
 
-/// An Ed25519 client identity.
-pub struct ClientKey {
-    pub cert: CertificateDer<'static>,
-    pub key: PrivatePkcs8KeyDer<'static>,
-    pub fingerprint: String,
-}
-
-impl ClientKey {
-    /// The same key in a different certificate (other subject, serial and validity).
-    pub fn rewrap(&self) -> Self {
-        let kp = rcgen::KeyPair::try_from(&self.key).expect("key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["another-name.example".into()]).expect("params");
-        params.serial_number = Some(rcgen::SerialNumber::from(vec![7, 7, 7]));
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2040, 1, 1);
-        let cert = params.self_signed(&kp).expect("cert");
-        Self {
-            cert: cert.der().clone(),
-            key: self.key.clone_key(),
-            fingerprint: self.fingerprint.clone(),
-        }
-    }
-
-    pub fn generate() -> Self {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("keygen");
-        let fingerprint = format!("ed25519:{}", hex::encode(kp.public_key_raw()));
-        let cert = rcgen::CertificateParams::new(vec!["client".into()])
-            .expect("params")
-            .self_signed(&kp)
-            .expect("cert");
-        Self {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(kp.serialize_der()),
-            fingerprint,
-        }
-    }
-}
-
-/// Accepts any server certificate but records its key's fingerprint.
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _e: &CertificateDer<'_>,
-        _i: &[CertificateDer<'_>],
-        _n: &rustls::pki_types::ServerName<'_>,
-        _o: &[u8],
-        _t: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("tls12".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        vec![rustls::SignatureScheme::ED25519]
-    }
-}
+pub use alknet_testkit::ClientKey;
 
 /// A quinn client configuration presenting `key` (or no certificate) and offering `alpn`.
 pub fn quinn_client_config(key: Option<&ClientKey>, alpn: &[u8]) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer));
-    let mut tls = match key {
-        Some(k) => builder
-            .with_client_auth_cert(
-                vec![k.cert.clone()],
-                PrivateKeyDer::Pkcs8(k.key.clone_key()),
-            )
-            .expect("client cert"),
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(20).try_into().expect("idle")));
-    cfg.transport_config(Arc::new(transport));
-    cfg
+    alknet_testkit::quinn_client_config(
+        key,
+        alpn,
+        Arc::new(alknet_testkit::AnyServer::default()),
+        transport,
+    )
+    .expect("client config")
 }
 
 /// A quinn client endpoint on loopback.

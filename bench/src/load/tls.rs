@@ -1,109 +1,8 @@
-//! Client-side TLS of the load generator: an Ed25519 client key (loaded or generated) and a
-//! server verifier that checks the handshake signature but trusts any key, recording the
-//! server's fingerprint for the report, as Alknet's own clients do on first contact.
+//! Client-side TLS of the load generator: the shared pieces of `alknet-testkit` and the
+//! transport settings of a load-generator connection.
 
-use alknet_proto::Fingerprint;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-/// An Ed25519 client identity presented in the handshake.
-pub struct ClientKey {
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
-    /// `ed25519:<hex>` of the public key.
-    pub fingerprint: String,
-}
-
-impl ClientKey {
-    /// A fresh random key.
-    pub fn generate() -> anyhow::Result<Self> {
-        Self::from_keypair(rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?)
-    }
-
-    /// An Ed25519 PKCS#8 PEM key from a file (e.g. an Alknet `node.key`).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let kp = rcgen::KeyPair::from_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("{}: not a PEM private key: {e}", path.display()))?;
-        if !kp.is_compatible(&rcgen::PKCS_ED25519) {
-            anyhow::bail!("{}: not an Ed25519 key", path.display());
-        }
-        Self::from_keypair(kp)
-    }
-
-    fn from_keypair(kp: rcgen::KeyPair) -> anyhow::Result<Self> {
-        let fingerprint = Fingerprint::from_key(
-            kp.public_key_raw()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("Ed25519 public key is not 32 bytes"))?,
-        )
-        .to_string();
-        let cert = rcgen::CertificateParams::new(vec!["alknet-load".into()])?.self_signed(&kp)?;
-        Ok(Self {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(kp.serialize_der()),
-            fingerprint,
-        })
-    }
-}
-
-/// Trusts any server key (loopback benchmarks), checks the TLS 1.3 signature, and keeps the
-/// last fingerprint seen.
-#[derive(Debug, Default)]
-pub struct AnyServer {
-    /// The server fingerprint of the last handshake.
-    pub seen: Mutex<Option<String>>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _i: &[CertificateDer<'_>],
-        _n: &rustls::pki_types::ServerName<'_>,
-        _o: &[u8],
-        _t: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if let Ok(fp) = Fingerprint::from_peer_der(end_entity.as_ref())
-            && let Ok(mut g) = self.seen.lock()
-            && g.is_none()
-        {
-            *g = Some(fp.to_string());
-        }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        vec![rustls::SignatureScheme::ED25519]
-    }
-}
+pub use alknet_testkit::{AnyServer, ClientKey};
+use std::sync::Arc;
 
 /// The quinn client configuration: TLS 1.3, ring, `alpn`, the key if any, an idle timeout
 /// and optional keep-alives (idle sessions outlive the server's idle timeout only with them).
@@ -113,21 +12,6 @@ pub fn client_config(
     verifier: Arc<AnyServer>,
     keep_alive: Option<std::time::Duration>,
 ) -> anyhow::Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut tls = match key {
-        Some(k) => builder.with_client_auth_cert(
-            vec![k.cert.clone()],
-            PrivateKeyDer::Pkcs8(k.key.clone_key()),
-        )?,
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into()?))
@@ -135,6 +19,5 @@ pub fn client_config(
         // The client accepts no streams; the server opens none in this protocol.
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into());
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    alknet_testkit::quinn_client_config(key, alpn, verifier, transport)
 }

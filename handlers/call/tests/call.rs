@@ -14,7 +14,7 @@ use alknet_core::tls::{NodeKey, ServerTrust};
 use alknet_core::{PeerEntry, Registry, ServerHandle};
 use alknet_proto::Fingerprint;
 use alknet_proto::call::{Body, CallId, Decoder, Message, Request, encode};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use alknet_testkit::{AnyServer, ClientKey, quinn_client_config};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -438,85 +438,14 @@ fn timeouts_on_both_sides() {
 
 // ---- raw frames from quinn ----
 
-struct ClientKey {
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
-    fingerprint: Fingerprint,
-}
-
-impl ClientKey {
-    fn generate() -> Self {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let fingerprint = format!("ed25519:{}", hex::encode(kp.public_key_raw()))
-            .parse()
-            .unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["client".into()])
-            .unwrap()
-            .self_signed(&kp)
-            .unwrap();
-        Self {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(kp.serialize_der()),
-            fingerprint,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _e: &CertificateDer<'_>,
-        _i: &[CertificateDer<'_>],
-        _n: &rustls::pki_types::ServerName<'_>,
-        _o: &[u8],
-        _t: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("tls12".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        vec![rustls::SignatureScheme::ED25519]
-    }
-}
-
 async fn quinn_connect(addr: SocketAddr, key: &ClientKey) -> (quinn::Endpoint, quinn::Connection) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_client_auth_cert(
-            vec![key.cert.clone()],
-            PrivateKeyDer::Pkcs8(key.key.clone_key()),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![alknet_call::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let cfg = quinn_client_config(
+        Some(key),
+        alknet_call::ALPN,
+        Arc::new(AnyServer::default()),
+        quinn::TransportConfig::default(),
+    )
+    .unwrap();
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = ep.connect_with(cfg, addr, "alknet").unwrap().await.unwrap();
     (ep, conn)
@@ -582,9 +511,9 @@ async fn raw_call(conn: &quinn::Connection, op: &str, input: Value) -> Vec<Messa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_share_one_raw_stream() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let node = start(
-        vec![peer("p1", key.fingerprint, &["call"])],
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
         Duration::from_secs(30),
     );
     let (_ep, conn) = quinn_connect(node.addr(), &key).await;
@@ -667,9 +596,9 @@ async fn garbage(conn: &quinn::Connection, bytes: &[u8]) -> Vec<Message> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_costs_only_its_stream_until_it_repeats() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let node = start(
-        vec![peer("p1", key.fingerprint, &["call"])],
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
         Duration::from_secs(30),
     );
     let (_ep, conn) = quinn_connect(node.addr(), &key).await;
@@ -760,9 +689,9 @@ async fn garbage_costs_only_its_stream_until_it_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_abort_stops_the_call() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let node = start(
-        vec![peer("p1", key.fingerprint, &["call"])],
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
         Duration::from_secs(30),
     );
     let (_ep, conn) = quinn_connect(node.addr(), &key).await;

@@ -5,92 +5,21 @@
 use alknet_core::config::Config;
 use alknet_core::identity::MemoryIdentities;
 use alknet_core::{PeerEntry, Registry};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use alknet_testkit::{AnyServer, ClientKey, quinn_client_config};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct ClientKey {
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
-    fingerprint: String,
-}
-
-impl ClientKey {
-    fn generate() -> Self {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let fingerprint = format!("ed25519:{}", hex::encode(kp.public_key_raw()));
-        let cert = rcgen::CertificateParams::new(vec!["client".into()])
-            .unwrap()
-            .self_signed(&kp)
-            .unwrap();
-        Self {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(kp.serialize_der()),
-            fingerprint,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _e: &CertificateDer<'_>,
-        _i: &[CertificateDer<'_>],
-        _n: &rustls::pki_types::ServerName<'_>,
-        _o: &[u8],
-        _t: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("tls12".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        vec![rustls::SignatureScheme::ED25519]
-    }
-}
-
 fn client_config(key: &ClientKey) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_client_auth_cert(
-            vec![key.cert.clone()],
-            PrivateKeyDer::Pkcs8(key.key.clone_key()),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![alknet_perf::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(20).try_into().unwrap()));
-    cfg.transport_config(Arc::new(transport));
-    cfg
+    quinn_client_config(
+        Some(key),
+        alknet_perf::ALPN,
+        Arc::new(AnyServer::default()),
+        transport,
+    )
+    .unwrap()
 }
 
 /// A server with the perf service, knowing `known` with the `perf` scope.
@@ -163,7 +92,7 @@ async fn request(conn: &quinn::Connection, want: u64, body: usize) -> anyhow::Re
 
 #[tokio::test]
 async fn answers_exactly_the_requested_bytes() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = start(false, &key);
     let (_ep, conn) = connect(server.local_addr(), &key).await.unwrap();
     for (want, body) in [
@@ -197,7 +126,7 @@ async fn answers_exactly_the_requested_bytes() {
 
 #[tokio::test]
 async fn oversized_request_is_reset() {
-    let key = ClientKey::generate();
+    let key = ClientKey::generate().unwrap();
     let server = start(false, &key);
     let (_ep, conn) = connect(server.local_addr(), &key).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), request(&conn, u64::MAX, 0))
@@ -212,8 +141,8 @@ async fn oversized_request_is_reset() {
 
 #[tokio::test]
 async fn unknown_key_refused_unless_anonymous() {
-    let known = ClientKey::generate();
-    let stranger = ClientKey::generate();
+    let known = ClientKey::generate().unwrap();
+    let stranger = ClientKey::generate().unwrap();
 
     let server = start(false, &known);
     let refused = async {
