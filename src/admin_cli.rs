@@ -4,8 +4,8 @@
 //! a revoked or disabled peer's live connections are closed at once); without one, they act
 //! on the store file directly.
 
-use alknet_core::admin::{AdminOp, PeerView, TokenView};
-use alknet_core::control::{self, Request};
+use alknet_core::ops::admin::{AdminOp, PeerView, TokenView};
+use alknet_core::ops::control::{self, Request};
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use std::path::Path;
@@ -103,11 +103,11 @@ fn execute(data_dir: &Path, op: AdminOp) -> Result<serde_json::Value> {
         return control::request(data_dir, &Request::Admin { admin: op })
             .map_err(anyhow::Error::msg);
     }
-    let path = data_dir.join(alknet_core::store::STORE_FILE);
+    let path = data_dir.join(alknet_core::identity::store::STORE_FILE);
     alknet_core::fsutil::ensure_data_dir(data_dir)
         .map_err(|e| anyhow!("cannot use data directory {}: {e}", data_dir.display()))?;
-    let store = alknet_core::store::RedbStore::open(&path)?;
-    alknet_core::admin::execute(&store, &op, control::unix_now()).map_err(anyhow::Error::msg)
+    let store = alknet_core::identity::store::RedbStore::open(&path)?;
+    alknet_core::ops::admin::execute(&store, &op, control::unix_now()).map_err(anyhow::Error::msg)
 }
 
 fn print_peers(peers: &[PeerView]) {

@@ -6,7 +6,7 @@
 
 use alknet_core::client::{ClientEndpoint, KnownServers, explain_failure, trust_for};
 use alknet_core::config::{Config, DriverKind};
-use alknet_core::tls::ServerTrust;
+use alknet_core::identity::tls::ServerTrust;
 use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -43,11 +43,15 @@ pub(crate) fn run(
     let known = KnownServers::in_dir(data_dir);
     let trust = trust_for(pinned, &known, addr);
     let config = Arc::new(Config::default());
-    let (client_config, seen) =
-        alknet_core::endpoint::client_config(&config, &node.key, alpn.as_bytes(), trust.clone())?;
+    let (client_config, seen) = alknet_core::net::endpoint::client_config(
+        &config,
+        &node.key,
+        alpn.as_bytes(),
+        trust.clone(),
+    )?;
 
     let mut result: Result<()> = Ok(());
-    alknet_core::server::run_on_driver(DriverKind::Auto, 0, || async {
+    alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
         result = session(
             config.clone(),
             &node.key,
@@ -68,12 +72,12 @@ pub(crate) fn run(
 #[allow(clippy::too_many_arguments)]
 async fn session(
     config: Arc<Config>,
-    node: &alknet_core::tls::NodeKey,
+    node: &alknet_core::identity::tls::NodeKey,
     server: SocketAddr,
     client_config: alknet_core::quic::ClientConfig,
     addr: &str,
     trust: &ServerTrust,
-    seen: &alknet_core::tls::ServerKeySeen,
+    seen: &alknet_core::identity::tls::ServerKeySeen,
     pinned: bool,
     known: &KnownServers,
 ) -> Result<()> {

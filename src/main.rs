@@ -6,7 +6,7 @@ mod connect;
 mod node;
 
 use alknet_core::config::Config;
-use alknet_core::control;
+use alknet_core::ops::control;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -243,14 +243,14 @@ fn serve(
         }
         config.workers = w;
     }
-    if let Err(e) = alknet_core::sys::harden_process() {
+    if let Err(e) = alknet_core::net::sys::harden_process() {
         tracing::warn!(error = %e, "cannot disable core dumps");
     }
     let node = node::load(data_dir, passphrase_file)?;
     tracing::info!(source = node.source, "node key loaded");
 
-    let store = Arc::new(alknet_core::store::RedbStore::open(
-        &data_dir.join(alknet_core::store::STORE_FILE),
+    let store = Arc::new(alknet_core::identity::store::RedbStore::open(
+        &data_dir.join(alknet_core::identity::store::STORE_FILE),
     )?);
     let mut registry = alknet_core::Registry::new();
     if config.service("echo").enabled {
@@ -269,7 +269,8 @@ fn serve(
         }
     }
     // Filled once the shards run; the call service reads sessions through it.
-    let control_slot: Arc<std::sync::OnceLock<alknet_core::server::ControlHandle>> = Arc::default();
+    let control_slot: Arc<std::sync::OnceLock<alknet_core::net::server::ControlHandle>> =
+        Arc::default();
     #[cfg(feature = "call")]
     if config.service("call").enabled {
         let mut alpns = registry.alpns();
@@ -284,9 +285,9 @@ fn serve(
                 None => serde_json::Value::Array(Vec::new()),
             })
             .with_peers(move || {
-                alknet_core::admin::execute(
+                alknet_core::ops::admin::execute(
                     &peers_store,
-                    &alknet_core::admin::AdminOp::PeerList,
+                    &alknet_core::ops::admin::AdminOp::PeerList,
                     control::unix_now(),
                 )
                 .unwrap_or_default()

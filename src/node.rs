@@ -1,7 +1,7 @@
 //! Loading the node key: from the vault when the data directory has one, else from the
 //! plain key file (created on first use).
 
-use alknet_core::tls::NodeKey;
+use alknet_core::identity::tls::NodeKey;
 use anyhow::{Context, Result};
 use std::path::Path;
 

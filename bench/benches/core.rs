@@ -76,11 +76,12 @@ fn identity(c: &mut Criterion) {
     // The default store: 100 000 peers committed to a real redb file, read at handshake
     // time from its in-memory index.
     let dir = tempfile::tempdir().unwrap();
-    let store = alknet_core::store::RedbStore::open(&dir.path().join("identity.redb")).unwrap();
+    let store =
+        alknet_core::identity::store::RedbStore::open(&dir.path().join("identity.redb")).unwrap();
     store
         .apply(
             (0..n)
-                .map(|i| alknet_core::store::Mutation::PutPeer(peer(i)))
+                .map(|i| alknet_core::identity::store::Mutation::PutPeer(peer(i)))
                 .collect(),
         )
         .unwrap();
@@ -133,7 +134,7 @@ fn stream(c: &mut Criterion) {
     registry.register(alknet_perf::factory(true)).unwrap();
     let alknet = alknet_core::start(
         Arc::new(config.clone()),
-        alknet_core::tls::NodeKey::generate(),
+        alknet_core::identity::tls::NodeKey::generate(),
         registry,
         Arc::new(MemoryIdentities::new()),
     )
@@ -146,7 +147,7 @@ fn stream(c: &mut Criterion) {
         .build()
         .unwrap();
     let quinn_addr: SocketAddr = server_rt.block_on(async {
-        let node = alknet_core::tls::NodeKey::generate();
+        let node = alknet_core::identity::tls::NodeKey::generate();
         let (ec, sc) = quinn_server::configs(&config, &node).unwrap();
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let ep =

@@ -4,7 +4,7 @@
 //! A server and a client quinn-proto endpoint are joined in memory: every datagram one side
 //! builds (real TLS 1.3, real AES-GCM packet protection, Ed25519 keys) is handed to the
 //! other side's `Endpoint::handle`, split into segments as a GSO batch would be. The server
-//! side is configured as a shard configures it (`alknet_core::endpoint`: Alknet's CID
+//! side is configured as a shard configures it (`alknet_core::net::endpoint`: Alknet's CID
 //! generator with the shard byte and its tag, the stateless-reset key derived from the node
 //! key, the transport limits of `Config::default()`); the baseline in the same run is the
 //! same TLS and transport settings on quinn-proto's default endpoint configuration (random
@@ -20,10 +20,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use alknet_core::config::Config;
+use alknet_core::identity::tls::{NodeKey, ServerTrust};
 use alknet_core::quic::{
     self as qp, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, StreamId,
 };
-use alknet_core::tls::{NodeKey, ServerTrust};
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::collections::HashMap;
@@ -65,20 +65,24 @@ impl Pair {
     fn new(setup: Setup) -> Self {
         let config = Config::default();
         let node = NodeKey::generate();
-        let codec = alknet_core::endpoint::cid_codec(&node, 0);
+        let codec = alknet_core::net::endpoint::cid_codec(&node, 0);
         let server_cfg = Arc::new(
-            alknet_core::endpoint::server_config(&config, &node, vec![ALPN.to_vec()], true)
+            alknet_core::net::endpoint::server_config(&config, &node, vec![ALPN.to_vec()], true)
                 .unwrap(),
         );
         let endpoint_cfg = match setup {
-            Setup::Alknet => alknet_core::endpoint::endpoint_config(&node, &codec, 0),
+            Setup::Alknet => alknet_core::net::endpoint::endpoint_config(&node, &codec, 0),
             Setup::QuinnDefault => EndpointConfig::default(),
         };
         let server = Endpoint::new(Arc::new(endpoint_cfg), Some(server_cfg.clone()), true, None);
         let client_key = NodeKey::generate();
-        let (client_cfg, _) =
-            alknet_core::endpoint::client_config(&config, &client_key, ALPN, ServerTrust::Observe)
-                .unwrap();
+        let (client_cfg, _) = alknet_core::net::endpoint::client_config(
+            &config,
+            &client_key,
+            ALPN,
+            ServerTrust::Observe,
+        )
+        .unwrap();
         let client = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
         Self {
             server: Side {

@@ -26,8 +26,8 @@
 //! queue on the *sender's* core, so sender CPU includes the receive path up to the queue.
 
 use alknet_core::config::{DriverKind, UdpConfig};
-use alknet_core::server::run_on_driver;
-use alknet_core::udp::{MAX_GSO_BYTES, UdpIo, bind_reuseport};
+use alknet_core::net::server::run_on_driver;
+use alknet_core::net::udp::{MAX_GSO_BYTES, UdpIo, bind_reuseport};
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -73,7 +73,7 @@ const RECEIVER_CORE: usize = 0;
 pub enum Variant {
     /// A: monoio on io_uring, one `recv_from`/`send_to` ring operation per datagram.
     RingPerDatagram,
-    /// B: monoio io_uring readiness plus `alknet_core::udp::UdpIo` (quinn-udp), GSO and GRO on.
+    /// B: monoio io_uring readiness plus `alknet_core::net::udp::UdpIo` (quinn-udp), GSO and GRO on.
     RingReadyBatched,
     /// B-nogso: as B with GSO and GRO off (`recvmmsg` batches, one `sendmsg` per datagram).
     RingReadyNoOffload,

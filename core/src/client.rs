@@ -5,12 +5,12 @@
 
 use crate::config::Config;
 use crate::conn::{ConnCell, ConnInner, Connection};
-use crate::handler::Registry;
 use crate::identity::MemoryIdentities;
+use crate::identity::tls::{NodeKey, ServerKeySeen, ServerTrust, TlsError};
+use crate::net::udp::UdpIo;
+use crate::ops::stats::ShardStats;
+use crate::service::Registry;
 use crate::shard::Shard;
-use crate::stats::ShardStats;
-use crate::tls::{NodeKey, ServerKeySeen, ServerTrust, TlsError};
-use crate::udp::UdpIo;
 use alknet_proto::Fingerprint;
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -97,8 +97,8 @@ impl ClientEndpoint {
         })
         .map_err(ClientError::Socket)?;
         let io = UdpIo::new(socket, &config.udp).map_err(ClientError::Socket)?;
-        let codec = crate::endpoint::cid_codec(node, 0);
-        let ep_cfg = Arc::new(crate::endpoint::endpoint_config(node, &codec, 0));
+        let codec = crate::net::endpoint::cid_codec(node, 0);
+        let ep_cfg = Arc::new(crate::net::endpoint::endpoint_config(node, &codec, 0));
         let endpoint = quinn_proto::Endpoint::new(ep_cfg, None, !io.may_fragment(), None);
         let (tx, rx) = flume::bounded(64);
         let shard = Shard::new(

@@ -4,8 +4,8 @@
 //! for tests. Off unless `[services.echo] enabled = true`; needs the `echo` scope.
 
 use crate::conn::{Connection, RecvStream, SendStream};
-use crate::handler::{FnFactory, HandlerFactory, LocalBoxFuture, ProtocolHandler};
 use crate::identity::AuthContext;
+use crate::service::{FnFactory, HandlerFactory, LocalBoxFuture, ProtocolHandler};
 use std::rc::Rc;
 use std::sync::Arc;
 

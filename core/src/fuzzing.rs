@@ -40,8 +40,8 @@ pub struct EndpointPair {
     dcid: Vec<u8>,
 }
 
-fn fixed_key(b: u8) -> crate::tls::NodeKey {
-    crate::tls::NodeKey::from_seed(zeroize::Zeroizing::new([b; 32]))
+fn fixed_key(b: u8) -> crate::identity::tls::NodeKey {
+    crate::identity::tls::NodeKey::from_seed(zeroize::Zeroizing::new([b; 32]))
 }
 
 impl EndpointPair {
@@ -50,8 +50,8 @@ impl EndpointPair {
         use std::sync::Arc;
         let config = crate::config::Config::default();
         let server_key = fixed_key(1);
-        let codec = crate::endpoint::cid_codec(&server_key, 0);
-        let server_cfg = crate::endpoint::server_config(
+        let codec = crate::net::endpoint::cid_codec(&server_key, 0);
+        let server_cfg = crate::net::endpoint::server_config(
             &config,
             &server_key,
             vec![crate::echo::ALPN.to_vec()],
@@ -59,22 +59,26 @@ impl EndpointPair {
         )
         .ok()?;
         let server = quinn_proto::Endpoint::new(
-            Arc::new(crate::endpoint::endpoint_config(&server_key, &codec, 0)),
+            Arc::new(crate::net::endpoint::endpoint_config(
+                &server_key,
+                &codec,
+                0,
+            )),
             Some(Arc::new(server_cfg)),
             true,
             Some([7; 32]),
         );
         let client_key = fixed_key(2);
-        let (mut client_cfg, _) = crate::endpoint::client_config(
+        let (mut client_cfg, _) = crate::net::endpoint::client_config(
             &config,
             &client_key,
             crate::echo::ALPN,
-            crate::tls::ServerTrust::Observe,
+            crate::identity::tls::ServerTrust::Observe,
         )
         .ok()?;
         // The abusive client of these tests is not held back by its own congestion
         // controller: every packet it builds goes out at once.
-        let mut transport = crate::endpoint::transport_config(&config);
+        let mut transport = crate::net::endpoint::transport_config(&config);
         let mut cubic = quinn_proto::congestion::CubicConfig::default();
         cubic.initial_window(1 << 30);
         transport.congestion_controller_factory(Arc::new(cubic));

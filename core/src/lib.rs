@@ -1,38 +1,36 @@
 //! Alknet core: the thread-per-core QUIC endpoint and everything a service stands on.
 //!
 //! One UDP port, one QUIC+TLS endpoint per core (a *shard*), and the ALPN of each handshake
-//! choosing the service. This crate holds the shards ([`server`]), the connection-ID routing
-//! between them, TLS with Ed25519 node identities ([`tls`]), the peer model ([`identity`]),
-//! the handler API ([`handler`], [`Connection`]) and the configuration ([`config`]). Wire
-//! codecs live in `alknet-proto`; services live in their own crates.
+//! choosing the service. The crate is grouped by role:
+//!
+//! * the data path: [`net`] (sockets, syscalls, the endpoint configuration, starting the
+//!   workers) and [`shard`] (one core's endpoint, its connections and their timers);
+//! * [`conn`]: a handler's view of one connection and its streams;
+//! * [`service`]: how a service declares itself and is built on each shard;
+//! * [`identity`]: node keys and TLS, the peer model and its stores;
+//! * [`ops`]: the control socket, peer administration, counters, the memory gauge;
+//! * [`config`] and [`client`] (the client side of a connection).
+//!
+//! Wire codecs live in `alknet-proto`; services live in their own crates.
 #![deny(unsafe_code)]
 
-pub mod admin;
 pub mod client;
 pub mod config;
-mod conn;
-pub mod control;
+pub mod conn;
 pub mod echo;
-pub mod endpoint;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handler;
 pub mod identity;
-pub mod memory;
-pub mod penalty;
-pub mod server;
-mod shard;
-pub mod stats;
-pub mod store;
-pub mod sys;
-pub mod tls;
-pub mod udp;
+pub mod net;
+pub mod ops;
+pub mod service;
+pub mod shard;
 
 pub use conn::{Connection, DatagramError, RecvStream, SendStream, StreamError};
-pub use handler::{HandlerFactory, LocalBoxFuture, ProtocolHandler, Registry, close_code};
 pub use identity::{AuthContext, Identity, IdentityProvider, IdentityStore, PeerEntry};
+pub use net::server::{ServerHandle, start};
 pub use quinn_proto as quic;
 pub use quinn_proto::{ConnectionError, VarInt};
-pub use server::{ServerHandle, start};
+pub use service::{HandlerFactory, LocalBoxFuture, ProtocolHandler, Registry, close_code};
 pub use shard::{Forwarded, SessionBoard, SessionInfo, ShardMsg};

@@ -42,13 +42,13 @@ fn store_record_corpus() {
         display_name: Some("seed peer".into()),
         enabled: true,
     };
-    let genuine = alknet_core::store::encode_peer_record(&peer);
+    let genuine = alknet_core::identity::store::encode_peer_record(&peer);
     let path = dir.join("peer-genuine");
     if std::fs::read(&path).ok().as_deref() != Some(&genuine[..]) {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&path, &genuine).unwrap_or_else(|e| panic!("{e}"));
     }
-    let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::store::fuzz_records)
+    let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::identity::store::fuzz_records)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 4);
 }

@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use alknet_core::identity::store::{Mutation, RedbStore, STORE_FILE};
 use alknet_core::identity::{
     CredentialStore, EncryptedBlob, IdentityProvider, IdentityStore, PeerEntry,
 };
-use alknet_core::store::{Mutation, RedbStore, STORE_FILE};
 use alknet_proto::Fingerprint;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| alknet_core::store::fuzz_records(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| alknet_core::identity::store::fuzz_records(data));

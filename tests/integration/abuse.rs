@@ -12,13 +12,13 @@ const ECHO: &[u8] = b"alknet/echo";
 
 /// A genuine client Initial datagram for `server`, as the first flight of a handshake.
 fn real_initial(server: SocketAddr) -> Vec<u8> {
-    let key = alknet_core::tls::NodeKey::generate();
+    let key = alknet_core::identity::tls::NodeKey::generate();
     let config = alknet_core::config::Config::default();
-    let (cc, _) = alknet_core::endpoint::client_config(
+    let (cc, _) = alknet_core::net::endpoint::client_config(
         &config,
         &key,
         ECHO,
-        alknet_core::tls::ServerTrust::Observe,
+        alknet_core::identity::tls::ServerTrust::Observe,
     )
     .unwrap();
     let mut ep = qp::Endpoint::new(Arc::new(qp::EndpointConfig::default()), None, true, None);
@@ -115,8 +115,8 @@ async fn stateless_resets_are_rate_limited_and_smaller_than_their_trigger() {
     let key = ClientKey::generate().unwrap();
     let server = echo_server(&key, "");
     // A CID the server would have issued (its key is on disk), for no live connection.
-    let node = alknet_core::tls::NodeKey::load_or_create(&server.data_dir()).unwrap();
-    let codec = alknet_core::endpoint::cid_codec(&node, 0);
+    let node = alknet_core::identity::tls::NodeKey::load_or_create(&server.data_dir()).unwrap();
+    let codec = alknet_core::net::endpoint::cid_codec(&node, 0);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let start = Instant::now();
     for i in 0..100u8 {
@@ -358,17 +358,17 @@ struct RawClient {
 }
 
 impl RawClient {
-    fn connect(server: SocketAddr, key: &alknet_core::tls::NodeKey) -> Self {
+    fn connect(server: SocketAddr, key: &alknet_core::identity::tls::NodeKey) -> Self {
         let config = alknet_core::config::Config::default();
-        let (mut cc, _) = alknet_core::endpoint::client_config(
+        let (mut cc, _) = alknet_core::net::endpoint::client_config(
             &config,
             key,
             ECHO,
-            alknet_core::tls::ServerTrust::Observe,
+            alknet_core::identity::tls::ServerTrust::Observe,
         )
         .unwrap();
         // No congestion control to speak of: every packet built goes out.
-        let mut transport = alknet_core::endpoint::transport_config(&config);
+        let mut transport = alknet_core::net::endpoint::transport_config(&config);
         let mut cubic = qp::congestion::CubicConfig::default();
         cubic.initial_window(1 << 30);
         transport.congestion_controller_factory(Arc::new(cubic));
@@ -432,7 +432,7 @@ impl RawClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_byte_out_of_order_fragments_stay_within_the_connection_bound() {
-    let node = alknet_core::tls::NodeKey::generate();
+    let node = alknet_core::identity::tls::NodeKey::generate();
     let key = ClientKey::generate().unwrap();
     let server = Server::start(&format!(
         "workers = 1\n[services.echo]\nenabled = true\n{}[[peers]]\nid = \"raw\"\nfingerprints = [\"{}\"]\nscopes = [\"echo\"]\n",

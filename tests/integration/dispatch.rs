@@ -3,8 +3,8 @@
 
 use crate::support::*;
 use alknet_core::config::{Config, DriverKind};
-use alknet_core::handler::FnFactory;
 use alknet_core::identity::MemoryIdentities;
+use alknet_core::service::FnFactory;
 use alknet_core::{AuthContext, Connection, LocalBoxFuture, PeerEntry, ProtocolHandler, Registry};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -114,7 +114,7 @@ fn start(driver: DriverKind, key: &ClientKey) -> alknet_core::ServerHandle {
     }]);
     alknet_core::start(
         Arc::new(config),
-        alknet_core::tls::NodeKey::generate(),
+        alknet_core::identity::tls::NodeKey::generate(),
         registry,
         Arc::new(ids),
     )

@@ -158,8 +158,11 @@ impl Server {
 
     /// `alknet stats --json` of this server.
     pub fn stats(&self) -> serde_json::Value {
-        alknet_core::control::request(&self.data_dir(), &alknet_core::control::Request::Stats)
-            .expect("stats request")
+        alknet_core::ops::control::request(
+            &self.data_dir(),
+            &alknet_core::ops::control::Request::Stats,
+        )
+        .expect("stats request")
     }
 
     pub fn counter(&self, name: &str) -> u64 {

@@ -175,7 +175,7 @@ fn serve_alknet(args: &Args, lifetime: Duration) -> Result<()> {
     use alknet_call::{CallContext, Operations};
     use alknet_core::config::Config;
     use alknet_core::identity::MemoryIdentities;
-    use alknet_core::tls::NodeKey;
+    use alknet_core::identity::tls::NodeKey;
     use alknet_core::{PeerEntry, Registry};
 
     let peer: alknet_proto::Fingerprint = args

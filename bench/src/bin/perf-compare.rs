@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
 fn serve_alknet(config: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let config = alknet_core::config::Config::load(config)?;
     std::fs::create_dir_all(data_dir)?;
-    let node = alknet_core::tls::NodeKey::load_or_create(data_dir)?;
+    let node = alknet_core::identity::tls::NodeKey::load_or_create(data_dir)?;
     let perf = config.service("perf");
     let mut registry = alknet_core::Registry::new();
     registry.register(alknet_perf::factory(perf.anonymous))?;
@@ -108,13 +108,13 @@ fn serve_alknet(config: &Path, data_dir: &Path) -> anyhow::Result<()> {
         &config.peers,
     )?);
     let handle = alknet_core::start(Arc::new(config), node, registry, identities)?;
-    let info = alknet_core::control::ServerInfo {
+    let info = alknet_core::ops::control::ServerInfo {
         fingerprint: handle.fingerprint().to_string(),
         listen: handle.local_addr().to_string(),
         workers: handle.workers(),
         alpns: vec!["perf".into()],
     };
-    alknet_core::control::serve(data_dir, handle.control(), info, None)?;
+    alknet_core::ops::control::serve(data_dir, handle.control(), info, None)?;
     println!(
         "alknet listening on {} (udp), {} workers",
         handle.local_addr(),
@@ -297,7 +297,8 @@ fn load(env: &Env, server: &Server, pin_client: bool, args: &[String]) -> anyhow
 /// Forwarded and received datagram counters of an alknet server, from its control socket.
 fn forward_counters(server: &Server) -> Option<(u64, u64)> {
     let dir = server.data_dir.as_ref()?;
-    let v = alknet_core::control::request(dir, &alknet_core::control::Request::Stats).ok()?;
+    let v =
+        alknet_core::ops::control::request(dir, &alknet_core::ops::control::Request::Stats).ok()?;
     let c = v.get("counters")?;
     Some((
         c.get("forwarded_out")?.as_u64()?,

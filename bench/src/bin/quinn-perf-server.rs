@@ -2,11 +2,11 @@
 //! same perf protocol with the same TLS and transport settings as `alknet serve`:
 //!
 //! * the rustls server configuration, QUIC transport limits, Retry token lifetime, incoming
-//!   buffers and migration setting come from `alknet_core::endpoint::server_config` with the
+//!   buffers and migration setting come from `alknet_core::net::endpoint::server_config` with the
 //!   default `Config` (TLS 1.3 only, ring, an Ed25519 self-signed certificate, client keys
 //!   requested and any Ed25519 key accepted; every transport limit as in `alknet serve`);
 //! * the endpoint configuration (12-byte connection IDs, stateless reset key) comes from
-//!   `alknet_core::endpoint::endpoint_config`, so packets have the same size;
+//!   `alknet_core::net::endpoint::endpoint_config`, so packets have the same size;
 //! * Initials without a token get a Retry above the same per-worker handshake cap;
 //! * the UDP socket gets the same 4 MiB buffers, and quinn-udp uses GSO and GRO as alknet does;
 //! * tokio runs as many worker threads as alknet runs shards;
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         workers: args.workers.max(1),
         ..Config::default()
     };
-    let node = alknet_core::tls::NodeKey::generate();
+    let node = alknet_core::identity::tls::NodeKey::generate();
     let (endpoint_config, server_config) = quinn_server::configs(&config, &node)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -3,7 +3,7 @@
 //! settings (see `src/bin/quinn-perf-server.rs` for the list).
 
 use alknet_core::config::Config;
-use alknet_core::tls::NodeKey;
+use alknet_core::identity::tls::NodeKey;
 use alknet_perf::request::{ChunkSizes, RequestReader};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -17,14 +17,14 @@ pub fn configs(
     config: &Config,
     node: &NodeKey,
 ) -> anyhow::Result<(quinn::EndpointConfig, quinn::ServerConfig)> {
-    let server_config = alknet_core::endpoint::server_config(
+    let server_config = alknet_core::net::endpoint::server_config(
         config,
         node,
         vec![alknet_perf::ALPN.to_vec()],
         false,
     )?;
-    let codec = alknet_core::endpoint::cid_codec(node, config.server_id);
-    let endpoint_config = alknet_core::endpoint::endpoint_config(node, &codec, 0);
+    let codec = alknet_core::net::endpoint::cid_codec(node, config.server_id);
+    let endpoint_config = alknet_core::net::endpoint::endpoint_config(node, &codec, 0);
     Ok((endpoint_config, server_config))
 }
 

@@ -8,7 +8,7 @@ use crate::client::{CallClient, CallOptions};
 use crate::ops::{CallError, Operations};
 use alknet_core::client::{ClientEndpoint, KnownServers, explain_failure, trust_for};
 use alknet_core::config::{Config, DriverKind};
-use alknet_core::tls::{NodeKey, ServerKeySeen, ServerTrust};
+use alknet_core::identity::tls::{NodeKey, ServerKeySeen, ServerTrust};
 use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -85,7 +85,7 @@ pub fn run(args: CallArgs, data_dir: &Path, node_key: NodeKey) -> Result<()> {
     let trust = trust_for(pinned, &known, addr);
     let config = Arc::new(Config::default());
     let (client_config, seen) =
-        alknet_core::endpoint::client_config(&config, &node_key, crate::ALPN, trust.clone())?;
+        alknet_core::net::endpoint::client_config(&config, &node_key, crate::ALPN, trust.clone())?;
     let target = Target {
         server,
         addr,
@@ -95,7 +95,7 @@ pub fn run(args: CallArgs, data_dir: &Path, node_key: NodeKey) -> Result<()> {
         known: &known,
     };
     let mut result: Result<()> = Ok(());
-    alknet_core::server::run_on_driver(DriverKind::Auto, 0, || async {
+    alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
         result = session(
             config.clone(),
             &node_key,

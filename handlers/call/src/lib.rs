@@ -24,7 +24,7 @@ pub use ops::{
 };
 pub use session::Limits;
 
-use alknet_core::handler::FnFactory;
+use alknet_core::service::FnFactory;
 use alknet_core::{AuthContext, Connection, HandlerFactory, LocalBoxFuture, ProtocolHandler};
 use session::{Authority, Session};
 use std::rc::Rc;

@@ -10,7 +10,7 @@ use alknet_call::{
 };
 use alknet_core::config::{Config, DriverKind};
 use alknet_core::identity::MemoryIdentities;
-use alknet_core::tls::{NodeKey, ServerTrust};
+use alknet_core::identity::tls::{NodeKey, ServerTrust};
 use alknet_core::{PeerEntry, Registry, ServerHandle};
 use alknet_proto::Fingerprint;
 use alknet_proto::call::{Body, CallId, Decoder, Message, Request, encode};
@@ -180,7 +180,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let config = Arc::new(Config::default());
-    let (cc, _seen) = alknet_core::endpoint::client_config(
+    let (cc, _seen) = alknet_core::net::endpoint::client_config(
         &config,
         key,
         alknet_call::ALPN,
@@ -188,7 +188,7 @@ where
     )
     .unwrap();
     let addr = node.addr();
-    alknet_core::server::run_on_driver(DriverKind::Auto, 0, || async move {
+    alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async move {
         let ep = alknet_core::client::ClientEndpoint::new(config, key, addr).unwrap();
         let conn = ep.connect(cc, addr).unwrap();
         conn.connected().await.unwrap();

@@ -16,7 +16,7 @@
 
 pub mod request;
 
-use alknet_core::handler::FnFactory;
+use alknet_core::service::FnFactory;
 use alknet_core::{
     AuthContext, Connection, HandlerFactory, LocalBoxFuture, ProtocolHandler, RecvStream,
     SendStream,

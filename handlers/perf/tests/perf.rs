@@ -43,7 +43,7 @@ fn start(anonymous: bool, known: &ClientKey) -> alknet_core::ServerHandle {
     }]);
     alknet_core::start(
         Arc::new(config),
-        alknet_core::tls::NodeKey::generate(),
+        alknet_core::identity::tls::NodeKey::generate(),
         registry,
         Arc::new(ids),
     )

@@ -5,6 +5,9 @@
 //! carry several keys and replace them. Lookups happen during handshakes, so
 //! [`IdentityProvider`] reads are synchronous and must not touch disk.
 
+pub mod store;
+pub mod tls;
+
 use crate::config::PeerConfig;
 use alknet_proto::Fingerprint;
 use std::collections::HashMap;

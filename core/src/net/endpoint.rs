@@ -4,7 +4,7 @@
 //! handshake deadline); everything here is bounded by the config file instead.
 
 use crate::config::Config;
-use crate::tls::{NodeKey, TlsError};
+use crate::identity::tls::{NodeKey, TlsError};
 use alknet_proto::cid::NONCE_LEN;
 use alknet_proto::{CID_LEN, CidCodec};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid, VarInt};
@@ -93,7 +93,7 @@ pub fn server_config(
     alpns: Vec<Vec<u8>>,
     client_key_required: bool,
 ) -> Result<quinn_proto::ServerConfig, TlsError> {
-    let tls = crate::tls::server_config(node, alpns, client_key_required)?;
+    let tls = crate::identity::tls::server_config(node, alpns, client_key_required)?;
     let quic = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Certificate(e.to_string()))?;
     let mut sc = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
@@ -111,9 +111,15 @@ pub fn client_config(
     config: &Config,
     node: &NodeKey,
     alpn: &[u8],
-    trust: crate::tls::ServerTrust,
-) -> Result<(quinn_proto::ClientConfig, crate::tls::ServerKeySeen), TlsError> {
-    let (tls, seen) = crate::tls::client_config(node, alpn, trust)?;
+    trust: crate::identity::tls::ServerTrust,
+) -> Result<
+    (
+        quinn_proto::ClientConfig,
+        crate::identity::tls::ServerKeySeen,
+    ),
+    TlsError,
+> {
+    let (tls, seen) = crate::identity::tls::client_config(node, alpn, trust)?;
     let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Certificate(e.to_string()))?;
     let mut cc = quinn_proto::ClientConfig::new(Arc::new(quic));

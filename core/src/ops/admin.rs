@@ -4,10 +4,10 @@
 //! connections of disabled or revoked peers) or directly on the store file when no server
 //! runs. Requests and answers are serde types so both paths share one definition.
 
+use crate::identity::store::{Mutation, RedbStore};
 use crate::identity::{
     ApiKeyEntry, IdentityError, IdentityProvider, IdentityStore, PeerEntry, new_token, token_hash,
 };
-use crate::store::{Mutation, RedbStore};
 use alknet_proto::Fingerprint;
 use serde::{Deserialize, Serialize};
 

@@ -67,7 +67,7 @@ impl UdpIo {
         let gro = cfg.gro && state.gro_segments() > 1;
         if !cfg.gro {
             // quinn-udp turns GRO on where it can; honour the switch.
-            let _ = crate::sys::set_udp_gro(&socket, false);
+            let _ = crate::net::sys::set_udp_gro(&socket, false);
         }
         let fixed_source = socket
             .local_addr()?

@@ -4,8 +4,8 @@
 //! Protocol: one JSON request per line, one JSON response per line. Requests are bounded
 //! (64 KiB) and connections time out, so a stuck client cannot hold the control plane.
 
-use crate::server::ControlHandle;
-use crate::store::RedbStore;
+use crate::identity::store::RedbStore;
+use crate::net::server::ControlHandle;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -36,7 +36,7 @@ pub enum Request {
     /// Peer and token management.
     Admin {
         /// The operation.
-        admin: crate::admin::AdminOp,
+        admin: crate::ops::admin::AdminOp,
     },
 }
 
@@ -167,7 +167,7 @@ fn serve_one(
             Ok(Request::Sessions) => Response::ok(serde_json::to_value(handle.sessions()).ok()),
             Ok(Request::Admin { admin }) => match store {
                 None => Response::err("this server has no identity store".into()),
-                Some(store) => match crate::admin::execute(store, &admin, unix_now()) {
+                Some(store) => match crate::ops::admin::execute(store, &admin, unix_now()) {
                     Ok(v) => {
                         // The index already refuses the peer; now cut its live sessions.
                         if let Some(peer) = admin.closes_peer() {

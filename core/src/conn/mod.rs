@@ -52,7 +52,7 @@ pub(crate) type ConnRef = Rc<ConnCell>;
 pub(crate) struct ConnCell {
     pub(crate) inner: RefCell<ConnInner>,
     pub(crate) signal: Rc<DriverSignal>,
-    pub(crate) stats: std::sync::Arc<crate::stats::ShardStats>,
+    pub(crate) stats: std::sync::Arc<crate::ops::stats::ShardStats>,
 }
 
 #[derive(Default)]
@@ -368,7 +368,7 @@ impl Connection {
                 .await
                 .is_err()
             {
-                crate::stats::bump(&cell.stats.handler_panics);
+                crate::ops::stats::bump(&cell.stats.handler_panics);
                 tracing::error!("a connection task panicked; closing its connection");
                 close_cell(&cell, crate::close_code::INTERNAL, b"internal error");
             }
@@ -703,7 +703,7 @@ impl monoio::io::AsyncReadRent for RecvStream {
     async fn read<T: monoio::buf::IoBufMut>(&mut self, mut buf: T) -> monoio::BufResult<usize, T> {
         let cap = buf.bytes_total();
         let res = match self.read_chunk(cap).await {
-            Ok(Some(chunk)) => Ok(crate::sys::copy_into_iobuf(&mut buf, &chunk)),
+            Ok(Some(chunk)) => Ok(crate::net::sys::copy_into_iobuf(&mut buf, &chunk)),
             Ok(None) => Ok(0),
             Err(e) => Err(std::io::Error::other(e)),
         };
@@ -724,7 +724,7 @@ impl monoio::io::AsyncReadRent for RecvStream {
 impl monoio::io::AsyncWriteRent for SendStream {
     async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
         let res = {
-            let slice = crate::sys::iobuf_slice(&buf);
+            let slice = crate::net::sys::iobuf_slice(&buf);
             SendStream::write(self, slice).await
         };
         (res.map_err(std::io::Error::other), buf)

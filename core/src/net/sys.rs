@@ -161,8 +161,10 @@ mod tests {
 
     #[test]
     fn steering_program_attaches_to_a_reuseport_group() {
-        let a = crate::udp::bind_reuseport("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let a = crate::net::udp::bind_reuseport(
+            "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(attach_reuseport_steering(&a).is_ok());
         // A plain socket has no group to steer.
         let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));

@@ -6,12 +6,12 @@
 //! runs its shard until shutdown.
 
 use crate::config::{Config, DriverKind};
-use crate::handler::Registry;
 use crate::identity::IdentityProvider;
+use crate::identity::tls::{NodeKey, TlsError};
+use crate::net::udp::{UdpIo, bind_reuseport};
+use crate::ops::stats::{ShardStats, StatsSnapshot};
+use crate::service::Registry;
 use crate::shard::{Shard, ShardMsg};
-use crate::stats::{ShardStats, StatsSnapshot};
-use crate::tls::{NodeKey, TlsError};
-use crate::udp::{UdpIo, bind_reuseport};
 use alknet_proto::Fingerprint;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub enum ServeError {
 
 /// A running server.
 pub struct ServerHandle {
-    memory: Arc<crate::memory::MemoryGauge>,
+    memory: Arc<crate::ops::memory::MemoryGauge>,
     boards: Vec<crate::shard::SessionBoard>,
     senders: Vec<flume::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
@@ -118,7 +118,7 @@ impl ServerHandle {
     }
 
     /// The memory gauge: resident bytes, the budget, and whether the process is over it.
-    pub fn memory(&self) -> &crate::memory::MemoryGauge {
+    pub fn memory(&self) -> &crate::ops::memory::MemoryGauge {
         &self.memory
     }
 }
@@ -126,7 +126,7 @@ impl ServerHandle {
 /// What the control socket needs from a running server.
 #[derive(Clone)]
 pub struct ControlHandle {
-    memory: Arc<crate::memory::MemoryGauge>,
+    memory: Arc<crate::ops::memory::MemoryGauge>,
     senders: Vec<flume::Sender<ShardMsg>>,
     stats: Vec<Arc<ShardStats>>,
     boards: Vec<crate::shard::SessionBoard>,
@@ -135,7 +135,7 @@ pub struct ControlHandle {
 impl ControlHandle {
     /// Counters summed over shards.
     pub fn stats(&self) -> StatsSnapshot {
-        crate::stats::sum(self.stats.iter().map(|s| s.as_ref()))
+        crate::ops::stats::sum(self.stats.iter().map(|s| s.as_ref()))
     }
 
     /// Resident bytes, budget, and whether the process is over it.
@@ -185,7 +185,7 @@ pub fn start(
     if config.udp.steer_by_cid
         && workers > 1
         && let Some(first) = sockets.first()
-        && let Err(e) = crate::sys::attach_reuseport_steering(first)
+        && let Err(e) = crate::net::sys::attach_reuseport_steering(first)
     {
         warn!(error = %e, "cannot attach the CID steering program; misrouted datagrams will be forwarded between shards");
     }
@@ -196,15 +196,19 @@ pub fn start(
         .unwrap_or(addr);
 
     let alpns = registry.alpns();
-    let server_config = Arc::new(crate::endpoint::server_config(
+    let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,
         &node,
         alpns.clone(),
         !registry.any_anonymous(),
     )?);
-    let codec = crate::endpoint::cid_codec(&node, config.server_id);
+    let codec = crate::net::endpoint::cid_codec(&node, config.server_id);
     let endpoint_configs: Vec<_> = (0..workers)
-        .map(|i| Arc::new(crate::endpoint::endpoint_config(&node, &codec, i as u8)))
+        .map(|i| {
+            Arc::new(crate::net::endpoint::endpoint_config(
+                &node, &codec, i as u8,
+            ))
+        })
         .collect();
 
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
@@ -215,7 +219,9 @@ pub fn start(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let penalties = Arc::new(std::sync::Mutex::new(crate::penalty::PenaltyBox::new()));
+    let penalties = Arc::new(std::sync::Mutex::new(
+        crate::shard::penalty::PenaltyBox::new(),
+    ));
 
     let mut threads = Vec::with_capacity(workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -265,8 +271,8 @@ pub fn start(
             }
         }
     }
-    let memory = crate::memory::start(
-        crate::memory::effective_budget(config.memory_budget),
+    let memory = crate::ops::memory::start(
+        crate::ops::memory::effective_budget(config.memory_budget),
         senders.clone(),
     );
     Ok(ServerHandle {
@@ -322,7 +328,7 @@ struct WorkerCtx {
     config: Arc<Config>,
     endpoint_config: Arc<quinn_proto::EndpointConfig>,
     server_config: Arc<quinn_proto::ServerConfig>,
-    penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
+    penalties: Arc<std::sync::Mutex<crate::shard::penalty::PenaltyBox>>,
     board: crate::shard::SessionBoard,
     pin: Option<usize>,
 }

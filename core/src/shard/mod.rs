@@ -13,12 +13,14 @@
 //! "Driving" a connection means: feed its endpoint events back to the endpoint, turn its
 //! application events into task wake-ups, and send what it has to send (GSO batches).
 
+pub mod penalty;
+
 use crate::config::Config;
 use crate::conn::{ConnCell, ConnInner, ConnRef, Connection, DriverSignal, mark_dirty};
-use crate::handler::{Router, close_code};
 use crate::identity::{AuthContext, Identity, IdentityProvider};
-use crate::stats::{self, ShardStats};
-use crate::udp::UdpIo;
+use crate::net::udp::UdpIo;
+use crate::ops::stats::{self, ShardStats};
+use crate::service::{Router, close_code};
 use alknet_proto::{CidCodec, Route, route_datagram};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, Event, Incoming, StreamEvent};
@@ -125,7 +127,7 @@ pub(crate) struct Shard {
     pub(crate) identities: Arc<dyn IdentityProvider>,
     pub(crate) config: Arc<Config>,
     pub(crate) server_config: Option<Arc<quinn_proto::ServerConfig>>,
-    pub(crate) penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
+    pub(crate) penalties: Arc<std::sync::Mutex<crate::shard::penalty::PenaltyBox>>,
     pub(crate) board: SessionBoard,
     next_session: Cell<u64>,
     pressure: Cell<bool>,
@@ -152,7 +154,7 @@ impl Shard {
         identities: Arc<dyn IdentityProvider>,
         config: Arc<Config>,
         server_config: Option<Arc<quinn_proto::ServerConfig>>,
-        penalties: Arc<std::sync::Mutex<crate::penalty::PenaltyBox>>,
+        penalties: Arc<std::sync::Mutex<crate::shard::penalty::PenaltyBox>>,
         board: SessionBoard,
     ) -> Rc<Self> {
         Rc::new(Self {
@@ -981,7 +983,7 @@ impl Shard {
                         .ok()
                 })
                 .and_then(|d| d.protocol);
-            let fp = crate::tls::peer_fingerprint(session.peer_identity());
+            let fp = crate::identity::tls::peer_fingerprint(session.peer_identity());
             (alpn, fp, inner.proto.remote_address())
         };
         let Some(handler) = alpn.as_deref().and_then(|a| self.router.get(a)).cloned() else {
@@ -1089,7 +1091,7 @@ impl Shard {
                 peer: inner.peer.clone().unwrap_or_else(|| "anonymous".into()),
                 alpn: alpn_str.clone(),
                 remote: remote.to_string(),
-                since_unix: crate::control::unix_now(),
+                since_unix: crate::ops::control::unix_now(),
                 shard: self.id,
             };
             match self.board.lock() {

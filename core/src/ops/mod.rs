@@ -1,0 +1,7 @@
+//! Operating a running node: the control socket ([`control`]) and the peer administration it
+//! carries ([`admin`]), the counters ([`stats`]) and the memory gauge ([`memory`]).
+
+pub mod admin;
+pub mod control;
+pub mod memory;
+pub mod stats;
