@@ -829,7 +829,7 @@ impl Shard {
                         inner.connected = true;
                         inner.handshake_deadline = None;
                         newly_connected = true;
-                        inner.wakers.connected.drain(..).for_each(|w| w.wake());
+                        inner.wakers.wake_connected();
                     }
                     Event::ConnectionLost { reason } => {
                         debug!(remote = %inner.proto.remote_address(), %reason, "connection lost");
@@ -840,7 +840,7 @@ impl Shard {
                     }
                     Event::Stream(se) => on_stream_event(&mut inner, se),
                     Event::DatagramReceived => {
-                        inner.wakers.datagram.drain(..).for_each(|w| w.wake());
+                        inner.wakers.wake_datagram();
                     }
                     Event::DatagramsUnblocked => {}
                 }
@@ -1138,32 +1138,14 @@ impl Shard {
 
 fn on_stream_event(inner: &mut ConnInner, ev: StreamEvent) {
     match ev {
-        StreamEvent::Opened { dir } => {
-            inner.wakers.accept[dir as usize]
-                .drain(..)
-                .for_each(|w| w.wake());
-        }
-        StreamEvent::Readable { id } => {
-            if let Some(w) = inner.wakers.read.remove(&id) {
-                w.wake();
-            }
-        }
-        StreamEvent::Writable { id } => {
-            if let Some(w) = inner.wakers.write.remove(&id) {
-                w.wake();
-            }
-        }
+        StreamEvent::Opened { dir } => inner.wakers.wake_accept(dir),
+        StreamEvent::Readable { id } => inner.wakers.wake_read(id),
+        StreamEvent::Writable { id } => inner.wakers.wake_write(id),
         StreamEvent::Finished { id } | StreamEvent::Stopped { id, .. } => {
             inner.unacked.remove(&id);
-            if let Some(w) = inner.wakers.write.remove(&id) {
-                w.wake();
-            }
+            inner.wakers.wake_send_ended(id);
         }
-        StreamEvent::Available { dir } => {
-            inner.wakers.open[dir as usize]
-                .drain(..)
-                .for_each(|w| w.wake());
-        }
+        StreamEvent::Available { dir } => inner.wakers.wake_open(dir),
     }
 }
 
