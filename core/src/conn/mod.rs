@@ -1,4 +1,4 @@
-//! A handler's async view of one QUIC connection, and the shared cell behind it.
+//! A handler's view of one QUIC connection, and the shared cell behind it.
 //!
 //! The connection state (`quinn_proto::Connection`) lives in an `Rc<RefCell<…>>` shared by
 //! the shard driver and the handler's handles; everything runs on one thread, and no borrow
@@ -6,6 +6,18 @@
 //! open flow-control credit, accepts, closes) marks it dirty and wakes the driver, which then
 //! produces packets for it along with every other connection touched in the same turn, so
 //! ACKs and responses share datagrams and syscalls.
+//!
+//! Every wait exists once, as a `poll_*` method for poll-based libraries (h3, hyper-style
+//! I/O traits); the `async fn`s are those methods driven by [`std::future::poll_fn`], plus
+//! a guard that removes the waker when the future is dropped unfinished. Each method's doc
+//! states what happens when its caller stops polling.
+//!
+//! Wakers are stored so that they neither pile up nor outlive their waiter: a stream half
+//! has one waker per kind of wait (read, write, end), replaced when polled again; the
+//! connection-level waits (accept, open, datagram, handshake, close) keep one slot per
+//! waiter (`WaiterSlots`), owned by the waiting future or handle and freed when it is
+//! dropped. The shard wakes them only through the `Wakers::wake_*` methods.
+//! This module does not drive the connection: the shard does.
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamId, VarInt};
