@@ -6,7 +6,7 @@
 //! The service reads a one-byte command at the start of each bidirectional stream:
 //! `E` echoes the rest of the stream, `P` probes the waker storage and cancelled reads and
 //! answers with a report (`ok` or what failed), `O` opens a unidirectional stream to the
-//! client. Datagrams are echoed.
+//! client, `X` resets the stream with a code beyond 32 bits. Datagrams are echoed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use alknet_core::config::Config;
@@ -14,7 +14,7 @@ use alknet_core::identity::MemoryIdentities;
 use alknet_core::service::FnFactory;
 use alknet_core::{
     AuthContext, Connection, LocalBoxFuture, PeerEntry, ProtocolHandler, RecvStream, Registry,
-    SendStream,
+    SendStream, VarInt,
 };
 use alknet_testkit::{AnyServer, ClientKey, quinn_client_config};
 use bytes::Bytes;
@@ -31,6 +31,11 @@ const ALPN: &[u8] = b"alknet/streams-test";
 
 /// Bounds every wait of the client on the server.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// An HTTP/3-style reserved error code, beyond 32 bits.
+fn big_code() -> VarInt {
+    VarInt::from_u64(0x21 + 0x1f * (1 << 40)).unwrap()
+}
 
 /// Repeated polls in the waker probes.
 const POLLS: usize = 1000;
@@ -129,6 +134,7 @@ async fn command(conn: Connection, mut send: SendStream, mut recv: RecvStream) {
             let _ = poll_fn(|cx| uni.poll_finish(cx)).await;
             let _ = poll_fn(|cx| send.poll_finish(cx)).await;
         }
+        b"X" => send.reset_with(big_code()),
         _ => send.reset(1),
     }
 }
@@ -453,6 +459,32 @@ async fn poll_open_uni_and_poll_read_datagram() {
         .await
         .expect("timed out")
         .unwrap();
+    conn.close(0u32.into(), b"");
+    server.shutdown();
+    server.join();
+}
+
+#[tokio::test]
+async fn error_codes_beyond_32_bits_reach_the_peer() {
+    let key = ClientKey::generate().unwrap();
+    let server = start_server(&key);
+    let (_ep, conn) = connect(server.local_addr(), &key).await;
+    let run = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"X").await?;
+        send.finish()?;
+        anyhow::Ok(recv.read_to_end(16).await)
+    };
+    let got = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("timed out")
+        .unwrap();
+    match got {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code.into_inner(), big_code().into_inner())
+        }
+        other => panic!("expected a reset with the large code, got {other:?}"),
+    }
     conn.close(0u32.into(), b"");
     server.shutdown();
     server.join();

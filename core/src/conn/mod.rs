@@ -798,6 +798,12 @@ impl Connection {
         close_cell(&self.cell, code, reason);
     }
 
+    /// [`close`](Self::close) with any QUIC application error code (up to 2^62 - 1), for
+    /// protocols whose codes do not fit 32 bits (HTTP/3's reserved codes).
+    pub fn close_with(&self, code: VarInt, reason: &[u8]) {
+        close_cell_with(&self.cell, code, reason);
+    }
+
     fn poll_closed_key(&self, cx: &mut Context<'_>, key: &WaitKey) -> Poll<ConnectionError> {
         self.poll_wait(cx, Wait::Closed, key, |inner| inner.lost.clone())
     }
@@ -863,16 +869,18 @@ impl Connection {
 }
 
 pub(crate) fn close_cell(cell: &ConnRef, code: u32, reason: &[u8]) {
+    close_cell_with(cell, VarInt::from_u32(code), reason);
+}
+
+fn close_cell_with(cell: &ConnRef, code: VarInt, reason: &[u8]) {
     {
         let mut inner = cell.inner.borrow_mut();
         if inner.lost.is_some() || inner.proto.is_closed() {
             return;
         }
-        inner.proto.close(
-            Instant::now(),
-            VarInt::from_u32(code),
-            Bytes::copy_from_slice(reason),
-        );
+        inner
+            .proto
+            .close(Instant::now(), code, Bytes::copy_from_slice(reason));
     }
     mark_dirty(cell);
 }

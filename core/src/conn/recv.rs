@@ -133,6 +133,11 @@ impl RecvStream {
 
     /// Asks the peer to stop sending.
     pub fn stop(&mut self, code: u32) {
+        self.stop_with(VarInt::from_u32(code));
+    }
+
+    /// [`stop`](Self::stop) with any QUIC application error code (up to 2^62 - 1).
+    pub fn stop_with(&mut self, code: VarInt) {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
@@ -142,7 +147,7 @@ impl RecvStream {
             .borrow_mut()
             .proto
             .recv_stream(self.id)
-            .stop(VarInt::from_u32(code));
+            .stop(code);
         mark_dirty(&self.cell);
     }
 }

@@ -205,6 +205,11 @@ impl SendStream {
 
     /// Abandons the stream with an error code.
     pub fn reset(&mut self, code: u32) {
+        self.reset_with(VarInt::from_u32(code));
+    }
+
+    /// [`reset`](Self::reset) with any QUIC application error code (up to 2^62 - 1).
+    pub fn reset_with(&mut self, code: VarInt) {
         if self.end != End::Open {
             return;
         }
@@ -215,7 +220,7 @@ impl SendStream {
             .borrow_mut()
             .proto
             .send_stream(self.id)
-            .reset(VarInt::from_u32(code));
+            .reset(code);
         mark_dirty(&self.cell);
     }
 
