@@ -13,16 +13,8 @@ fi
 targets=$(cargo "${tc[@]}" fuzz list)
 status=0
 printf '%-14s %12s %8s\n' target execs findings
-# Corpora that live beside their crate.
-corpus_of() {
-    case "$1" in
-        perf_request) echo ../handlers/perf/testdata/fuzz_perf_request ;;
-        vault_file) echo ../vault/testdata/fuzz_vault_file ;;
-        *) echo "corpus/$1" ;;
-    esac
-}
 for t in $targets; do
-    corpus=$(corpus_of "$t")
+    corpus="corpus/$t"
     # New inputs go to a scratch directory; the committed seeds are read, not grown.
     mkdir -p "artifacts/$t/new-corpus"
     log="artifacts/$t/run.log"

@@ -4,9 +4,8 @@
 //! runtime by small bounded queues so a slow consumer pushes back on the stream instead of
 //! stalling the QUIC driver.
 
-use alknet_core::client::{ClientEndpoint, KnownServers, explain_failure, trust_for};
+use alknet_core::client::{KnownServers, TrustedConnect, connect_trusted};
 use alknet_core::config::{Config, DriverKind};
-use alknet_core::identity::tls::ServerTrust;
 use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -41,62 +40,26 @@ pub(crate) fn run(
         .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))?;
     let node = crate::node::load(data_dir, passphrase_file)?;
     let known = KnownServers::in_dir(data_dir);
-    let trust = trust_for(pinned, &known, addr);
-    let config = Arc::new(Config::default());
-    let (client_config, seen) = alknet_core::net::endpoint::client_config(
-        &config,
-        &node.key,
-        alpn.as_bytes(),
-        trust.clone(),
-    )?;
+    let target = TrustedConnect {
+        config: Arc::new(Config::default()),
+        node_key: &node.key,
+        known: &known,
+        server_name: addr,
+        addr: server,
+        alpn: alpn.as_bytes(),
+        pinned,
+    };
 
     let mut result: Result<()> = Ok(());
     alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
-        result = session(
-            config.clone(),
-            &node.key,
-            server,
-            client_config,
-            addr,
-            &trust,
-            &seen,
-            pinned.is_some(),
-            &known,
-        )
-        .await;
+        result = session(&target).await;
     })
     .context("cannot start the runtime")?;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    config: Arc<Config>,
-    node: &alknet_core::identity::tls::NodeKey,
-    server: SocketAddr,
-    client_config: alknet_core::quic::ClientConfig,
-    addr: &str,
-    trust: &ServerTrust,
-    seen: &alknet_core::identity::tls::ServerKeySeen,
-    pinned: bool,
-    known: &KnownServers,
-) -> Result<()> {
-    let endpoint = ClientEndpoint::new(config, node, server)?;
-    let conn = endpoint.connect(client_config, server)?;
-    if let Err(e) = conn.connected().await {
-        return Err(explain_failure(e, server, addr, trust, seen, pinned, known).into());
-    }
-    if matches!(trust, ServerTrust::Observe)
-        && let Some(fp) = seen.get()
-    {
-        known
-            .add(addr, &fp)
-            .with_context(|| format!("cannot write {}", known.path().display()))?;
-        eprintln!(
-            "alknet: new server {addr} with key {fp}; remembered in {}",
-            known.path().display()
-        );
-    }
+async fn session(target: &TrustedConnect<'_>) -> Result<()> {
+    let (endpoint, conn) = connect_trusted(target).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
 
     // stdin -> stream

@@ -4,6 +4,7 @@
 mod admin_cli;
 mod connect;
 mod node;
+mod vault_cli;
 
 use alknet_core::config::Config;
 use alknet_core::ops::control;
@@ -102,7 +103,7 @@ enum Command {
     /// Manage the vault: the BIP39 seed the node keys derive from.
     Vault {
         #[command(subcommand)]
-        cmd: alknet_vault::cli::VaultCommand,
+        cmd: vault_cli::VaultCommand,
     },
     /// Manage peers: who may connect, with which keys and scopes. Acts on the running
     /// server through its control socket, or on the store when no server runs.
@@ -210,7 +211,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Vault { cmd } => {
             alknet_core::fsutil::ensure_data_dir(&data_dir)
                 .with_context(|| format!("cannot use data directory {}", data_dir.display()))?;
-            alknet_vault::cli::run(cmd, &data_dir)
+            vault_cli::run(cmd, &data_dir)
         }
         Command::Peer { cmd, json } => admin_cli::peer(&data_dir, cmd, json),
         Command::Token { cmd, json } => admin_cli::token(&data_dir, cmd, json),

@@ -15,7 +15,7 @@ pub(crate) fn load(data_dir: &Path, passphrase_file: Option<&Path>) -> Result<Lo
     alknet_core::fsutil::ensure_data_dir(data_dir)
         .with_context(|| format!("cannot use data directory {}", data_dir.display()))?;
     if alknet_vault::vault_exists(data_dir) {
-        let pass = alknet_vault::read_passphrase(passphrase_file, "vault passphrase: ")?;
+        let pass = crate::vault_cli::read_passphrase(passphrase_file, "vault passphrase: ")?;
         let vault = alknet_vault::unlock(data_dir, &pass)
             .with_context(|| format!("cannot unlock the vault in {}", data_dir.display()))?;
         return Ok(LoadedKey {

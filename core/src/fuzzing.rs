@@ -1,7 +1,22 @@
-//! Entry points shared by the cargo-fuzz targets in `fuzz/` and the corpus replay tests.
+//! Entry points shared by the cargo-fuzz targets in `fuzz/` and the corpus replay tests
+//! (`tests/corpus.rs`): one `fuzz_<target>` per target, never a panic, an oracle asserted.
+//! An oracle that needs a parser's private types lives beside the parser and is called from
+//! here; this module is the crate's one public door for fuzzing.
 
 use crate::config::Config;
 use std::path::Path;
+
+/// Arbitrary bytes as each kind of record the redb identity store keeps: a record that
+/// decodes converts, re-encodes and decodes again to the same entry.
+pub fn fuzz_store_record(data: &[u8]) {
+    crate::identity::store::fuzz_records(data);
+}
+
+/// A peer encoded as the identity store keeps it, for seeding the `store_record` corpus with
+/// a genuine record.
+pub fn encode_peer_record(peer: &crate::PeerEntry) -> Vec<u8> {
+    crate::identity::store::encode_peer_record(peer)
+}
 
 /// Parses arbitrary bytes as a configuration file: never a panic, and every error names a
 /// line inside the text.

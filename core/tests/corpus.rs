@@ -1,4 +1,5 @@
-//! Replays the committed config fuzz corpus through the fuzz entry point.
+//! Replays the committed fuzz corpora of core (config, endpoint, store_record) through the
+//! entry points cargo-fuzz uses.
 
 #[test]
 fn config_corpus() {
@@ -42,13 +43,13 @@ fn store_record_corpus() {
         display_name: Some("seed peer".into()),
         enabled: true,
     };
-    let genuine = alknet_core::identity::store::encode_peer_record(&peer);
+    let genuine = alknet_core::fuzzing::encode_peer_record(&peer);
     let path = dir.join("peer-genuine");
     if std::fs::read(&path).ok().as_deref() != Some(&genuine[..]) {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&path, &genuine).unwrap_or_else(|e| panic!("{e}"));
     }
-    let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::identity::store::fuzz_records)
+    let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::fuzzing::fuzz_store_record)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 4);
 }

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| alknet_proto::call::fuzz_call(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| alknet_proto::fuzzing::fuzz_call(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| alknet_core::identity::store::fuzz_records(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| alknet_core::fuzzing::fuzz_store_record(data));

@@ -6,6 +6,13 @@
 use crate::cid::{CID_LEN, CidCodec, Route, route_datagram};
 use crate::fingerprint::Fingerprint;
 
+/// Decodes arbitrary bytes as a stream of call frames and checks the oracles: no panic;
+/// whatever decodes re-encodes and decodes to the same message; feeding the bytes in
+/// arbitrary pieces yields the same results as one read; the buffer stays bounded.
+pub fn fuzz_call(data: &[u8]) {
+    crate::call::fuzz_call(data);
+}
+
 /// Routes arbitrary datagrams under a fixed codec and checks the router's contract.
 pub fn fuzz_route(data: &[u8]) {
     let codec = CidCodec::new(*b"alknet-fuzz-key!", 3);

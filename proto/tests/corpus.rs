@@ -1,6 +1,6 @@
 //! Replays the committed fuzz corpora through the same entry points cargo-fuzz uses.
 
-use alknet_proto::fuzzing::{fuzz_fingerprint, fuzz_route, replay_corpus};
+use alknet_proto::fuzzing::{fuzz_call, fuzz_fingerprint, fuzz_route, replay_corpus};
 use std::path::Path;
 
 fn corpus(name: &str) -> std::path::PathBuf {
@@ -13,6 +13,12 @@ fn corpus(name: &str) -> std::path::PathBuf {
 fn route_corpus() {
     let n = replay_corpus(&corpus("route"), fuzz_route).unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 5);
+}
+
+#[test]
+fn call_corpus() {
+    let n = replay_corpus(&corpus("call"), fuzz_call).unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 8, "only {n} seeds");
 }
 
 #[test]

@@ -92,32 +92,11 @@ pub enum Error {
     #[error("the passphrase is empty; choose a non-empty passphrase")]
     EmptyPassphrase,
 
-    /// The two entries of a new passphrase differ.
-    #[error("the two passphrases differ; try again")]
-    PassphraseMismatch,
-
     /// A passphrase or words file is not valid UTF-8 text.
     #[error("{path} is not UTF-8 text; write the secret as plain text")]
     NotUtf8 {
         /// The file.
         path: PathBuf,
-    },
-
-    /// No source for the passphrase is available.
-    #[error(
-        "no vault passphrase: pass --passphrase-file FILE, set ALKNET_VAULT_PASSPHRASE_FILE, \
-         provide the systemd credential `alknet-vault-passphrase` (LoadCredential=), \
-         or run on a terminal"
-    )]
-    NoPassphraseSource,
-
-    /// Interactive input was needed but stdin is not a terminal.
-    #[error("{what} needs a terminal; {hint}")]
-    NotATerminal {
-        /// What needed the terminal.
-        what: &'static str,
-        /// The non-interactive alternative.
-        hint: &'static str,
     },
 
     /// The number of words is not one BIP39 allows.
@@ -143,13 +122,6 @@ pub enum Error {
     )]
     Checksum,
 
-    /// The confirmation word typed during `vault init` is not the one shown.
-    #[error("word {position} does not match; nothing was written, run `alknet vault init` again")]
-    ConfirmationMismatch {
-        /// 1-based position that was asked.
-        position: usize,
-    },
-
     /// The operating system's random generator failed.
     #[error("the system random generator failed: {0}")]
     Random(String),
@@ -163,11 +135,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    /// An [`Error::Io`] for `action` on `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             action,
             path: path.into(),

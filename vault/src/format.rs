@@ -1,8 +1,10 @@
 //! The vault file format: bytes in, a parsed header and ciphertext out, and back.
 //!
-//! This module is sans-IO: it never touches the file system. It parses, bounds and
-//! encodes; it derives the key-encryption key with Argon2id and seals or opens the seed with
-//! AES-256-GCM. Reading and writing the file atomically is `store`'s job.
+//! This module is sans-IO: it never touches the file system. It bounds the Argon2id
+//! parameters, derives the key-encryption key and seals or opens the 64-byte seed; the byte
+//! layout is the crate's one sealed layout ([`mod@crate::seal`]) with magic `ALKVAULT`, format
+//! version 1, key source Argon2id and an 80-byte ciphertext. Reading and writing the file
+//! atomically is `store`'s job.
 //!
 //! # Layout (format version 1), all integers big-endian
 //!
@@ -10,7 +12,7 @@
 //! |-------:|-----:|--------------------------------------------------------------|
 //! | 0      | 8    | magic `ALKVAULT`                                             |
 //! | 8      | 1    | format version, `1`                                          |
-//! | 9      | 1    | KDF, `1` = Argon2id                                          |
+//! | 9      | 1    | key source, `1` = Argon2id                                   |
 //! | 10     | 1    | Argon2 version, `0x13`                                       |
 //! | 11     | 4    | Argon2 memory in KiB                                         |
 //! | 15     | 4    | Argon2 iterations (t)                                        |
@@ -23,18 +25,17 @@
 //! | 39+s   | n    | ciphertext: AES-256-GCM of the 64-byte BIP39 seed + 16-byte tag |
 //!
 //! Nothing may follow the ciphertext. Every byte before the ciphertext is the AEAD's
-//! associated data, so changing a parameter, the salt or a length in the file breaks
-//! decryption rather than silently weakening it. The AES key is
+//! associated data (the vault adds no context), so changing a parameter, the salt or a length
+//! in the file breaks decryption rather than silently weakening it. The AES key is
 //! `Argon2id(passphrase, salt, m, t, p)` with 32 bytes of output.
 //!
 //! The parameters are bounded on read (see [`KdfParams::MAX_MEMORY_KIB`] and friends) so a
 //! hostile file cannot make an unlock take hours or all memory.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
 use crate::Error;
+use crate::seal::{self, KeySource, NONCE_LEN, Sealed, TAG_LEN};
 use crate::secret::{Passphrase, Seed};
 
 /// The 8 bytes every vault file starts with.
@@ -44,17 +45,46 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The largest vault file accepted, far above the ~140 bytes version 1 writes.
 pub const MAX_FILE_SIZE: u64 = 64 * 1024;
 
-const KDF_ARGON2ID: u8 = 1;
-const ARGON2_VERSION_0X13: u8 = 0x13;
-const CIPHER_AES_256_GCM: u8 = 1;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 const SEED_LEN: usize = 64;
 const CIPHERTEXT_LEN: usize = SEED_LEN + TAG_LEN;
 /// Salt length written by this build.
 const SALT_LEN: usize = 32;
-const MIN_SALT_LEN: u8 = 16;
-const MAX_SALT_LEN: u8 = 64;
+
+/// The vault file as a kind of sealed string.
+const KIND: seal::Kind = seal::Kind {
+    magic: MAGIC,
+    version: FORMAT_VERSION,
+    key_source: 1,
+    bad_magic: "bad magic, not an alknet vault file",
+    check_version,
+    check_ciphertext_len,
+    malformed,
+};
+
+fn malformed(reason: &'static str) -> Error {
+    Error::Malformed { reason }
+}
+
+fn check_version(version: u8) -> Result<(), Error> {
+    if version == 0 {
+        return Err(malformed("format version 0"));
+    }
+    if version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn check_ciphertext_len(len: usize) -> Result<(), Error> {
+    if len == CIPHERTEXT_LEN {
+        Ok(())
+    } else {
+        Err(malformed("ciphertext length is not 80"))
+    }
+}
 
 /// Argon2id cost parameters, stored in the file header so they can be raised later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +151,11 @@ impl KdfParams {
 
     /// Bounds applied to parameters read from a file: what Argon2 allows at the low end, the
     /// crate maxima at the high end.
-    fn from_file(memory_kib: u32, iterations: u32, parallelism: u32) -> Result<Self, Error> {
+    pub(crate) fn from_file(
+        memory_kib: u32,
+        iterations: u32,
+        parallelism: u32,
+    ) -> Result<Self, Error> {
         check("parallelism", parallelism, 1, Self::MAX_PARALLELISM)?;
         check(
             "memory (KiB)",
@@ -200,135 +234,29 @@ fn check(name: &'static str, value: u32, min: u32, max: u32) -> Result<(), Error
 /// A parsed vault file: the header fields and the ciphertext, not yet decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultFile {
-    version: u8,
+    sealed: Sealed,
     kdf: KdfParams,
     salt: Vec<u8>,
-    nonce: [u8; NONCE_LEN],
-    ciphertext: Vec<u8>,
-    /// The header bytes (everything before the ciphertext): the AEAD associated data.
-    aad: Vec<u8>,
-}
-
-/// A bounded cursor: every read checks the remaining length first, so no input panics.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Error> {
-        if self.rest.len() < n {
-            return Err(Error::Malformed { reason: what });
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, Error> {
-        let b = self.take(1, what)?;
-        b.first().copied().ok_or(Error::Malformed { reason: what })
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, Error> {
-        let b = self.take(2, what)?;
-        let arr: [u8; 2] = b
-            .try_into()
-            .map_err(|_| Error::Malformed { reason: what })?;
-        Ok(u16::from_be_bytes(arr))
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, Error> {
-        let b = self.take(4, what)?;
-        let arr: [u8; 4] = b
-            .try_into()
-            .map_err(|_| Error::Malformed { reason: what })?;
-        Ok(u32::from_be_bytes(arr))
-    }
 }
 
 impl VaultFile {
     /// Parses and bounds a vault file. Does not run Argon2 or decrypt.
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() as u64 > MAX_FILE_SIZE {
-            return Err(Error::Malformed {
-                reason: "larger than any vault file",
-            });
+            return Err(malformed("larger than any vault file"));
         }
-        let mut r = Reader { rest: bytes };
-        if r.take(MAGIC.len(), "too short for the magic")? != MAGIC {
-            return Err(Error::Malformed {
-                reason: "bad magic, not an alknet vault file",
-            });
+        Self::from_sealed(Sealed::parse(bytes, &KIND)?)
+    }
+
+    fn from_sealed(sealed: Sealed) -> Result<Self, Error> {
+        match sealed.key_source() {
+            KeySource::Argon2id { kdf, salt } => Ok(Self {
+                kdf: *kdf,
+                salt: salt.clone(),
+                sealed,
+            }),
+            KeySource::StorageKey { .. } => Err(malformed("unknown key derivation function")),
         }
-        let version = r.u8("missing format version")?;
-        if version == 0 {
-            return Err(Error::Malformed {
-                reason: "format version 0",
-            });
-        }
-        if version > FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if r.u8("missing kdf id")? != KDF_ARGON2ID {
-            return Err(Error::Malformed {
-                reason: "unknown key derivation function",
-            });
-        }
-        if r.u8("missing argon2 version")? != ARGON2_VERSION_0X13 {
-            return Err(Error::Malformed {
-                reason: "unknown argon2 version",
-            });
-        }
-        let memory = r.u32("missing argon2 memory")?;
-        let iterations = r.u32("missing argon2 iterations")?;
-        let parallelism = r.u32("missing argon2 parallelism")?;
-        let kdf = KdfParams::from_file(memory, iterations, parallelism)?;
-        let salt_len = r.u8("missing salt length")?;
-        if !(MIN_SALT_LEN..=MAX_SALT_LEN).contains(&salt_len) {
-            return Err(Error::Malformed {
-                reason: "salt length outside 16..=64",
-            });
-        }
-        let salt = r.take(usize::from(salt_len), "truncated salt")?.to_vec();
-        if r.u8("missing cipher id")? != CIPHER_AES_256_GCM {
-            return Err(Error::Malformed {
-                reason: "unknown cipher",
-            });
-        }
-        let nonce: [u8; NONCE_LEN] =
-            r.take(NONCE_LEN, "truncated nonce")?
-                .try_into()
-                .map_err(|_| Error::Malformed {
-                    reason: "truncated nonce",
-                })?;
-        let ct_len = usize::from(r.u16("missing ciphertext length")?);
-        if ct_len != CIPHERTEXT_LEN {
-            return Err(Error::Malformed {
-                reason: "ciphertext length is not 80",
-            });
-        }
-        let aad_len = bytes.len() - r.rest.len();
-        let aad = bytes
-            .get(..aad_len)
-            .ok_or(Error::Malformed { reason: "header" })?
-            .to_vec();
-        let ciphertext = r.take(ct_len, "truncated ciphertext")?.to_vec();
-        if !r.rest.is_empty() {
-            return Err(Error::Malformed {
-                reason: "trailing bytes after the ciphertext",
-            });
-        }
-        Ok(Self {
-            version,
-            kdf,
-            salt,
-            nonce,
-            ciphertext,
-            aad,
-        })
     }
 
     /// Encrypts a seed under a passphrase with fresh random salt and nonce.
@@ -337,69 +265,22 @@ impl VaultFile {
         crate::random_bytes(&mut salt)?;
         let mut nonce = [0u8; NONCE_LEN];
         crate::random_bytes(&mut nonce)?;
-        Self::seal_with(seed, passphrase, kdf, salt, nonce)
-    }
-
-    fn seal_with(
-        seed: &Seed,
-        passphrase: &Passphrase,
-        kdf: KdfParams,
-        salt: Vec<u8>,
-        nonce: [u8; NONCE_LEN],
-    ) -> Result<Self, Error> {
-        let salt_len = u8::try_from(salt.len()).map_err(|_| Error::Malformed { reason: "salt" })?;
-        let mut aad = Vec::with_capacity(64 + salt.len());
-        aad.extend_from_slice(&MAGIC);
-        aad.push(FORMAT_VERSION);
-        aad.push(KDF_ARGON2ID);
-        aad.push(ARGON2_VERSION_0X13);
-        aad.extend_from_slice(&kdf.memory_kib.to_be_bytes());
-        aad.extend_from_slice(&kdf.iterations.to_be_bytes());
-        aad.extend_from_slice(&kdf.parallelism.to_be_bytes());
-        aad.push(salt_len);
-        aad.extend_from_slice(&salt);
-        aad.push(CIPHER_AES_256_GCM);
-        aad.extend_from_slice(&nonce);
-        aad.extend_from_slice(&(CIPHERTEXT_LEN as u16).to_be_bytes());
-
         let key = kdf.derive_key(passphrase, &salt)?;
-        let cipher =
-            Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| Error::Authentication)?;
-        let ciphertext = cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: seed.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::Authentication)?;
-        Ok(Self {
-            version: FORMAT_VERSION,
-            kdf,
-            salt,
+        let sealed = Sealed::seal(
+            &KIND,
+            KeySource::Argon2id { kdf, salt },
+            &key,
             nonce,
-            ciphertext,
-            aad,
-        })
+            b"",
+            seed.as_bytes(),
+        )?;
+        Self::from_sealed(sealed)
     }
 
     /// Derives the key and decrypts the seed. Any failure is [`Error::Authentication`].
     pub fn open(&self, passphrase: &Passphrase) -> Result<Seed, Error> {
         let key = self.kdf.derive_key(passphrase, &self.salt)?;
-        let cipher =
-            Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| Error::Authentication)?;
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    &Nonce::from(self.nonce),
-                    Payload {
-                        msg: &self.ciphertext,
-                        aad: &self.aad,
-                    },
-                )
-                .map_err(|_| Error::Authentication)?,
-        );
+        let plain = self.sealed.open(&key, b"")?;
         let seed: [u8; SEED_LEN] = plain
             .as_slice()
             .try_into()
@@ -409,15 +290,12 @@ impl VaultFile {
 
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.aad.len() + self.ciphertext.len());
-        out.extend_from_slice(&self.aad);
-        out.extend_from_slice(&self.ciphertext);
-        out
+        self.sealed.encode()
     }
 
     /// The format version of the file.
     pub fn version(&self) -> u8 {
-        self.version
+        self.sealed.version()
     }
 
     /// The Argon2id parameters of the file.
@@ -552,14 +430,33 @@ mod tests {
         ));
     }
 
+    /// A vault file written before the sealed layout was shared (the committed fuzz seed,
+    /// seed bytes 7, passphrase "fuzz") still opens to the same seed.
+    #[test]
+    fn committed_version_1_file_still_opens() {
+        let bytes = include_bytes!("../../fuzz/corpus/vault_file/valid_weak_params.bin");
+        let file = VaultFile::parse(bytes).unwrap();
+        assert_eq!(file.version(), 1);
+        assert_eq!(file.encode(), bytes);
+        assert_eq!(file.open(&pass("fuzz")).unwrap().as_bytes(), &[7u8; 64]);
+        assert!(matches!(
+            file.open(&pass("fuzz!")),
+            Err(Error::Authentication)
+        ));
+        let strong = include_bytes!("../../fuzz/corpus/vault_file/valid_default_params.bin");
+        assert_eq!(VaultFile::parse(strong).unwrap().kdf(), KdfParams::DEFAULT);
+    }
+
     #[test]
     fn each_seal_uses_fresh_salt_and_nonce() {
         let seed = Seed::from_bytes(Zeroizing::new([1; 64]));
         let p = pass("x");
         let a = VaultFile::seal(&seed, &p, KdfParams::insecure_for_tests()).unwrap();
         let b = VaultFile::seal(&seed, &p, KdfParams::insecure_for_tests()).unwrap();
-        assert_ne!(a.nonce, b.nonce);
         assert_ne!(a.salt, b.salt);
-        assert_ne!(a.ciphertext, b.ciphertext);
+        let (a, b) = (a.encode(), b.encode());
+        let nonce = 25 + SALT_LEN..37 + SALT_LEN;
+        assert_ne!(a[nonce.clone()], b[nonce]);
+        assert_ne!(a[39 + SALT_LEN..], b[39 + SALT_LEN..]);
     }
 }

@@ -12,16 +12,20 @@
 //! | SSH host key            | `m/74'/0'/1'/0'`         |
 //! | storage encryption, v   | `m/74'/2'/0'/v'`         |
 //!
-//! The crate does not run a server, hold a key in a TLS config, or decide when to unlock: the
-//! core crate calls [`vault_exists`], [`read_passphrase`] and [`unlock`] at start-up, and the
-//! CLI calls [`cli::run`]. Secret types zeroize on drop and implement neither `Debug` nor
-//! `Display`.
+//! The crate is a library: it does not run a server, hold a key in a TLS config, prompt on a
+//! terminal or decide when to unlock. The `alknet` CLI (`src/vault_cli.rs` in the root
+//! package) finds the passphrase and calls [`vault_exists`], [`unlock`] and [`create`]. Every
+//! sealed byte string of the crate, the vault file and the credential-store blobs alike, uses
+//! the one layout of [`mod@seal`]. Secret types zeroize on drop and implement neither `Debug`
+//! nor `Display`.
 #![forbid(unsafe_code)]
 
 pub mod blob;
-pub mod cli;
 mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod seal;
 pub mod secret;
 pub mod slip10;
 pub mod store;
@@ -32,7 +36,7 @@ use zeroize::Zeroizing;
 
 pub use error::Error;
 pub use format::KdfParams;
-pub use secret::{Mnemonic, Passphrase, Seed, read_new_passphrase, read_passphrase};
+pub use secret::{Mnemonic, Passphrase, Seed, read_secret_file};
 pub use store::{VAULT_FILE_NAME, vault_path};
 
 use format::VaultFile;
@@ -193,32 +197,8 @@ pub fn fingerprint_of_seed(seed: &[u8; 32]) -> String {
 }
 
 /// Fills `buf` from the operating system's random generator.
-pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), Error> {
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), Error> {
     getrandom::fill(buf).map_err(|e| Error::Random(e.to_string()))
-}
-
-/// Entry points shared by cargo-fuzz targets and the corpus replay test.
-#[doc(hidden)]
-pub mod fuzzing {
-    use crate::format::{KdfParams, MAX_FILE_SIZE, VaultFile};
-
-    /// Parses arbitrary bytes as a vault file. Oracles: never panics; a parsed file re-encodes
-    /// to exactly the input; its Argon2 parameters are within the crate's bounds. Does not run
-    /// Argon2 (a fuzzer would spend its time there).
-    pub fn fuzz_vault_file(data: &[u8]) {
-        if let Ok(file) = VaultFile::parse(data) {
-            assert!(data.len() as u64 <= MAX_FILE_SIZE);
-            assert_eq!(
-                file.encode(),
-                data,
-                "parsed vault file must re-encode to its input"
-            );
-            let kdf = file.kdf();
-            assert!(kdf.memory_kib() <= KdfParams::MAX_MEMORY_KIB);
-            assert!(kdf.iterations() <= KdfParams::MAX_ITERATIONS);
-            assert!(kdf.parallelism() <= KdfParams::MAX_PARALLELISM);
-        }
-    }
 }
 
 #[cfg(test)]

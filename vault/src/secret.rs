@@ -1,24 +1,21 @@
-//! Secret types and where secrets come from: passphrases, the BIP39 words, the seed.
+//! Secret types: passphrases, the BIP39 words, the seed, and bounded reading of a secret file.
 //!
 //! Every type here zeroizes its memory on drop and implements neither `Debug` nor `Display`,
 //! so a secret cannot reach a log line by accident. Reading is bounded: a secret file larger
-//! than [`MAX_SECRET_FILE`] is refused before it is read whole.
+//! than [`MAX_SECRET_FILE`] is refused before it is read whole. Where a passphrase comes from
+//! (a flag, the environment, a systemd credential, the terminal) is the CLI's choice, not this
+//! module's.
 //!
 //! One limit: the `bip39` crate's own `Mnemonic` (word indices) does not zeroize. It lives only
 //! inside [`Mnemonic::to_seed`] and the parse check, never longer than the call.
 
-use std::ffi::OsString;
-use std::io::{IsTerminal, Read};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 use zeroize::Zeroizing;
 
 use crate::Error;
 
-/// Environment variable naming a file that holds the vault passphrase.
-pub const PASSPHRASE_FILE_ENV: &str = "ALKNET_VAULT_PASSPHRASE_FILE";
-/// Name of the systemd credential (`LoadCredential=alknet-vault-passphrase:…`) holding it.
-pub const SYSTEMD_CREDENTIAL: &str = "alknet-vault-passphrase";
 /// Largest passphrase or words file read, in bytes.
 pub const MAX_SECRET_FILE: u64 = 4096;
 
@@ -40,7 +37,8 @@ impl Passphrase {
         self.0.as_bytes()
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    /// The passphrase as text.
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -142,7 +140,8 @@ impl Mnemonic {
         Ok(Seed(seed))
     }
 
-    pub(crate) fn phrase(&self) -> &str {
+    /// The words, lower-case, single-space separated (for writing them to a private file).
+    pub fn phrase(&self) -> &str {
         &self.phrase
     }
 }
@@ -167,77 +166,6 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, Error> {
     let text = text.strip_suffix('\n').unwrap_or(text);
     let text = text.strip_suffix('\r').unwrap_or(text);
     Ok(Zeroizing::new(text.to_owned()))
-}
-
-/// Where [`read_passphrase`] found (or will look for) the passphrase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Source {
-    File(PathBuf),
-    Terminal,
-}
-
-/// Picks the first available passphrase source, in the documented order.
-pub(crate) fn pick_source(
-    explicit_file: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<OsString>,
-    stdin_is_tty: bool,
-) -> Result<Source, Error> {
-    if let Some(p) = explicit_file {
-        return Ok(Source::File(p.to_owned()));
-    }
-    if let Some(p) = env(PASSPHRASE_FILE_ENV).filter(|p| !p.is_empty()) {
-        return Ok(Source::File(PathBuf::from(p)));
-    }
-    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(dir).join(SYSTEMD_CREDENTIAL);
-        if p.exists() {
-            return Ok(Source::File(p));
-        }
-    }
-    if stdin_is_tty {
-        return Ok(Source::Terminal);
-    }
-    Err(Error::NoPassphraseSource)
-}
-
-/// Reads the vault passphrase, trying in order: `explicit_file` (`--passphrase-file`), the file
-/// named by `$ALKNET_VAULT_PASSPHRASE_FILE`, the systemd credential
-/// `$CREDENTIALS_DIRECTORY/alknet-vault-passphrase`, then the terminal without echo (only when
-/// stdin is a terminal). One trailing newline is stripped from files.
-pub fn read_passphrase(explicit_file: Option<&Path>, prompt: &str) -> Result<Passphrase, Error> {
-    let env = |k: &str| std::env::var_os(k);
-    match pick_source(explicit_file, &env, std::io::stdin().is_terminal())? {
-        Source::File(p) => Passphrase::new(read_secret_file(&p)?.to_string()),
-        Source::Terminal => prompt_hidden(prompt),
-    }
-}
-
-/// Like [`read_passphrase`], but on a terminal asks twice and checks both entries match: for
-/// choosing a new passphrase.
-pub fn read_new_passphrase(
-    explicit_file: Option<&Path>,
-    prompt: &str,
-) -> Result<Passphrase, Error> {
-    let env = |k: &str| std::env::var_os(k);
-    match pick_source(explicit_file, &env, std::io::stdin().is_terminal())? {
-        Source::File(p) => Passphrase::new(read_secret_file(&p)?.to_string()),
-        Source::Terminal => {
-            let first = prompt_hidden(prompt)?;
-            let second = prompt_hidden("Repeat it: ")?;
-            if first.as_bytes() != second.as_bytes() {
-                return Err(Error::PassphraseMismatch);
-            }
-            Ok(first)
-        }
-    }
-}
-
-/// Reads one line from the terminal without echo.
-pub(crate) fn prompt_hidden(prompt: &str) -> Result<Passphrase, Error> {
-    let s = Zeroizing::new(
-        rpassword::prompt_password(prompt).map_err(|e| Error::io("reading", "the terminal", e))?,
-    );
-    Passphrase::new(s.to_string())
 }
 
 #[cfg(test)]
@@ -316,43 +244,6 @@ mod tests {
         ));
         std::fs::write(&p, [0xffu8, 0xfe]).unwrap();
         assert!(matches!(read_secret_file(&p), Err(Error::NotUtf8 { .. })));
-    }
-
-    #[test]
-    fn passphrase_source_order() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(SYSTEMD_CREDENTIAL), "c").unwrap();
-        let creds = dir.path().as_os_str().to_owned();
-        let full = |k: &str| match k {
-            PASSPHRASE_FILE_ENV => Some(OsString::from("/env/file")),
-            "CREDENTIALS_DIRECTORY" => Some(creds.clone()),
-            _ => None,
-        };
-        let explicit = Path::new("/explicit");
-        assert_eq!(
-            pick_source(Some(explicit), &full, true).unwrap(),
-            Source::File(explicit.into())
-        );
-        assert_eq!(
-            pick_source(None, &full, true).unwrap(),
-            Source::File("/env/file".into())
-        );
-        let no_env = |k: &str| {
-            if k == "CREDENTIALS_DIRECTORY" {
-                Some(creds.clone())
-            } else {
-                None
-            }
-        };
-        assert_eq!(
-            pick_source(None, &no_env, false).unwrap(),
-            Source::File(dir.path().join(SYSTEMD_CREDENTIAL))
-        );
-        let nothing = |_: &str| None;
-        assert_eq!(pick_source(None, &nothing, true).unwrap(), Source::Terminal);
-        let err = pick_source(None, &nothing, false).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("--passphrase-file") && msg.contains(PASSPHRASE_FILE_ENV));
     }
 
     #[test]

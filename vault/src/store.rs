@@ -100,8 +100,9 @@ fn remove_stale_temps(data_dir: &Path) {
     }
 }
 
-/// Writes a new file that must not exist yet, mode 0600, fsynced (used for `--words-out`).
-pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// Writes a new file that must not exist yet, mode 0600, fsynced: for a secret handed to the
+/// operator once, such as the words of a new mnemonic.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

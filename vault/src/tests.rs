@@ -221,7 +221,8 @@ fn storage_blobs_round_trip_and_rotate() {
     ));
     // Relabelling the key version breaks it.
     let mut relabelled = b0.clone();
-    relabelled[4] = 1;
+    relabelled[13] = 1; // the low byte of the key version, after magic, format and source
+    assert_eq!(blob::key_version_of(&relabelled).unwrap(), 1);
     assert!(matches!(
         v.open_blob(b"peer/alice", &relabelled),
         Err(Error::Authentication)
@@ -332,16 +333,32 @@ fn kill_9_during_rewrite_leaves_old_or_new_file() {
     assert_eq!(names, vec![std::ffi::OsString::from(VAULT_FILE_NAME)]);
 }
 
+fn corpus(target: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// Feeds every file of `fuzz/corpus/<target>/` to `fuzz`; fails on a missing or empty
+/// directory, so a corpus cannot silently vanish from the suite.
+fn replay(target: &str, fuzz: fn(&[u8])) -> usize {
+    let dir = corpus(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            fuzz(&std::fs::read(path).unwrap());
+            n += 1;
+        }
+    }
+    assert!(n > 0, "empty fuzz corpus at {}", dir.display());
+    n
+}
+
 #[test]
 fn fuzz_corpus_replays() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fuzz_vault_file");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&corpus).unwrap() {
-        let data = std::fs::read(entry.unwrap().path()).unwrap();
-        fuzzing::fuzz_vault_file(&data);
-        n += 1;
-    }
-    assert!(n > 0, "empty fuzz corpus at {}", corpus.display());
+    assert!(replay("vault_file", fuzzing::fuzz_vault_file) >= 5);
+    assert!(replay("blob", fuzzing::fuzz_blob) >= 4);
 }
 
 /// The committed fuzz seeds: every kind named here must be in the corpus, and each freshly
@@ -349,7 +366,7 @@ fn fuzz_corpus_replays() {
 /// `ALKNET_WRITE_FUZZ_SEEDS=1` the files are (re)written.
 #[test]
 fn fuzz_seeds_are_committed() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fuzz_vault_file");
+    let corpus = corpus("vault_file");
     let regenerate = std::env::var_os("ALKNET_WRITE_FUZZ_SEEDS").is_some();
     let weak = format::VaultFile::seal(&seed(7), &pass("fuzz"), KdfParams::insecure_for_tests())
         .unwrap()
@@ -379,4 +396,44 @@ fn fuzz_seeds_are_committed() {
     write("format_version_2.bin", &v2);
     write("magic_only.bin", b"ALKVAULT");
     write("empty.bin", b"");
+}
+
+/// The committed blob seeds, as `fuzz_seeds_are_committed` does for vault files. With
+/// `ALKNET_WRITE_FUZZ_SEEDS=1` the files are (re)written.
+#[test]
+fn blob_fuzz_seeds_are_committed() {
+    let corpus = corpus("blob");
+    let regenerate = std::env::var_os("ALKNET_WRITE_FUZZ_SEEDS").is_some();
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(dir.path(), "p");
+    let sealed = v.seal_blob(3, b"peer/alice", b"token").unwrap();
+    let write = |name: &str, data: &[u8]| {
+        fuzzing::fuzz_blob(data);
+        if regenerate {
+            std::fs::create_dir_all(&corpus).unwrap();
+            std::fs::write(corpus.join(name), data).unwrap();
+        }
+        assert!(corpus.join(name).is_file(), "seed {name} is not committed");
+    };
+    write("format-2-key-version-3", &sealed);
+    write("format-2-truncated-in-nonce", &sealed[..20]);
+    let mut v0 = sealed.clone();
+    v0[8] = 0;
+    write("format-2-version-0", &v0);
+    let mut high = sealed.clone();
+    high[10] = 0x80;
+    write("format-2-key-version-above-2-31", &high);
+    write(
+        "format-1-key-version-1",
+        &hex::decode(
+            "0100000001000102030405060708090a0b678cdd76158e04ec8647530b8f770e043f12f729db3709",
+        )
+        .unwrap(),
+    );
+    write(
+        "format-1-header-only",
+        &[1, 0, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    );
+    write("magic-only", b"ALKCREDS");
+    write("empty", b"");
 }

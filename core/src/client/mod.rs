@@ -21,7 +21,7 @@ use thiserror::Error;
 
 mod trust;
 
-pub use trust::{KnownServers, explain_failure, trust_for};
+pub use trust::{KnownServers, TrustedConnect, connect_trusted};
 
 /// File in the data directory remembering servers' keys.
 pub const KNOWN_SERVERS_FILE: &str = "known_servers";
@@ -59,6 +59,14 @@ pub enum ClientError {
         source_desc: String,
         /// What to do if the change is expected.
         fix: String,
+    },
+    /// A first-seen server key could not be remembered.
+    #[error("cannot write {}: {error}", path.display())]
+    Remember {
+        /// The known-servers file.
+        path: std::path::PathBuf,
+        /// Why.
+        error: std::io::Error,
     },
     /// The handshake or connection failed.
     #[error("connection to {addr} failed: {reason}")]

@@ -1,12 +1,83 @@
-//! Which server key a client trusts: the pinned one, else the one remembered in the
-//! known-servers file, else the one it presents (trust on first use), and the error that
-//! explains a mismatch.
+//! How a client command reaches a server it trusts: the pinned key, else the one remembered
+//! in the known-servers file, else the one it presents (trust on first use, remembered after
+//! the handshake), and the error that explains a mismatch.
+//!
+//! [`connect_trusted`] is the one client flow: `alknet connect`, `alknet call` and every later
+//! client command call it instead of repeating pin / remember / explain. It does not resolve
+//! names, parse `--fingerprint` or open streams; the command does.
 
-use super::{ClientError, KNOWN_SERVERS_FILE};
-use crate::identity::tls::{ServerKeySeen, ServerTrust};
+use super::{ClientEndpoint, ClientError, KNOWN_SERVERS_FILE};
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::identity::tls::{NodeKey, ServerKeySeen, ServerTrust};
 use alknet_proto::Fingerprint;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What [`connect_trusted`] needs: who we are, whom we call, and how to trust its key.
+pub struct TrustedConnect<'a> {
+    /// Transport and UDP settings of the client endpoint.
+    pub config: Arc<Config>,
+    /// The client's key, presented to the server.
+    pub node_key: &'a NodeKey,
+    /// The known-servers file, read for the remembered key and written on first use.
+    pub known: &'a KnownServers,
+    /// The server as the user wrote it (`host:port`): the known-servers entry and the name in
+    /// messages.
+    pub server_name: &'a str,
+    /// The server's resolved address.
+    pub addr: SocketAddr,
+    /// The ALPN of the service to reach, e.g. `b"alknet/call"`.
+    pub alpn: &'a [u8],
+    /// The key given with `--fingerprint`, which wins over the known-servers file.
+    pub pinned: Option<Fingerprint>,
+}
+
+/// Connects to a server and waits for the handshake, trusting its key as ssh does: the pinned
+/// key, else the remembered one, else the presented one, which is then remembered in the
+/// known-servers file with a line on stderr.
+///
+/// A handshake that fails because the key differs from the expected one is a
+/// [`ClientError::KeyMismatch`] that names where the expectation came from and the fix. The
+/// endpoint is returned with the connection: keep it alive as long as the connection, and
+/// call [`ClientEndpoint::wait_idle`] after closing.
+pub async fn connect_trusted(
+    t: &TrustedConnect<'_>,
+) -> Result<(ClientEndpoint, Connection), ClientError> {
+    let trust = trust_for(t.pinned, t.known, t.server_name);
+    let (client_config, seen) =
+        crate::net::endpoint::client_config(&t.config, t.node_key, t.alpn, trust.clone())?;
+    let endpoint = ClientEndpoint::new(t.config.clone(), t.node_key, t.addr)?;
+    let conn = endpoint.connect(client_config, t.addr)?;
+    if let Err(e) = conn.connected().await {
+        return Err(explain_failure(
+            e,
+            t.addr,
+            t.server_name,
+            &trust,
+            &seen,
+            t.pinned.is_some(),
+            t.known,
+        ));
+    }
+    if matches!(trust, ServerTrust::Observe)
+        && let Some(fp) = seen.get()
+    {
+        t.known
+            .add(t.server_name, &fp)
+            .map_err(|error| ClientError::Remember {
+                path: t.known.path().to_owned(),
+                error,
+            })?;
+        eprintln!(
+            "alknet: new server {} with key {fp}; remembered in {}",
+            t.server_name,
+            t.known.path().display()
+        );
+    }
+    Ok((endpoint, conn))
+}
 
 /// The known-servers file: one `host:port ed25519:…` line per server.
 pub struct KnownServers {
@@ -45,7 +116,11 @@ impl KnownServers {
 
 /// How to trust the server for a connection: the pinned key, else the remembered one, else
 /// whatever it presents (to be remembered after the handshake).
-pub fn trust_for(pinned: Option<Fingerprint>, known: &KnownServers, server: &str) -> ServerTrust {
+pub(crate) fn trust_for(
+    pinned: Option<Fingerprint>,
+    known: &KnownServers,
+    server: &str,
+) -> ServerTrust {
     match pinned.or_else(|| known.get(server)) {
         Some(fp) => ServerTrust::Pinned(fp),
         None => ServerTrust::Observe,
@@ -53,7 +128,7 @@ pub fn trust_for(pinned: Option<Fingerprint>, known: &KnownServers, server: &str
 }
 
 /// Turns a failed handshake into a key-mismatch error when the key differed.
-pub fn explain_failure(
+pub(crate) fn explain_failure(
     err: quinn_proto::ConnectionError,
     addr: SocketAddr,
     server: &str,

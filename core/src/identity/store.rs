@@ -662,10 +662,10 @@ impl CredentialStore for RedbStore {
     }
 }
 
-/// Fuzz entry point: arbitrary bytes as each kind of stored record. A record that decodes
-/// must convert, re-encode and decode again to the same entry.
-#[doc(hidden)]
-pub fn fuzz_records(data: &[u8]) {
+/// The oracle behind [`crate::fuzzing::fuzz_store_record`], beside the private record types
+/// it checks: arbitrary bytes as each kind of stored record; a record that decodes must
+/// convert, re-encode and decode again to the same entry.
+pub(crate) fn fuzz_records(data: &[u8]) {
     if let Ok(rec) = decode_record::<PeerRecord>(data)
         && let Ok(p) = rec.into_entry()
     {
@@ -693,8 +693,7 @@ pub fn fuzz_records(data: &[u8]) {
 }
 
 /// Encodes a peer as stored, for seeding the fuzz corpus.
-#[doc(hidden)]
-pub fn encode_peer_record(p: &PeerEntry) -> Vec<u8> {
+pub(crate) fn encode_peer_record(p: &PeerEntry) -> Vec<u8> {
     encode_record(&PeerRecord::from_entry(p)).unwrap_or_default()
 }
 

@@ -6,9 +6,9 @@
 use crate::builtins::ServiceList;
 use crate::client::{CallClient, CallOptions};
 use crate::ops::{CallError, Operations};
-use alknet_core::client::{ClientEndpoint, KnownServers, explain_failure, trust_for};
+use alknet_core::client::{KnownServers, TrustedConnect, connect_trusted};
 use alknet_core::config::{Config, DriverKind};
-use alknet_core::identity::tls::{NodeKey, ServerKeySeen, ServerTrust};
+use alknet_core::identity::tls::NodeKey;
 use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -82,72 +82,30 @@ pub fn run(args: CallArgs, data_dir: &Path, node_key: NodeKey) -> Result<()> {
         .next()
         .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))?;
     let known = KnownServers::in_dir(data_dir);
-    let trust = trust_for(pinned, &known, addr);
-    let config = Arc::new(Config::default());
-    let (client_config, seen) =
-        alknet_core::net::endpoint::client_config(&config, &node_key, crate::ALPN, trust.clone())?;
-    let target = Target {
-        server,
-        addr,
-        trust: &trust,
-        seen: &seen,
-        pinned: pinned.is_some(),
+    let target = TrustedConnect {
+        config: Arc::new(Config::default()),
+        node_key: &node_key,
         known: &known,
+        server_name: addr,
+        addr: server,
+        alpn: crate::ALPN,
+        pinned,
     };
     let mut result: Result<()> = Ok(());
     alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
-        result = session(
-            config.clone(),
-            &node_key,
-            client_config,
-            &target,
-            &op,
-            input,
-            &args,
-        )
-        .await;
+        result = session(&target, &op, input, &args).await;
     })
     .context("cannot start the runtime")?;
     result
 }
 
-struct Target<'a> {
-    server: SocketAddr,
-    addr: &'a str,
-    trust: &'a ServerTrust,
-    seen: &'a ServerKeySeen,
-    pinned: bool,
-    known: &'a KnownServers,
-}
-
 async fn session(
-    config: Arc<Config>,
-    node: &NodeKey,
-    client_config: alknet_core::quic::ClientConfig,
-    t: &Target<'_>,
+    target: &TrustedConnect<'_>,
     op: &str,
     input: Value,
     args: &CallArgs,
 ) -> Result<()> {
-    let endpoint = ClientEndpoint::new(config, node, t.server)?;
-    let conn = endpoint.connect(client_config, t.server)?;
-    if let Err(e) = conn.connected().await {
-        return Err(
-            explain_failure(e, t.server, t.addr, t.trust, t.seen, t.pinned, t.known).into(),
-        );
-    }
-    if matches!(t.trust, ServerTrust::Observe)
-        && let Some(fp) = t.seen.get()
-    {
-        t.known
-            .add(t.addr, &fp)
-            .with_context(|| format!("cannot write {}", t.known.path().display()))?;
-        eprintln!(
-            "alknet: new server {} with key {fp}; remembered in {}",
-            t.addr,
-            t.known.path().display()
-        );
-    }
+    let (endpoint, conn) = connect_trusted(target).await?;
     let client = CallClient::new(conn.clone(), Operations::new());
     let options = CallOptions {
         timeout: Some(Duration::from_secs(args.timeout)),

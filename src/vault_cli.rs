@@ -1,22 +1,67 @@
-//! `alknet vault …` subcommands.
+//! `alknet vault …` subcommands, and where the vault passphrase comes from.
+//!
+//! The terminal side of the vault: clap arguments, prompts without echo, the order in which a
+//! passphrase is looked for (flag, environment, systemd credential, terminal) and what is
+//! printed. The file format, key derivation and secrets are the `alknet-vault` library's.
 //!
 //! Every interactive step has a file-based form for scripts and tests: `--passphrase-file`,
 //! `--new-passphrase-file`, `--bip39-passphrase-file`, `--words-file`, `--words-out` and
 //! `--yes`. Words and passphrases are never taken as arguments (they would show in `ps` and
 //! shell history) and never printed except the words, once, by `init` on a terminal.
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use alknet_vault::secret::{self, Mnemonic, Passphrase, read_secret_file};
+use alknet_vault::{Error, KdfParams, UnlockedVault, fingerprint_of_seed};
 use anyhow::Context;
 use zeroize::Zeroizing;
 
-use crate::secret::{self, Mnemonic, Passphrase, read_secret_file};
-use crate::{Error, KdfParams, UnlockedVault, fingerprint_of_seed};
+/// Environment variable naming a file that holds the vault passphrase.
+pub(crate) const PASSPHRASE_FILE_ENV: &str = "ALKNET_VAULT_PASSPHRASE_FILE";
+/// Name of the systemd credential (`LoadCredential=alknet-vault-passphrase:…`) holding it.
+pub(crate) const SYSTEMD_CREDENTIAL: &str = "alknet-vault-passphrase";
+
+/// What goes wrong on the terminal side of the vault (the library's errors pass through).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The two entries of a new passphrase differ.
+    #[error("the two passphrases differ; try again")]
+    PassphraseMismatch,
+
+    /// No source for the passphrase is available.
+    #[error(
+        "no vault passphrase: pass --passphrase-file FILE, set ALKNET_VAULT_PASSPHRASE_FILE, \
+         provide the systemd credential `alknet-vault-passphrase` (LoadCredential=), \
+         or run on a terminal"
+    )]
+    NoPassphraseSource,
+
+    /// Interactive input was needed but stdin is not a terminal.
+    #[error("{what} needs a terminal; {hint}")]
+    NotATerminal {
+        /// What needed the terminal.
+        what: &'static str,
+        /// The non-interactive alternative.
+        hint: &'static str,
+    },
+
+    /// The confirmation word typed during `vault init` is not the one shown.
+    #[error("word {position} does not match; nothing was written, run `alknet vault init` again")]
+    ConfirmationMismatch {
+        /// 1-based position that was asked.
+        position: usize,
+    },
+
+    /// A library error (file, format, passphrase, words).
+    #[error(transparent)]
+    Vault(#[from] Error),
+}
 
 /// The `alknet vault` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum VaultCommand {
+pub(crate) enum VaultCommand {
     /// Create a vault from a new random BIP39 mnemonic. Shows the words once (or writes them
     /// to --words-out) and asks to confirm one of them.
     Init(InitArgs),
@@ -46,16 +91,16 @@ pub enum VaultCommand {
 
 /// Argon2id cost options for writing a vault; they can only be raised above the default.
 #[derive(Debug, Clone, clap::Args)]
-pub struct KdfArgs {
+pub(crate) struct KdfArgs {
     /// Argon2id memory in MiB (64..=4096).
     #[arg(long, value_name = "MIB", default_value_t = KdfParams::DEFAULT.memory_kib() / 1024)]
-    pub kdf_memory_mib: u32,
+    pub(crate) kdf_memory_mib: u32,
     /// Argon2id iterations (3..=64).
     #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.iterations())]
-    pub kdf_iterations: u32,
+    pub(crate) kdf_iterations: u32,
     /// Argon2id parallelism (1..=16).
     #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.parallelism())]
-    pub kdf_parallelism: u32,
+    pub(crate) kdf_parallelism: u32,
 }
 
 fn parse_word_count(s: &str) -> Result<usize, String> {
@@ -77,77 +122,77 @@ impl KdfArgs {
 
 /// Options of `alknet vault init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// Number of words of the new mnemonic.
     #[arg(long, value_name = "N", default_value_t = 24, value_parser = parse_word_count)]
-    pub words: usize,
+    pub(crate) words: usize,
     /// Write the words to this new file (mode 0600) instead of showing them on the terminal.
     #[arg(long, value_name = "FILE")]
-    pub words_out: Option<PathBuf>,
+    pub(crate) words_out: Option<PathBuf>,
     /// Skip asking to confirm a word (for scripts; you must have saved the words).
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// File holding the new vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the systemd
     /// credential, or the terminal, asked twice).
     #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    pub(crate) passphrase_file: Option<PathBuf>,
     /// Ask on the terminal for an optional BIP39 passphrase (the "25th word"). It is needed,
     /// with the words, to restore.
     #[arg(long, conflicts_with = "bip39_passphrase_file")]
-    pub bip39_passphrase: bool,
+    pub(crate) bip39_passphrase: bool,
     /// File holding an optional BIP39 passphrase.
     #[arg(long, value_name = "FILE")]
-    pub bip39_passphrase_file: Option<PathBuf>,
+    pub(crate) bip39_passphrase_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub kdf: KdfArgs,
+    pub(crate) kdf: KdfArgs,
 }
 
 /// Options of `alknet vault restore`.
 #[derive(Debug, clap::Args)]
-pub struct RestoreArgs {
+pub(crate) struct RestoreArgs {
     /// File holding the words, separated by spaces or newlines (else asked on the terminal,
     /// without echo).
     #[arg(long, value_name = "FILE")]
-    pub words_file: Option<PathBuf>,
+    pub(crate) words_file: Option<PathBuf>,
     /// File holding the new vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the systemd
     /// credential, or the terminal, asked twice).
     #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    pub(crate) passphrase_file: Option<PathBuf>,
     /// Ask on the terminal for the BIP39 passphrase used at `init`, if one was.
     #[arg(long, conflicts_with = "bip39_passphrase_file")]
-    pub bip39_passphrase: bool,
+    pub(crate) bip39_passphrase: bool,
     /// File holding the BIP39 passphrase used at `init`, if one was.
     #[arg(long, value_name = "FILE")]
-    pub bip39_passphrase_file: Option<PathBuf>,
+    pub(crate) bip39_passphrase_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub kdf: KdfArgs,
+    pub(crate) kdf: KdfArgs,
 }
 
 /// Options of `alknet vault change-passphrase`.
 #[derive(Debug, clap::Args)]
-pub struct ChangePassphraseArgs {
+pub(crate) struct ChangePassphraseArgs {
     /// File holding the current vault passphrase (else $ALKNET_VAULT_PASSPHRASE_FILE, the
     /// systemd credential, or the terminal).
     #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    pub(crate) passphrase_file: Option<PathBuf>,
     /// File holding the new vault passphrase (else the terminal, asked twice).
     #[arg(long, value_name = "FILE")]
-    pub new_passphrase_file: Option<PathBuf>,
+    pub(crate) new_passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub kdf: KdfArgs,
+    pub(crate) kdf: KdfArgs,
 }
 
 /// Runs one `alknet vault` subcommand against the vault in `data_dir`.
-pub fn run(cmd: VaultCommand, data_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: VaultCommand, data_dir: &Path) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         VaultCommand::Init(args) => init(args, data_dir, &mut out),
@@ -159,8 +204,8 @@ pub fn run(cmd: VaultCommand, data_dir: &Path) -> anyhow::Result<()> {
             json,
         } => {
             require_vault(data_dir)?;
-            let pass = crate::read_passphrase(passphrase_file.as_deref(), "Vault passphrase: ")?;
-            let vault = crate::unlock(data_dir, &pass)?;
+            let pass = read_passphrase(passphrase_file.as_deref(), "Vault passphrase: ")?;
+            let vault = alknet_vault::unlock(data_dir, &pass)?;
             print_fingerprints(&vault, None, json, &mut out)
         }
     }
@@ -168,40 +213,40 @@ pub fn run(cmd: VaultCommand, data_dir: &Path) -> anyhow::Result<()> {
 
 /// Fails with "no vault" before asking for a passphrase that could not be used.
 fn require_vault(data_dir: &Path) -> Result<(), Error> {
-    if crate::vault_exists(data_dir) {
+    if alknet_vault::vault_exists(data_dir) {
         Ok(())
     } else {
         Err(Error::NotFound {
-            path: crate::vault_path(data_dir),
+            path: alknet_vault::vault_path(data_dir),
         })
     }
 }
 
 fn refuse_existing(data_dir: &Path) -> Result<(), Error> {
-    let path = crate::vault_path(data_dir);
+    let path = alknet_vault::vault_path(data_dir);
     if path.exists() {
         return Err(Error::AlreadyExists { path });
     }
     Ok(())
 }
 
-fn bip39_passphrase(ask: bool, file: Option<&Path>) -> Result<Option<Passphrase>, Error> {
+fn bip39_passphrase(ask: bool, file: Option<&Path>) -> Result<Option<Passphrase>, CliError> {
     if let Some(f) = file {
-        return Passphrase::new(read_secret_file(f)?.to_string()).map(Some);
+        return Ok(Some(Passphrase::new(read_secret_file(f)?.to_string())?));
     }
     if !ask {
         return Ok(None);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::NotATerminal {
+        return Err(CliError::NotATerminal {
             what: "asking for the BIP39 passphrase",
             hint: "use --bip39-passphrase-file FILE",
         });
     }
-    let first = secret::prompt_hidden("BIP39 passphrase: ")?;
-    let second = secret::prompt_hidden("Repeat it: ")?;
+    let first = prompt_hidden("BIP39 passphrase: ")?;
+    let second = prompt_hidden("Repeat it: ")?;
     if first.as_bytes() != second.as_bytes() {
-        return Err(Error::PassphraseMismatch);
+        return Err(CliError::PassphraseMismatch);
     }
     Ok(Some(first))
 }
@@ -211,21 +256,20 @@ fn init(args: InitArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
     let kdf = args.kdf.params()?;
     let interactive = std::io::stdin().is_terminal();
     if !args.yes && !interactive {
-        return Err(Error::NotATerminal {
+        return Err(CliError::NotATerminal {
             what: "confirming a word of the mnemonic",
             hint: "save the words with --words-out FILE and pass --yes",
         }
         .into());
     }
     if args.words_out.is_none() && !std::io::stdout().is_terminal() {
-        return Err(Error::NotATerminal {
+        return Err(CliError::NotATerminal {
             what: "showing the words",
             hint: "write them to a file with --words-out FILE",
         }
         .into());
     }
-    let pass =
-        crate::read_new_passphrase(args.passphrase_file.as_deref(), "New vault passphrase: ")?;
+    let pass = read_new_passphrase(args.passphrase_file.as_deref(), "New vault passphrase: ")?;
     let bip39_pass =
         bip39_passphrase(args.bip39_passphrase, args.bip39_passphrase_file.as_deref())?;
     let mnemonic = Mnemonic::generate(args.words)?;
@@ -234,7 +278,7 @@ fn init(args: InitArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
         Some(path) => {
             let mut text = Zeroizing::new(String::from(mnemonic.phrase()));
             text.push('\n');
-            crate::store::write_new_private(path, text.as_bytes())?;
+            alknet_vault::store::write_new_private(path, text.as_bytes())?;
             eprintln!(
                 "wrote {} words to {}; copy them to paper, then delete the file",
                 mnemonic.word_count(),
@@ -255,7 +299,7 @@ fn init(args: InitArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
 
     let seed = mnemonic.to_seed(bip39_pass.as_ref())?;
     drop(mnemonic);
-    let vault = crate::create(data_dir, seed, &pass, kdf)?;
+    let vault = alknet_vault::create(data_dir, seed, &pass, kdf)?;
     print_fingerprints(&vault, Some(data_dir), args.json, out)
 }
 
@@ -281,15 +325,15 @@ fn show_words(mnemonic: &Mnemonic) -> anyhow::Result<()> {
 
 fn confirm_one_word(mnemonic: &Mnemonic) -> anyhow::Result<()> {
     let mut r = [0u8; 2];
-    crate::random_bytes(&mut r)?;
+    alknet_vault::random_bytes(&mut r)?;
     let n = mnemonic.word_count();
     let position = usize::from(u16::from_be_bytes(r)) % n + 1;
-    let answer = secret::prompt_hidden(&format!("To confirm, type word #{position}: "))
-        .map_err(|_| Error::ConfirmationMismatch { position })?;
+    let answer = prompt_hidden(&format!("To confirm, type word #{position}: "))
+        .map_err(|_| CliError::ConfirmationMismatch { position })?;
     let expected = mnemonic.words().nth(position - 1).unwrap_or_default();
     let typed = Zeroizing::new(answer.as_str().trim().to_lowercase());
     if typed.as_str() != expected {
-        return Err(Error::ConfirmationMismatch { position }.into());
+        return Err(CliError::ConfirmationMismatch { position }.into());
     }
     Ok(())
 }
@@ -301,13 +345,13 @@ fn restore(args: RestoreArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::R
         Some(f) => read_secret_file(f)?,
         None => {
             if !std::io::stdin().is_terminal() {
-                return Err(Error::NotATerminal {
+                return Err(CliError::NotATerminal {
                     what: "reading the words",
                     hint: "use --words-file FILE",
                 }
                 .into());
             }
-            let p = secret::prompt_hidden("Words (on one line, separated by spaces): ")?;
+            let p = prompt_hidden("Words (on one line, separated by spaces): ")?;
             Zeroizing::new(p.as_str().to_owned())
         }
     };
@@ -315,16 +359,15 @@ fn restore(args: RestoreArgs, data_dir: &Path, out: &mut dyn Write) -> anyhow::R
     drop(words);
     let bip39_pass =
         bip39_passphrase(args.bip39_passphrase, args.bip39_passphrase_file.as_deref())?;
-    let pass =
-        crate::read_new_passphrase(args.passphrase_file.as_deref(), "New vault passphrase: ")?;
+    let pass = read_new_passphrase(args.passphrase_file.as_deref(), "New vault passphrase: ")?;
     let seed = mnemonic.to_seed(bip39_pass.as_ref())?;
     drop(mnemonic);
-    let vault = crate::create(data_dir, seed, &pass, kdf)?;
+    let vault = alknet_vault::create(data_dir, seed, &pass, kdf)?;
     print_fingerprints(&vault, Some(data_dir), args.json, out)
 }
 
 fn status(json: bool, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let info = match crate::inspect(data_dir) {
+    let info = match alknet_vault::inspect(data_dir) {
         Ok(info) => info,
         Err(Error::NotFound { path }) => {
             if json {
@@ -399,26 +442,26 @@ fn change_passphrase(
 ) -> anyhow::Result<()> {
     let kdf = args.kdf.params()?;
     require_vault(data_dir)?;
-    let current = crate::read_passphrase(
+    let current = read_passphrase(
         args.passphrase_file.as_deref(),
         "Current vault passphrase: ",
     )?;
-    let mut vault = crate::unlock(data_dir, &current)?;
+    let mut vault = alknet_vault::unlock(data_dir, &current)?;
     drop(current);
     let new = match &args.new_passphrase_file {
         Some(f) => Passphrase::new(read_secret_file(f)?.to_string())?,
         None => {
             if !std::io::stdin().is_terminal() {
-                return Err(Error::NotATerminal {
+                return Err(CliError::NotATerminal {
                     what: "asking for the new passphrase",
                     hint: "use --new-passphrase-file FILE",
                 }
                 .into());
             }
-            let first = secret::prompt_hidden("New vault passphrase: ")?;
-            let second = secret::prompt_hidden("Repeat it: ")?;
+            let first = prompt_hidden("New vault passphrase: ")?;
+            let second = prompt_hidden("Repeat it: ")?;
             if first.as_bytes() != second.as_bytes() {
-                return Err(Error::PassphraseMismatch.into());
+                return Err(CliError::PassphraseMismatch.into());
             }
             first
         }
@@ -427,7 +470,7 @@ fn change_passphrase(
     writeln!(
         out,
         "vault re-encrypted at {} (argon2id {} KiB, t={}, p={})",
-        crate::vault_path(data_dir).display(),
+        alknet_vault::vault_path(data_dir).display(),
         kdf.memory_kib(),
         kdf.iterations(),
         kdf.parallelism()
@@ -446,17 +489,92 @@ fn print_fingerprints(
     if json {
         let mut v = serde_json::json!({ "node": node, "ssh_host": ssh });
         if let Some(dir) = created_in {
-            v["vault"] = serde_json::json!(crate::vault_path(dir));
+            v["vault"] = serde_json::json!(alknet_vault::vault_path(dir));
         }
         writeln!(out, "{v}")?;
     } else {
         if let Some(dir) = created_in {
-            writeln!(out, "vault created at {}", crate::vault_path(dir).display())?;
+            writeln!(
+                out,
+                "vault created at {}",
+                alknet_vault::vault_path(dir).display()
+            )?;
         }
         writeln!(out, "node:     {node}")?;
         writeln!(out, "ssh-host: {ssh}")?;
     }
     Ok(())
+}
+
+/// Where [`read_passphrase`] found (or will look for) the passphrase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    File(PathBuf),
+    Terminal,
+}
+
+/// Picks the first available passphrase source, in the documented order.
+fn pick_source(
+    explicit_file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<OsString>,
+    stdin_is_tty: bool,
+) -> Result<Source, CliError> {
+    if let Some(p) = explicit_file {
+        return Ok(Source::File(p.to_owned()));
+    }
+    if let Some(p) = env(PASSPHRASE_FILE_ENV).filter(|p| !p.is_empty()) {
+        return Ok(Source::File(PathBuf::from(p)));
+    }
+    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(dir).join(SYSTEMD_CREDENTIAL);
+        if p.exists() {
+            return Ok(Source::File(p));
+        }
+    }
+    if stdin_is_tty {
+        return Ok(Source::Terminal);
+    }
+    Err(CliError::NoPassphraseSource)
+}
+
+/// Reads the vault passphrase, trying in order: `explicit_file` (`--passphrase-file`), the file
+/// named by `$ALKNET_VAULT_PASSPHRASE_FILE`, the systemd credential
+/// `$CREDENTIALS_DIRECTORY/alknet-vault-passphrase`, then the terminal without echo (only when
+/// stdin is a terminal). One trailing newline is stripped from files.
+pub(crate) fn read_passphrase(
+    explicit_file: Option<&Path>,
+    prompt: &str,
+) -> Result<Passphrase, CliError> {
+    let env = |k: &str| std::env::var_os(k);
+    match pick_source(explicit_file, &env, std::io::stdin().is_terminal())? {
+        Source::File(p) => Ok(Passphrase::new(read_secret_file(&p)?.to_string())?),
+        Source::Terminal => prompt_hidden(prompt),
+    }
+}
+
+/// Like [`read_passphrase`], but on a terminal asks twice and checks both entries match: for
+/// choosing a new passphrase.
+fn read_new_passphrase(explicit_file: Option<&Path>, prompt: &str) -> Result<Passphrase, CliError> {
+    let env = |k: &str| std::env::var_os(k);
+    match pick_source(explicit_file, &env, std::io::stdin().is_terminal())? {
+        Source::File(p) => Ok(Passphrase::new(read_secret_file(&p)?.to_string())?),
+        Source::Terminal => {
+            let first = prompt_hidden(prompt)?;
+            let second = prompt_hidden("Repeat it: ")?;
+            if first.as_bytes() != second.as_bytes() {
+                return Err(CliError::PassphraseMismatch);
+            }
+            Ok(first)
+        }
+    }
+}
+
+/// Reads one line from the terminal without echo.
+fn prompt_hidden(prompt: &str) -> Result<Passphrase, CliError> {
+    let s = Zeroizing::new(
+        rpassword::prompt_password(prompt).map_err(|e| Error::io("reading", "the terminal", e))?,
+    );
+    Ok(Passphrase::new(s.to_string())?)
 }
 
 #[cfg(test)]
@@ -534,9 +652,9 @@ mod tests {
     #[test]
     fn status_flags_weak_parameters() {
         let dir = tempfile::tempdir().unwrap();
-        let seed = crate::Seed::from_bytes(Zeroizing::new([3; 64]));
+        let seed = alknet_vault::Seed::from_bytes(Zeroizing::new([3; 64]));
         let pass = Passphrase::new("p".into()).unwrap();
-        crate::create(dir.path(), seed, &pass, KdfParams::insecure_for_tests()).unwrap();
+        alknet_vault::create(dir.path(), seed, &pass, KdfParams::insecure_for_tests()).unwrap();
         let mut out = Vec::new();
         status(false, dir.path(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -544,5 +662,42 @@ mod tests {
             text.contains("below the default") && text.contains("mode:   0600"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn passphrase_source_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SYSTEMD_CREDENTIAL), "c").unwrap();
+        let creds = dir.path().as_os_str().to_owned();
+        let full = |k: &str| match k {
+            PASSPHRASE_FILE_ENV => Some(OsString::from("/env/file")),
+            "CREDENTIALS_DIRECTORY" => Some(creds.clone()),
+            _ => None,
+        };
+        let explicit = Path::new("/explicit");
+        assert_eq!(
+            pick_source(Some(explicit), &full, true).unwrap(),
+            Source::File(explicit.into())
+        );
+        assert_eq!(
+            pick_source(None, &full, true).unwrap(),
+            Source::File("/env/file".into())
+        );
+        let no_env = |k: &str| {
+            if k == "CREDENTIALS_DIRECTORY" {
+                Some(creds.clone())
+            } else {
+                None
+            }
+        };
+        assert_eq!(
+            pick_source(None, &no_env, false).unwrap(),
+            Source::File(dir.path().join(SYSTEMD_CREDENTIAL))
+        );
+        let nothing = |_: &str| None;
+        assert_eq!(pick_source(None, &nothing, true).unwrap(), Source::Terminal);
+        let err = pick_source(None, &nothing, false).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--passphrase-file") && msg.contains(PASSPHRASE_FILE_ENV));
     }
 }
