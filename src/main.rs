@@ -7,6 +7,7 @@ mod node;
 
 use alknet_core::config::Config;
 use alknet_core::ops::control;
+use alknet_core::service::Offer;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -223,6 +224,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The services compiled into this build, one entry per service behind its cargo feature,
+/// in the order their ALPNs are offered. `[services.NAME]` in the config turns each on.
+fn services() -> Vec<Offer> {
+    vec![
+        #[cfg(feature = "echo")]
+        Offer::new(alknet_echo::Echo),
+        #[cfg(feature = "perf")]
+        Offer::new(alknet_perf::Perf),
+        #[cfg(feature = "call")]
+        Offer::new(alknet_call::CallService::new()),
+    ]
+}
+
 fn serve(
     data_dir: &Path,
     config_path: Option<&Path>,
@@ -252,48 +266,8 @@ fn serve(
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
     )?);
-    let mut registry = alknet_core::Registry::new();
-    if config.service("echo").enabled {
-        registry.register(alknet_core::echo::factory())?;
-    }
-    #[cfg(feature = "perf")]
-    {
-        let perf = config.service("perf");
-        if perf.enabled {
-            if perf.anonymous {
-                tracing::warn!(
-                    "perf is served to clients with unknown keys (services.perf.anonymous = true); use this for benchmarks only"
-                );
-            }
-            registry.register(alknet_perf::factory(perf.anonymous))?;
-        }
-    }
-    // Filled once the shards run; the call service reads sessions through it.
-    let control_slot: Arc<std::sync::OnceLock<alknet_core::net::server::ControlHandle>> =
-        Arc::default();
-    #[cfg(feature = "call")]
-    if config.service("call").enabled {
-        let mut alpns = registry.alpns();
-        alpns.push(alknet_call::ALPN.to_vec());
-        let slot = control_slot.clone();
-        let peers_store = store.clone();
-        let ctx = alknet_call::CallContext::new(node.key.fingerprint().to_string())
-            .with_alpns(alpns)
-            .with_workers(config.worker_count())
-            .with_sessions(move || match slot.get() {
-                Some(h) => serde_json::to_value(h.sessions()).unwrap_or_default(),
-                None => serde_json::Value::Array(Vec::new()),
-            })
-            .with_peers(move || {
-                alknet_core::ops::admin::execute(
-                    &peers_store,
-                    &alknet_core::ops::admin::AdminOp::PeerList,
-                    control::unix_now(),
-                )
-                .unwrap_or_default()
-            });
-        registry.register(alknet_call::factory(ctx))?;
-    }
+    let mut registry = alknet_core::Registry::from_config(&config, services())?;
+    registry.set_peer_store(store.clone());
     if registry.is_empty() {
         tracing::warn!(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
@@ -309,7 +283,6 @@ fn serve(
     ]));
     let config = Arc::new(config);
     let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
-    let _ = control_slot.set(handle.control());
 
     let alpns: Vec<String> = handle
         .alpns()
