@@ -364,3 +364,25 @@ fn stats(data_dir: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid_for_every_service_of_this_build() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alknet.toml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let registry = alknet_core::Registry::from_config(&config, services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(registry.is_empty(), "the example enables nothing");
+        let documented: Vec<&str> = config.services.keys().map(String::as_str).collect();
+        for offer in services() {
+            assert!(
+                documented.contains(&offer.name()),
+                "deploy/alknet.toml does not document [services.{}]",
+                offer.name()
+            );
+        }
+    }
+}

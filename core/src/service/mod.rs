@@ -13,10 +13,12 @@
 //!
 //! A new service copies `handlers/echo` (no config) or `handlers/perf` (one config key):
 //!
-//! ```ignore
+//! ```
+//! # use alknet_core::{AuthContext, Connection, Handler, NoConfig, Service, ServiceContext, ServiceInfo};
+//! # use std::rc::Rc;
 //! pub struct Hello;
 //! impl Service for Hello {
-//!     const NAME: &'static str = "hello";
+//!     const NAME: &'static str = "hello"; // its section: [services.hello]
 //!     type Config = NoConfig;
 //!     type Handler = Hello;
 //!     fn info(&self, _: &NoConfig) -> ServiceInfo {
@@ -25,7 +27,11 @@
 //!     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Hello { Hello }
 //! }
 //! impl Handler for Hello {
-//!     async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) { /* … */ }
+//!     async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
+//!         while let Ok((mut send, _recv)) = conn.accept_bi().await {
+//!             conn.spawn(async move { let _ = send.write_all(b"hello").await; });
+//!         }
+//!     }
 //! }
 //! ```
 //!
