@@ -257,6 +257,9 @@ fn serve(
         }
         config.workers = w;
     }
+    // Every config problem, the services' sections included, is reported before any key or
+    // store is opened.
+    let mut registry = alknet_core::Registry::from_config(&config, services())?;
     if let Err(e) = alknet_core::net::sys::harden_process() {
         tracing::warn!(error = %e, "cannot disable core dumps");
     }
@@ -266,7 +269,6 @@ fn serve(
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
     )?);
-    let mut registry = alknet_core::Registry::from_config(&config, services())?;
     registry.set_peer_store(store.clone());
     if registry.is_empty() {
         tracing::warn!(
