@@ -8,6 +8,7 @@ mod vault_cli;
 
 use alknet_core::config::Config;
 use alknet_core::ops::control;
+use alknet_core::service::Offer;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -224,6 +225,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The services compiled into this build, one entry per service behind its cargo feature,
+/// in the order their ALPNs are offered. `[services.NAME]` in the config turns each on.
+fn services() -> Vec<Offer> {
+    vec![
+        #[cfg(feature = "echo")]
+        Offer::new(alknet_echo::Echo),
+        #[cfg(feature = "perf")]
+        Offer::new(alknet_perf::Perf),
+        #[cfg(feature = "call")]
+        Offer::new(alknet_call::CallService::new()),
+    ]
+}
+
 fn serve(
     data_dir: &Path,
     config_path: Option<&Path>,
@@ -244,6 +258,9 @@ fn serve(
         }
         config.workers = w;
     }
+    // Every config problem, the services' sections included, is reported before any key or
+    // store is opened.
+    let mut registry = alknet_core::Registry::from_config(&config, services())?;
     if let Err(e) = alknet_core::net::sys::harden_process() {
         tracing::warn!(error = %e, "cannot disable core dumps");
     }
@@ -253,48 +270,7 @@ fn serve(
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
     )?);
-    let mut registry = alknet_core::Registry::new();
-    if config.service("echo").enabled {
-        registry.register(alknet_core::echo::factory())?;
-    }
-    #[cfg(feature = "perf")]
-    {
-        let perf = config.service("perf");
-        if perf.enabled {
-            if perf.anonymous {
-                tracing::warn!(
-                    "perf is served to clients with unknown keys (services.perf.anonymous = true); use this for benchmarks only"
-                );
-            }
-            registry.register(alknet_perf::factory(perf.anonymous))?;
-        }
-    }
-    // Filled once the shards run; the call service reads sessions through it.
-    let control_slot: Arc<std::sync::OnceLock<alknet_core::net::server::ControlHandle>> =
-        Arc::default();
-    #[cfg(feature = "call")]
-    if config.service("call").enabled {
-        let mut alpns = registry.alpns();
-        alpns.push(alknet_call::ALPN.to_vec());
-        let slot = control_slot.clone();
-        let peers_store = store.clone();
-        let ctx = alknet_call::CallContext::new(node.key.fingerprint().to_string())
-            .with_alpns(alpns)
-            .with_workers(config.worker_count())
-            .with_sessions(move || match slot.get() {
-                Some(h) => serde_json::to_value(h.sessions()).unwrap_or_default(),
-                None => serde_json::Value::Array(Vec::new()),
-            })
-            .with_peers(move || {
-                alknet_core::ops::admin::execute(
-                    &peers_store,
-                    &alknet_core::ops::admin::AdminOp::PeerList,
-                    control::unix_now(),
-                )
-                .unwrap_or_default()
-            });
-        registry.register(alknet_call::factory(ctx))?;
-    }
+    registry.set_peer_store(store.clone());
     if registry.is_empty() {
         tracing::warn!(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
@@ -310,7 +286,6 @@ fn serve(
     ]));
     let config = Arc::new(config);
     let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
-    let _ = control_slot.set(handle.control());
 
     let alpns: Vec<String> = handle
         .alpns()
@@ -391,4 +366,26 @@ fn stats(data_dir: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid_for_every_service_of_this_build() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alknet.toml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let registry = alknet_core::Registry::from_config(&config, services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(registry.is_empty(), "the example enables nothing");
+        let documented: Vec<&str> = config.services.keys().map(String::as_str).collect();
+        for offer in services() {
+            assert!(
+                documented.contains(&offer.name()),
+                "deploy/alknet.toml does not document [services.{}]",
+                offer.name()
+            );
+        }
+    }
 }

@@ -131,7 +131,12 @@ fn stream(c: &mut Criterion) {
     };
     // alknet, in-process, one shard.
     let mut registry = Registry::new();
-    registry.register(alknet_perf::factory(true)).unwrap();
+    registry
+        .register(
+            alknet_perf::Perf,
+            alknet_perf::PerfConfig { anonymous: true },
+        )
+        .unwrap();
     let alknet = alknet_core::start(
         Arc::new(config.clone()),
         alknet_core::identity::tls::NodeKey::generate(),

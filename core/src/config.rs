@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -183,14 +184,32 @@ impl Default for TransportConfig {
     }
 }
 
-/// Settings every service shares.
-#[derive(Clone, Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServiceConfig {
-    /// Whether the service's ALPN is offered.
+/// The file a configuration was read from: kept so that sections parsed after loading
+/// (each service parses its own `[services.NAME]` keys) can name the file and line of an
+/// error. Empty for a configuration built in code.
+#[derive(Clone, Default)]
+pub struct ConfigSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: Arc<str>,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `[services.NAME]` section as its service parsed it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceSection<T> {
+    /// `enabled`, the key every service has: whether its ALPN is offered (default: off).
     pub enabled: bool,
-    /// Serve clients whose key is unknown (only services that support it; benchmarks).
-    pub anonymous: bool,
+    /// The service's own keys.
+    pub config: T,
 }
 
 /// One `[[peers]]` entry: a client allowed in, and what it may use.
@@ -244,10 +263,14 @@ pub struct Config {
     pub udp: UdpConfig,
     /// QUIC transport limits.
     pub transport: TransportConfig,
-    /// Per-service settings, by service name (`echo`, `perf`, …).
-    pub services: BTreeMap<String, ServiceConfig>,
+    /// `[services.NAME]` sections, by service name (`echo`, `perf`, …), as written: each
+    /// service parses its own keys ([`Config::service_section`]).
+    pub services: BTreeMap<String, toml::Table>,
     /// Peers allowed in.
     pub peers: Vec<PeerConfig>,
+    /// Where this configuration was read from.
+    #[serde(skip)]
+    pub source: ConfigSource,
 }
 
 impl Default for Config {
@@ -266,6 +289,7 @@ impl Default for Config {
             transport: TransportConfig::default(),
             services: BTreeMap::new(),
             peers: Vec::new(),
+            source: ConfigSource::default(),
         }
     }
 }
@@ -292,19 +316,12 @@ impl Config {
 
     /// Parses configuration text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let (line, key) = locate(text, offset);
-            let message = e.message().trim().replace('\n', "; ");
-            let key = key_from_message(&message).unwrap_or(key);
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                key,
-                message,
-            }
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| toml_error(&e, text, path))?;
         config.check(text, path)?;
+        config.source = ConfigSource {
+            path: path.to_owned(),
+            text: Arc::from(text),
+        };
         Ok(config)
     }
 
@@ -398,9 +415,261 @@ impl Config {
         }
     }
 
-    /// Settings of one service (defaults, i.e. disabled, when absent).
-    pub fn service(&self, name: &str) -> ServiceConfig {
-        self.services.get(name).cloned().unwrap_or_default()
+    /// Whether `[services.NAME]` says `enabled = true` (a quick look; the service layer
+    /// parses the whole section with [`Config::service_section`]).
+    pub fn service_enabled(&self, name: &str) -> bool {
+        self.services
+            .get(name)
+            .and_then(|t| t.get("enabled"))
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// Parses `[services.NAME]`: `enabled`, and the service's own keys into `T`. An absent
+    /// section is `T::default()`, disabled. Errors name the file, the line and the key (an
+    /// unknown key is an error when `T` denies unknown fields).
+    pub fn service_section<T>(&self, name: &str) -> Result<ServiceSection<T>, ConfigError>
+    where
+        T: serde::de::DeserializeOwned + Default,
+    {
+        let Some(table) = self.services.get(name) else {
+            return Ok(ServiceSection {
+                enabled: false,
+                config: T::default(),
+            });
+        };
+        let text = &*self.source.text;
+        let path = &self.source.path;
+        let mut out = None;
+        let result = if text.is_empty() {
+            // Built in code: no text to point into.
+            serde::de::DeserializeSeed::deserialize(
+                section::Pick::<T>::service(name, &mut out),
+                toml::Value::Table(toml::Table::from_iter([(
+                    "services".to_owned(),
+                    toml::Value::Table(toml::Table::from_iter([(
+                        name.to_owned(),
+                        toml::Value::Table(table.clone()),
+                    )])),
+                )])),
+            )
+            .map_err(|e| ConfigError::Invalid {
+                path: path.clone(),
+                line: 0,
+                key: format!("services.{name}"),
+                message: e.to_string().trim().replace('\n', "; "),
+            })
+        } else {
+            toml::Deserializer::parse(text)
+                .and_then(|d| {
+                    serde::de::DeserializeSeed::deserialize(
+                        section::Pick::<T>::service(name, &mut out),
+                        d,
+                    )
+                })
+                .map_err(|e| toml_error(&e, text, path))
+        };
+        result?;
+        Ok(out.unwrap_or_default())
+    }
+
+    /// Checks that every `[services.NAME]` names a service of this build.
+    pub fn check_services(&self, known: &[&str]) -> Result<(), ConfigError> {
+        for name in self.services.keys() {
+            if !known.contains(&name.as_str()) {
+                let text = &*self.source.text;
+                let line = find_line(text, &format!("services.{name}"))
+                    .or_else(|| find_line(text, "services"))
+                    .unwrap_or(1);
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                return Err(ConfigError::Invalid {
+                    path: self.source.path.clone(),
+                    line,
+                    key: format!("services.{name}"),
+                    message: format!(
+                        "unknown service `{name}`; the services of this build are: {known}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A toml error, placed at its line and key.
+fn toml_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
+    let offset = e.span().map(|s| s.start).unwrap_or(0);
+    let (line, located) = locate(text, offset);
+    let message = e.message().trim().replace('\n', "; ");
+    // serde names the key in its message; the dotted path from the text is more precise
+    // when it ends with that key.
+    let key = match key_from_message(&message) {
+        Some(k) if located == k || located.ends_with(&format!(".{k}")) => located,
+        Some(k) => k,
+        None => located,
+    };
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        key,
+        message,
+    }
+}
+
+/// Picks one `[services.NAME]` section out of a whole document and hands the service's
+/// keys to its config type, `enabled` aside. Working on the document (not on a copy of the
+/// section) keeps toml's spans, so errors point at the line of the offending key.
+mod section {
+    use super::ServiceSection;
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, IgnoredAny, IntoDeserializer, MapAccess, Visitor,
+    };
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    /// The document (`services: None`) or the `services` table (`services: Some(name)`).
+    pub(super) struct Pick<'a, T> {
+        name: &'a str,
+        in_services: bool,
+        out: &'a mut Option<ServiceSection<T>>,
+    }
+
+    impl<'a, T> Pick<'a, T> {
+        pub(super) fn service(name: &'a str, out: &'a mut Option<ServiceSection<T>>) -> Self {
+            Self {
+                name,
+                in_services: false,
+                out,
+            }
+        }
+    }
+
+    impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for Pick<'_, T> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, T: de::DeserializeOwned> Visitor<'de> for Pick<'_, T> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Pick {
+                name,
+                in_services,
+                out,
+            } = self;
+            while let Some(key) = map.next_key::<String>()? {
+                match (in_services, key == "services", key == name) {
+                    (false, true, _) => map.next_value_seed(Pick {
+                        name,
+                        in_services: true,
+                        out: &mut *out,
+                    })?,
+                    (true, _, true) => {
+                        *out = Some(map.next_value_seed(Section(PhantomData))?);
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The section: `enabled` taken out, the rest given to `T`.
+    struct Section<T>(PhantomData<T>);
+
+    impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for Section<T> {
+        type Value = ServiceSection<T>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, T: de::DeserializeOwned> Visitor<'de> for Section<T> {
+        type Value = ServiceSection<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table of service settings")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let mut enabled = None;
+            let config = T::deserialize(de::value::MapAccessDeserializer::new(WithoutEnabled {
+                map,
+                enabled: &mut enabled,
+            }))?;
+            Ok(ServiceSection {
+                enabled: enabled.unwrap_or(false),
+                config,
+            })
+        }
+    }
+
+    /// A map access that answers `enabled` itself and passes every other key on.
+    struct WithoutEnabled<'a, A> {
+        map: A,
+        enabled: &'a mut Option<bool>,
+    }
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for WithoutEnabled<'_, A> {
+        type Error = A::Error;
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            let mut seed = Some(seed);
+            loop {
+                match self.map.next_key_seed(Key { seed: &mut seed })? {
+                    None => return Ok(None),
+                    Some(Some(k)) => return Ok(Some(k)),
+                    Some(None) => *self.enabled = Some(self.map.next_value::<bool>()?),
+                }
+            }
+        }
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, A::Error> {
+            self.map.next_value_seed(seed)
+        }
+    }
+
+    /// A key: `None` for `enabled`, else the caller's key (its errors, such as an unknown
+    /// field, are raised here, where toml attaches the key's span).
+    struct Key<'a, K> {
+        seed: &'a mut Option<K>,
+    }
+
+    impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for Key<'_, K> {
+        type Value = Option<K::Value>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for Key<'_, K> {
+        type Value = Option<K::Value>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v == "enabled" {
+                return Ok(None);
+            }
+            let seed = self
+                .seed
+                .take()
+                .ok_or_else(|| E::custom("key asked for twice"))?;
+            seed.deserialize(v.into_deserializer()).map(Some)
+        }
     }
 }
 
@@ -457,7 +726,7 @@ mod tests {
         assert_eq!(c.listen.port(), 4433);
         assert_eq!(c.transport.handshake_timeout.0, Duration::from_secs(10));
         assert_eq!(c.transport.idle_timeout.0, Duration::from_secs(30));
-        assert!(!c.service("echo").enabled);
+        assert!(!c.service_enabled("echo"));
     }
 
     #[test]
@@ -474,7 +743,7 @@ scopes = ["echo"]
 "#;
         let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.workers, 2);
-        assert!(c.service("echo").enabled);
+        assert!(c.service_enabled("echo"));
         assert_eq!(c.peers.len(), 1);
         assert!(c.peers[0].enabled);
     }
@@ -487,7 +756,10 @@ scopes = ["echo"]
 
         let e = parse("[transport]\nidle_timeot = \"5s\"\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.starts_with("alknet.toml:2: key `idle_timeot`"), "{msg}");
+        assert!(
+            msg.starts_with("alknet.toml:2: key `transport.idle_timeot`"),
+            "{msg}"
+        );
 
         let e = parse("[transport]\nidle_timeout = \"5 parsecs\"\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();

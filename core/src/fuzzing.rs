@@ -59,6 +59,9 @@ fn fixed_key(b: u8) -> crate::identity::tls::NodeKey {
     crate::identity::tls::NodeKey::from_seed(zeroize::Zeroizing::new([b; 32]))
 }
 
+/// The ALPN of the handshake (echo's; no service runs, only the endpoints).
+const ECHO_ALPN: &[u8] = b"alknet/echo";
+
 impl EndpointPair {
     /// Builds both endpoints and completes a handshake on ALPN `alknet/echo`.
     pub fn connected() -> Option<Self> {
@@ -69,7 +72,7 @@ impl EndpointPair {
         let server_cfg = crate::net::endpoint::server_config(
             &config,
             &server_key,
-            vec![crate::echo::ALPN.to_vec()],
+            vec![ECHO_ALPN.to_vec()],
             true,
         )
         .ok()?;
@@ -87,7 +90,7 @@ impl EndpointPair {
         let (mut client_cfg, _) = crate::net::endpoint::client_config(
             &config,
             &client_key,
-            crate::echo::ALPN,
+            ECHO_ALPN,
             crate::identity::tls::ServerTrust::Observe,
         )
         .ok()?;

@@ -11,13 +11,13 @@
 //! * [`ops`]: the control socket, peer administration, counters, the memory gauge;
 //! * [`config`] and [`client`] (the client side of a connection).
 //!
-//! Wire codecs live in `alknet-proto`; services live in their own crates.
+//! Wire codecs live in `alknet-proto`; services live in their own crates (`handlers/`), each
+//! written against [`service`].
 #![deny(unsafe_code)]
 
 pub mod client;
 pub mod config;
 pub mod conn;
-pub mod echo;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -32,5 +32,7 @@ pub use identity::{AuthContext, Identity, IdentityProvider, IdentityStore, PeerE
 pub use net::server::{ServerHandle, start};
 pub use quinn_proto as quic;
 pub use quinn_proto::{ConnectionError, VarInt};
-pub use service::{HandlerFactory, LocalBoxFuture, ProtocolHandler, Registry, close_code};
+pub use service::{
+    Handler, LocalBoxFuture, NoConfig, Registry, Service, ServiceContext, ServiceInfo, close_code,
+};
 pub use shard::{Forwarded, SessionBoard, SessionInfo, ShardMsg};

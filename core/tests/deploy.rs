@@ -14,5 +14,5 @@ fn example_config_matches_defaults() {
     assert_eq!(c.drain_period, d.drain_period);
     assert_eq!(c.memory_budget, d.memory_budget);
     assert_eq!(c.driver, d.driver);
-    assert!(!c.service("echo").enabled);
+    assert!(!c.service_enabled("echo"));
 }

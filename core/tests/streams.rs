@@ -11,11 +11,8 @@
 
 use alknet_core::config::Config;
 use alknet_core::identity::MemoryIdentities;
-use alknet_core::service::FnFactory;
-use alknet_core::{
-    AuthContext, Connection, LocalBoxFuture, PeerEntry, ProtocolHandler, RecvStream, Registry,
-    SendStream, VarInt,
-};
+use alknet_core::service::{Handler, NoConfig, Service, ServiceContext, ServiceInfo};
+use alknet_core::{AuthContext, Connection, PeerEntry, RecvStream, Registry, SendStream, VarInt};
 use alknet_testkit::{AnyServer, ClientKey, quinn_client_config};
 use bytes::Bytes;
 use std::future::{Future, poll_fn};
@@ -50,11 +47,7 @@ fn start_server(known: &ClientKey) -> alknet_core::ServerHandle {
         ..Config::default()
     };
     let mut registry = Registry::new();
-    registry
-        .register(Arc::new(FnFactory::new(ALPN, false, |_| {
-            Rc::new(PollService) as Rc<dyn ProtocolHandler>
-        })))
-        .unwrap();
+    registry.register(PollService, NoConfig::default()).unwrap();
     let ids = MemoryIdentities::with_peers([PeerEntry {
         peer_id: "tester".into(),
         fingerprints: vec![known.fingerprint.parse().unwrap()],
@@ -75,17 +68,25 @@ fn start_server(known: &ClientKey) -> alknet_core::ServerHandle {
 
 struct PollService;
 
-impl ProtocolHandler for PollService {
-    fn alpn(&self) -> &'static [u8] {
-        ALPN
+impl Service for PollService {
+    const NAME: &'static str = "poll";
+    type Config = NoConfig;
+    type Handler = PollService;
+    fn info(&self, _: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: ALPN,
+            scope: None,
+            anonymous: false,
+        }
     }
-
-    fn scope(&self) -> Option<&str> {
-        None
+    fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> PollService {
+        PollService
     }
+}
 
-    fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<()> {
-        Box::pin(serve(conn))
+impl Handler for PollService {
+    async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
+        serve(conn).await
     }
 }
 

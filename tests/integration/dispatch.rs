@@ -4,80 +4,144 @@
 use crate::support::*;
 use alknet_core::config::{Config, DriverKind};
 use alknet_core::identity::MemoryIdentities;
-use alknet_core::service::FnFactory;
-use alknet_core::{AuthContext, Connection, LocalBoxFuture, PeerEntry, ProtocolHandler, Registry};
+use alknet_core::service::{Drain, Spawner};
+use alknet_core::{
+    AuthContext, Connection, Handler, NoConfig, PeerEntry, Registry, Service, ServiceContext,
+    ServiceInfo,
+};
 use std::rc::Rc;
 use std::sync::Arc;
 
 /// Answers every stream with its name and the peer id it was given.
+#[derive(Clone, Copy)]
 struct Named {
     alpn: &'static [u8],
     scope: Option<&'static str>,
     panics: bool,
 }
 
-/// Hands each stream to a task spawned through the connection; that task panics.
-struct SpawnPanics;
-
-impl ProtocolHandler for SpawnPanics {
-    fn alpn(&self) -> &'static [u8] {
-        b"test/spawn-panic"
+impl Service for Named {
+    const NAME: &'static str = "named";
+    type Config = NoConfig;
+    type Handler = Named;
+    fn info(&self, _: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: self.alpn,
+            scope: self.scope,
+            anonymous: false,
+        }
     }
-    fn scope(&self) -> Option<&str> {
-        None
-    }
-    fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<()> {
-        Box::pin(async move {
-            while let Ok((send, mut recv)) = conn.accept_bi().await {
-                conn.spawn(async move {
-                    let _keep = send;
-                    let _ = recv.read_to_end(1024).await;
-                    panic!("task bug");
-                });
-            }
-        })
+    fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Named {
+        *self
     }
 }
 
-impl ProtocolHandler for Named {
-    fn alpn(&self) -> &'static [u8] {
-        self.alpn
-    }
-    fn scope(&self) -> Option<&str> {
-        self.scope
-    }
-    fn handle(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()> {
-        Box::pin(async move {
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let _ = recv.read_to_end(1024).await;
-                if self.panics {
-                    panic!("handler bug");
-                }
-                let who = auth
-                    .identity
-                    .as_ref()
-                    .map(|i| i.id.clone())
-                    .unwrap_or_default();
-                let reply = format!("{}:{who}", String::from_utf8_lossy(self.alpn));
-                let _ = send.write_all(reply.as_bytes()).await;
-                let _ = send.finish();
+impl Handler for Named {
+    async fn handle(self: Rc<Self>, conn: Connection, auth: AuthContext) {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let _ = recv.read_to_end(1024).await;
+            if self.panics {
+                panic!("handler bug");
             }
-        })
+            let who = auth
+                .identity
+                .as_ref()
+                .map(|i| i.id.clone())
+                .unwrap_or_default();
+            let reply = format!("{}:{who}", String::from_utf8_lossy(self.alpn));
+            let _ = send.write_all(reply.as_bytes()).await;
+            let _ = send.finish();
+        }
     }
 }
 
-fn factory(
+/// Hands each stream to a task; that task panics. Through the connection
+/// (`test/spawn-panic`) or through the context's spawner (`test/ctx-spawn-panic`).
+struct SpawnPanics {
     alpn: &'static [u8],
-    scope: Option<&'static str>,
-    panics: bool,
-) -> Arc<FnFactory<impl Fn(usize) -> Rc<dyn ProtocolHandler> + Send + Sync>> {
-    Arc::new(FnFactory::new(alpn, false, move |_| {
-        Rc::new(Named {
-            alpn,
-            scope,
-            panics,
-        }) as Rc<dyn ProtocolHandler>
-    }))
+}
+
+impl Service for SpawnPanics {
+    const NAME: &'static str = "spawn-panics";
+    type Config = NoConfig;
+    type Handler = SpawnPanicsHandler;
+    fn info(&self, _: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: self.alpn,
+            scope: None,
+            anonymous: false,
+        }
+    }
+    fn build(&self, ctx: &ServiceContext<'_, NoConfig>) -> SpawnPanicsHandler {
+        SpawnPanicsHandler {
+            through_ctx: (self.alpn == b"test/ctx-spawn-panic").then(|| ctx.spawner()),
+        }
+    }
+}
+
+struct SpawnPanicsHandler {
+    through_ctx: Option<Spawner>,
+}
+
+impl Handler for SpawnPanicsHandler {
+    async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
+        while let Ok((send, mut recv)) = conn.accept_bi().await {
+            let task = async move {
+                let _keep = send;
+                let _ = recv.read_to_end(1024).await;
+                panic!("task bug");
+            };
+            match &self.through_ctx {
+                Some(spawner) => spawner.spawn(task),
+                None => conn.spawn(task),
+            }
+        }
+    }
+}
+
+/// Answers a stream with whether the shard is draining, then closes the connection with
+/// code 0x1d as soon as the drain signal fires.
+struct DrainWatch;
+
+impl Service for DrainWatch {
+    const NAME: &'static str = "drain-watch";
+    type Config = NoConfig;
+    type Handler = DrainWatchHandler;
+    fn info(&self, _: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: b"test/drain",
+            scope: None,
+            anonymous: false,
+        }
+    }
+    fn build(&self, ctx: &ServiceContext<'_, NoConfig>) -> DrainWatchHandler {
+        DrainWatchHandler { drain: ctx.drain() }
+    }
+}
+
+struct DrainWatchHandler {
+    drain: Drain,
+}
+
+impl Handler for DrainWatchHandler {
+    async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
+        if let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let _ = recv.read_to_end(1024).await;
+            let reply = format!("draining={}", self.drain.is_draining());
+            let _ = send.write_all(reply.as_bytes()).await;
+            let _ = send.finish();
+        }
+        self.drain.wait().await;
+        conn.close(0x1d, b"drained");
+    }
+}
+
+fn named(alpn: &'static [u8], scope: Option<&'static str>, panics: bool) -> Named {
+    Named {
+        alpn,
+        scope,
+        panics,
+    }
 }
 
 fn start(driver: DriverKind, key: &ClientKey) -> alknet_core::ServerHandle {
@@ -89,20 +153,29 @@ fn start(driver: DriverKind, key: &ClientKey) -> alknet_core::ServerHandle {
         ..Config::default()
     };
     let mut registry = Registry::new();
-    registry.register(factory(b"test/a", None, false)).unwrap();
-    registry.register(factory(b"test/b", None, false)).unwrap();
+    let none = NoConfig {};
     registry
-        .register(factory(b"test/panic", None, true))
+        .register(named(b"test/a", None, false), none)
         .unwrap();
     registry
-        .register(factory(b"test/scoped", Some("secret"), false))
+        .register(named(b"test/b", None, false), none)
         .unwrap();
-    registry.register(alknet_core::echo::factory()).unwrap();
     registry
-        .register(Arc::new(FnFactory::new(b"test/spawn-panic", false, |_| {
-            Rc::new(SpawnPanics) as Rc<dyn ProtocolHandler>
-        })))
+        .register(named(b"test/panic", None, true), none)
         .unwrap();
+    registry
+        .register(named(b"test/scoped", Some("secret"), false), none)
+        .unwrap();
+    registry.register(alknet_echo::Echo, none).unwrap();
+    let spawn_panics = SpawnPanics {
+        alpn: b"test/spawn-panic",
+    };
+    registry.register(spawn_panics, none).unwrap();
+    let ctx_spawn_panics = SpawnPanics {
+        alpn: b"test/ctx-spawn-panic",
+    };
+    registry.register(ctx_spawn_panics, none).unwrap();
+    registry.register(DrainWatch, none).unwrap();
     let ids = MemoryIdentities::with_peers([PeerEntry {
         peer_id: "p1".into(),
         fingerprints: vec![key.fingerprint.parse().unwrap()],
@@ -187,6 +260,47 @@ async fn alpn_dispatch_scopes_and_panics_io_uring() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_dispatch_scopes_and_panics_legacy_driver() {
     dispatch_and_isolation(DriverKind::Legacy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_a_task_started_through_the_context_closes_only_its_connection() {
+    let key = ClientKey::generate().unwrap();
+    let server = start(DriverKind::Auto, &key);
+    let addr = server.local_addr();
+    let ep = quinn_endpoint();
+    let steady = connect(&ep, addr, Some(&key), b"alknet/echo")
+        .await
+        .unwrap();
+    let err = ask(&ep, addr, &key, b"test/ctx-spawn-panic")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("internal error"), "{err}");
+    assert_eq!(echo(&steady, b"unaffected").await.unwrap(), b"unaffected");
+    assert_eq!(server.stats().handler_panics, 1);
+    server.shutdown();
+    server.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fires_the_drain_signal_of_services() {
+    let key = ClientKey::generate().unwrap();
+    let server = start(DriverKind::Auto, &key);
+    let addr = server.local_addr();
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, addr, Some(&key), b"test/drain").await.unwrap();
+    assert_eq!(echo(&conn, b"?").await.unwrap(), b"draining=false");
+    server.shutdown();
+    // The service closes at the signal, well before the drain period (5 s) would end with
+    // the shard's own SHUTDOWN close.
+    match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(0x1d), "{c:?}");
+            assert_eq!(&c.reason[..], b"drained");
+        }
+        other => panic!("closed by {other:?}, not by the service"),
+    }
+    server.join();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

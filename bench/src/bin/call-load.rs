@@ -172,7 +172,7 @@ fn serve(kind: ServeKind, args: &Args) -> Result<()> {
 }
 
 fn serve_alknet(args: &Args, lifetime: Duration) -> Result<()> {
-    use alknet_call::{CallContext, Operations};
+    use alknet_call::{CallService, Operations};
     use alknet_core::config::Config;
     use alknet_core::identity::MemoryIdentities;
     use alknet_core::identity::tls::NodeKey;
@@ -199,11 +199,11 @@ fn serve_alknet(args: &Args, lifetime: Duration) -> Result<()> {
         |_c, v: Value| async move { Ok(v) },
     )?;
     let key = NodeKey::generate();
-    let ctx = CallContext::new(key.fingerprint().to_string())
-        .with_alpns([alknet_call::ALPN])
-        .with_operations(ops);
     let mut registry = Registry::new();
-    registry.register(alknet_call::try_factory(ctx)?)?;
+    registry.register(
+        CallService::new().with_operations(ops)?,
+        alknet_core::NoConfig {},
+    )?;
     let peers = [PeerEntry {
         peer_id: "call-load".into(),
         fingerprints: vec![peer],

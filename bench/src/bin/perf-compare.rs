@@ -101,9 +101,10 @@ fn serve_alknet(config: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let config = alknet_core::config::Config::load(config)?;
     std::fs::create_dir_all(data_dir)?;
     let node = alknet_core::identity::tls::NodeKey::load_or_create(data_dir)?;
-    let perf = config.service("perf");
-    let mut registry = alknet_core::Registry::new();
-    registry.register(alknet_perf::factory(perf.anonymous))?;
+    let registry = alknet_core::Registry::from_config(
+        &config,
+        [alknet_core::service::Offer::new(alknet_perf::Perf)],
+    )?;
     let identities = Arc::new(alknet_core::identity::MemoryIdentities::from_config(
         &config.peers,
     )?);

@@ -834,27 +834,15 @@ impl Connection {
         self.cell.inner.borrow().proto.remote_address()
     }
 
-    /// Runs `task` on this shard alongside the handler. If it panics, the panic is caught,
-    /// counted and logged, and this connection (only) is closed with
-    /// [`close_code::INTERNAL`](crate::close_code::INTERNAL). Use it instead of
-    /// `monoio::spawn` for work that belongs to a connection.
+    /// Runs `task` on this shard alongside the handler, through the guarded spawn
+    /// ([`Spawner`](crate::service::Spawner)): if it panics, the panic is caught, counted and
+    /// logged, and this connection (only) is closed with
+    /// [`close_code::INTERNAL`](crate::close_code::INTERNAL).
     pub fn spawn<F>(&self, task: F)
     where
         F: std::future::Future<Output = ()> + 'static,
     {
-        let cell = self.cell.clone();
-        monoio::spawn(async move {
-            use futures_util::FutureExt;
-            if std::panic::AssertUnwindSafe(task)
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                crate::ops::stats::bump(&cell.stats.handler_panics);
-                tracing::error!("a connection task panicked; closing its connection");
-                close_cell(&cell, crate::close_code::INTERNAL, b"internal error");
-            }
-        });
+        crate::service::spawn_for(self.cell.clone(), task);
     }
 
     /// Transport statistics.

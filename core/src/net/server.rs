@@ -196,6 +196,13 @@ pub fn start(
         .unwrap_or(addr);
 
     let alpns = registry.alpns();
+    let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
+    let node_facts = Arc::new(crate::service::NodeFacts::new(
+        node.fingerprint(),
+        alpns.clone(),
+        boards.clone(),
+        registry.peer_store(),
+    ));
     let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,
         &node,
@@ -215,7 +222,6 @@ pub fn start(
         .map(|_| flume::bounded::<ShardMsg>(4096))
         .unzip();
     let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
-    let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -241,6 +247,7 @@ pub fn start(
             server_config: server_config.clone(),
             penalties: penalties.clone(),
             board: boards[shard].clone(),
+            node: node_facts.clone(),
             pin: config.pin_workers.then_some(shard % cores),
         };
         let ready = ready_tx.clone();
@@ -330,6 +337,7 @@ struct WorkerCtx {
     server_config: Arc<quinn_proto::ServerConfig>,
     penalties: Arc<std::sync::Mutex<crate::shard::penalty::PenaltyBox>>,
     board: crate::shard::SessionBoard,
+    node: Arc<crate::service::NodeFacts>,
     pin: Option<usize>,
 }
 
@@ -365,7 +373,12 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             allow_mtud,
             None,
         );
-        let router = ctx.registry.build(shard_no);
+        let router = ctx.registry.instantiate(&crate::service::ShardSetup::new(
+            shard_no,
+            ctx.identities.clone(),
+            ctx.node,
+            ctx.stats.clone(),
+        ));
         let shard = Shard::new(
             shard_no,
             ctx.shards,

@@ -1,17 +1,66 @@
-//! The service API: one [`ProtocolHandler`] per ALPN per shard, and the registry that derives
-//! the offered ALPN list from the enabled handlers, so the two cannot drift.
+//! The service layer: how a service declares itself, is configured, and is built on each
+//! shard.
 //!
-//! A handler sees only a [`Connection`](crate::Connection) and an
-//! [`AuthContext`](crate::AuthContext): never the endpoint, the socket or another shard.
-//! Handlers run on their shard's thread and may be `!Send`.
+//! A service is two types. The [`Service`] is shared by every shard: it declares its
+//! `[services.NAME]` section ([`Service::NAME`]) and, from its parsed config, its ALPN, scope
+//! and anonymity ([`ServiceInfo`]) in one place. The registry, TLS (the offered ALPNs and
+//! whether a client certificate is required) and the shard's routing read only that
+//! declaration. [`Service::build`] then makes one [`Handler`] per shard from a
+//! [`ServiceContext`]: shard id, identities, node facts, the typed config, the drain signal
+//! and the guarded spawn. A handler sees only a [`Connection`] and an [`AuthContext`]: never
+//! the endpoint, the socket or another shard. Handlers run on their shard's thread and may be
+//! `!Send`.
+//!
+//! A new service copies `handlers/echo` (no config) or `handlers/perf` (one config key):
+//!
+//! ```
+//! # use alknet_core::{AuthContext, Connection, Handler, NoConfig, Service, ServiceContext, ServiceInfo};
+//! # use std::rc::Rc;
+//! pub struct Hello;
+//! impl Service for Hello {
+//!     const NAME: &'static str = "hello"; // its section: [services.hello]
+//!     type Config = NoConfig;
+//!     type Handler = Hello;
+//!     fn info(&self, _: &NoConfig) -> ServiceInfo {
+//!         ServiceInfo { alpn: b"alknet/hello", scope: Some("hello"), anonymous: false }
+//!     }
+//!     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Hello { Hello }
+//! }
+//! impl Handler for Hello {
+//!     async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
+//!         while let Ok((mut send, _recv)) = conn.accept_bi().await {
+//!             conn.spawn(async move { let _ = send.write_all(b"hello").await; });
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! Tasks start only through [`ServiceContext::spawn`] (or [`Spawner`], or
+//! [`Connection::spawn`]): a panic is caught at the task boundary, counted, logged, and
+//! closes the connection the task belongs to and no other. Handler crates deny
+//! `monoio::spawn` with clippy's `disallowed-methods` (`handlers/clippy.toml`).
+//!
+//! Not here: the config file format ([`crate::config`]), authentication (the shard), and the
+//! tokio side runtime for tokio-bound libraries (its own module, reached from the context).
+
+mod context;
+mod drain;
+mod registry;
+mod spawn;
+
+pub use context::{NodeError, NodeFacts, ServiceContext};
+pub use drain::{Drain, DrainWait};
+pub use registry::{Offer, Registry, RegistryError, SetupError};
+pub(crate) use registry::{Router, ShardSetup};
+pub use spawn::Spawner;
+pub(crate) use spawn::{spawn_for, spawn_handler};
 
 use crate::conn::Connection;
 use crate::identity::AuthContext;
+use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use thiserror::Error;
 
 /// A boxed, shard-local future.
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -36,192 +85,55 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u32 = 0x7;
 }
 
-/// One service, instantiated once per shard.
-pub trait ProtocolHandler: 'static {
-    /// The ALPN this handler serves, e.g. `b"alknet/echo"`.
-    fn alpn(&self) -> &'static [u8];
-
-    /// The scope a peer needs to open this service; `None` lets any known peer in.
-    fn scope(&self) -> Option<&str>;
-
-    /// Whether clients with unknown keys are served (benchmarks, public DNS).
-    fn anonymous(&self) -> bool {
-        false
-    }
-
-    /// Serves one connection. When the returned future finishes, the connection is closed
-    /// once the data the handler sent is acknowledged (or at once if it panicked).
-    fn handle(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()>;
+/// What a service declares about itself; everything else (offered ALPNs, TLS client-auth
+/// mode, routing, the scope check) derives from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The ALPN it serves, e.g. `b"alknet/echo"` (1..=255 bytes, unique in a registry).
+    pub alpn: &'static [u8],
+    /// The scope a known peer needs to open it; `None` lets any known peer in.
+    pub scope: Option<&'static str>,
+    /// Whether clients with unknown keys are served too (benchmarks, public DNS). Then the
+    /// server makes client certificates optional for every ALPN, and the other services
+    /// still refuse unknown keys.
+    pub anonymous: bool,
 }
 
-/// Creates a handler on each shard.
-pub trait HandlerFactory: Send + Sync {
-    /// The ALPN the handlers serve (checked for duplicates before any shard starts).
-    fn alpn(&self) -> &'static [u8];
-    /// Whether the handlers accept clients with unknown keys.
-    fn anonymous(&self) -> bool {
-        false
-    }
-    /// Builds the handler for shard `shard`.
-    fn build(&self, shard: usize) -> Rc<dyn ProtocolHandler>;
+/// A service: declared once, configured from `[services.NAME]`, built on every shard.
+pub trait Service: Send + Sync + 'static {
+    /// The name of its config section, `[services.NAME]`, and in logs.
+    const NAME: &'static str;
+    /// Its own keys in `[services.NAME]`, besides `enabled` (which the layer handles). Use
+    /// `#[serde(deny_unknown_fields, default)]` so a typo is an error naming file, line and
+    /// key; [`NoConfig`] when the service has no keys.
+    type Config: DeserializeOwned + Default + Send + Sync + 'static;
+    /// What runs on each shard.
+    type Handler: Handler;
+
+    /// The declaration: ALPN, scope, anonymity (which may follow the config).
+    fn info(&self, config: &Self::Config) -> ServiceInfo;
+
+    /// Builds the handler of one shard (called once on each shard's thread at start).
+    fn build(&self, ctx: &ServiceContext<'_, Self::Config>) -> Self::Handler;
 }
 
-/// A registry problem found at start-up.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RegistryError {
-    /// Two handlers claim one ALPN.
-    #[error("two services registered for ALPN `{0}`; each ALPN may be served by one service")]
-    DuplicateAlpn(String),
-    /// An ALPN TLS cannot carry.
-    #[error("invalid ALPN `{0}`: must be 1..=255 bytes")]
-    BadAlpn(String),
+/// One service's instance on one shard; may be `!Send`.
+pub trait Handler: 'static {
+    /// Serves one authenticated (or, for an anonymous service, possibly unknown) connection.
+    /// When the future finishes, the connection is closed once the data the handler sent is
+    /// acknowledged; if it panics, the connection is closed at once with
+    /// [`close_code::INTERNAL`].
+    fn handle(
+        self: Rc<Self>,
+        conn: Connection,
+        auth: AuthContext,
+    ) -> impl Future<Output = ()> + 'static;
 }
 
-/// The enabled services, by ALPN.
-#[derive(Default, Clone)]
-pub struct Registry {
-    factories: Vec<Arc<dyn HandlerFactory>>,
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a service; a second service for the same ALPN is an error.
-    pub fn register(&mut self, f: Arc<dyn HandlerFactory>) -> Result<(), RegistryError> {
-        let alpn = f.alpn();
-        if alpn.is_empty() || alpn.len() > 255 {
-            return Err(RegistryError::BadAlpn(
-                String::from_utf8_lossy(alpn).into_owned(),
-            ));
-        }
-        if self.factories.iter().any(|g| g.alpn() == alpn) {
-            return Err(RegistryError::DuplicateAlpn(
-                String::from_utf8_lossy(alpn).into_owned(),
-            ));
-        }
-        self.factories.push(f);
-        Ok(())
-    }
-
-    /// The ALPNs offered in the handshake, in registration order.
-    pub fn alpns(&self) -> Vec<Vec<u8>> {
-        self.factories.iter().map(|f| f.alpn().to_vec()).collect()
-    }
-
-    /// True when some service accepts unknown keys (the client certificate is then optional).
-    pub fn any_anonymous(&self) -> bool {
-        self.factories.iter().any(|f| f.anonymous())
-    }
-
-    /// True when no service is registered.
-    pub fn is_empty(&self) -> bool {
-        self.factories.is_empty()
-    }
-
-    /// Instantiates every handler for one shard.
-    pub(crate) fn build(&self, shard: usize) -> Router {
-        Router {
-            handlers: self.factories.iter().map(|f| f.build(shard)).collect(),
-        }
-    }
-}
-
-/// One shard's handlers.
-pub(crate) struct Router {
-    handlers: Vec<Rc<dyn ProtocolHandler>>,
-}
-
-impl Router {
-    /// The handler for a negotiated ALPN.
-    pub(crate) fn get(&self, alpn: &[u8]) -> Option<&Rc<dyn ProtocolHandler>> {
-        self.handlers.iter().find(|h| h.alpn() == alpn)
-    }
-}
-
-/// A factory for handlers built by a closure; handy for services without per-shard state.
-pub struct FnFactory<F> {
-    alpn: &'static [u8],
-    anonymous: bool,
-    build: F,
-}
-
-impl<F> FnFactory<F>
-where
-    F: Fn(usize) -> Rc<dyn ProtocolHandler> + Send + Sync,
-{
-    /// A factory for `alpn` that calls `build(shard)` on each shard.
-    pub fn new(alpn: &'static [u8], anonymous: bool, build: F) -> Self {
-        Self {
-            alpn,
-            anonymous,
-            build,
-        }
-    }
-}
-
-impl<F> HandlerFactory for FnFactory<F>
-where
-    F: Fn(usize) -> Rc<dyn ProtocolHandler> + Send + Sync,
-{
-    fn alpn(&self) -> &'static [u8] {
-        self.alpn
-    }
-
-    fn anonymous(&self) -> bool {
-        self.anonymous
-    }
-
-    fn build(&self, shard: usize) -> Rc<dyn ProtocolHandler> {
-        (self.build)(shard)
-    }
-}
+/// The config of a service without keys of its own: only `enabled` is accepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Nop(&'static [u8]);
-    impl ProtocolHandler for Nop {
-        fn alpn(&self) -> &'static [u8] {
-            self.0
-        }
-        fn scope(&self) -> Option<&str> {
-            None
-        }
-        fn handle(self: Rc<Self>, _c: Connection, _a: AuthContext) -> LocalBoxFuture<()> {
-            Box::pin(async {})
-        }
-    }
-
-    fn factory(alpn: &'static [u8]) -> Arc<dyn HandlerFactory> {
-        Arc::new(FnFactory::new(alpn, false, move |_| {
-            Rc::new(Nop(alpn)) as Rc<dyn ProtocolHandler>
-        }))
-    }
-
-    #[test]
-    fn duplicate_alpn_is_an_error() {
-        let mut r = Registry::new();
-        assert!(r.register(factory(b"alknet/a")).is_ok());
-        assert!(r.register(factory(b"alknet/b")).is_ok());
-        assert_eq!(
-            r.register(factory(b"alknet/a")),
-            Err(RegistryError::DuplicateAlpn("alknet/a".into()))
-        );
-        assert_eq!(r.alpns(), vec![b"alknet/a".to_vec(), b"alknet/b".to_vec()]);
-        assert!(matches!(
-            r.register(factory(b"")),
-            Err(RegistryError::BadAlpn(_))
-        ));
-        let router = r.build(0);
-        assert_eq!(
-            router.get(b"alknet/b").map(|h| h.alpn()),
-            Some(&b"alknet/b"[..])
-        );
-        assert!(router.get(b"alknet/c").is_none());
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@
 pub mod penalty;
 
 use crate::config::Config;
-use crate::conn::{ConnCell, ConnInner, ConnRef, Connection, DriverSignal, mark_dirty};
+use crate::conn::{ConnCell, ConnInner, ConnRef, Connection, DriverSignal};
 use crate::identity::{AuthContext, Identity, IdentityProvider};
 use crate::net::udp::UdpIo;
 use crate::ops::stats::{self, ShardStats};
@@ -501,6 +501,7 @@ impl Shard {
                     self.drain_deadline.set(Some(drain));
                     // Closing takes three PTOs at most; never linger beyond this.
                     self.hard_exit.set(Some(drain + Duration::from_secs(3)));
+                    self.router.drain();
                 }
                 self.signal.notify();
             }
@@ -986,13 +987,17 @@ impl Shard {
             let fp = crate::identity::tls::peer_fingerprint(session.peer_identity());
             (alpn, fp, inner.proto.remote_address())
         };
-        let Some(handler) = alpn.as_deref().and_then(|a| self.router.get(a)).cloned() else {
+        let Some((service, handler)) = alpn
+            .as_deref()
+            .and_then(|a| self.router.get(a))
+            .map(|r| (r.info, r.handler.clone()))
+        else {
             // TLS only negotiates offered ALPNs; this is a bug guard, not a peer error.
             error!(%remote, "connection without a served ALPN");
             crate::conn::close_cell(cell, close_code::PROTOCOL_ERROR, b"no service");
             return;
         };
-        let alpn_str = String::from_utf8_lossy(handler.alpn()).into_owned();
+        let alpn_str = String::from_utf8_lossy(service.alpn).into_owned();
         let peer = match fingerprint {
             Some(fp) => match self.identities.by_fingerprint(&fp) {
                 Ok(p) => p,
@@ -1031,7 +1036,7 @@ impl Shard {
         };
         let auth = match peer {
             Some(p) if p.enabled => {
-                if let Some(scope) = handler.scope()
+                if let Some(scope) = service.scope
                     && !p.has_scope(scope)
                 {
                     refuse(
@@ -1046,13 +1051,13 @@ impl Shard {
                         id: p.peer_id.clone(),
                     }),
                     scopes: p.scopes.clone().into(),
-                    alpn: handler.alpn(),
+                    alpn: service.alpn,
                     remote_addr: remote,
                     tls_client_fingerprint: fingerprint,
                     forwarded_for: None,
                 }
             }
-            Some(p) if !handler.anonymous() => {
+            Some(p) if !service.anonymous => {
                 refuse(
                     close_code::UNAUTHORIZED,
                     "peer disabled",
@@ -1060,7 +1065,7 @@ impl Shard {
                 );
                 return;
             }
-            None if !handler.anonymous() => {
+            None if !service.anonymous => {
                 let msg = match fingerprint {
                     Some(fp) => {
                         format!("unknown client key {fp}; add it to [[peers]] in the server config")
@@ -1073,7 +1078,7 @@ impl Shard {
             _ => AuthContext {
                 identity: None,
                 scopes: Arc::from(Vec::new()),
-                alpn: handler.alpn(),
+                alpn: service.alpn,
                 remote_addr: remote,
                 tls_client_fingerprint: fingerprint,
                 forwarded_for: None,
@@ -1081,7 +1086,7 @@ impl Shard {
         };
         {
             let mut inner = cell.inner.borrow_mut();
-            inner.alpn = Some(handler.alpn());
+            inner.alpn = Some(service.alpn);
             inner.peer = auth.identity.as_ref().map(|i| i.id.clone());
             inner.since = now;
             let id = self.next_session.get();
@@ -1106,22 +1111,7 @@ impl Shard {
             "connection established"
         );
         let conn = Connection::new(cell.clone());
-        let stats = self.stats.clone();
-        let done_cell = cell.clone();
-        monoio::spawn(async move {
-            use futures_util::FutureExt;
-            let result = std::panic::AssertUnwindSafe(handler.handle(conn, auth))
-                .catch_unwind()
-                .await;
-            if result.is_err() {
-                stats::bump(&stats.handler_panics);
-                error!(alpn = %alpn_str, %remote, "handler panicked; closing its connection");
-                crate::conn::close_cell(&done_cell, close_code::INTERNAL, b"internal error");
-            } else {
-                done_cell.inner.borrow_mut().handler_done = true;
-                mark_dirty(&done_cell);
-            }
-        });
+        crate::service::spawn_handler(cell.clone(), handler.serve(conn, auth));
     }
 
     fn check_shutdown(&self) {

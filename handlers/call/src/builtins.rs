@@ -1,10 +1,11 @@
 //! The operations every node serves: discovery (`/services/*`) and node facts (`/node/*`).
 
-use crate::CallContext;
 use crate::ops::{CallError, NoInput, Operations, RegisterError};
+use alknet_core::service::{NodeError, NodeFacts};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Scope of the operations that reveal other peers and sessions.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -66,8 +67,28 @@ pub struct NodeInfo {
     pub uptime_secs: u64,
 }
 
-/// Registers the built-in operations.
-pub(crate) fn register(ops: &mut Operations, ctx: &CallContext) -> Result<(), RegisterError> {
+/// The ids of the built-in operations (a node's own operations may not reuse them).
+pub(crate) const IDS: [&str; 5] = [
+    "/services/list",
+    "/services/schema",
+    "/services/list-peers",
+    "/node/info",
+    "/node/sessions",
+];
+
+fn node_error(e: NodeError) -> CallError {
+    match e {
+        NodeError::Unavailable(_) => CallError::unavailable(e.to_string()),
+        _ => CallError::internal(e.to_string()),
+    }
+}
+
+fn to_json<T: Serialize>(value: T) -> Result<Value, CallError> {
+    serde_json::to_value(value).map_err(|e| CallError::internal(e.to_string()))
+}
+
+/// Registers the built-in operations, answering from `node`.
+pub(crate) fn register(ops: &mut Operations, node: Arc<NodeFacts>) -> Result<(), RegisterError> {
     ops.unary(
         "/services/list",
         "List the operations you may call",
@@ -109,52 +130,44 @@ pub(crate) fn register(ops: &mut Operations, ctx: &CallContext) -> Result<(), Re
             }
         },
     )?;
-    let peers = ctx.peers.clone();
+    let n = node.clone();
     ops.unary(
         "/services/list-peers",
         "List the peers this node knows (admin)",
         Some(ADMIN_SCOPE),
         move |_call, _: NoInput| {
-            let peers = peers.clone();
-            async move {
-                match peers {
-                    Some(f) => Ok(f()),
-                    None => Err(CallError::unavailable("this node does not list peers")),
-                }
-            }
+            // Core's types carry no JSON Schema; the answer is their JSON.
+            let peers = n.peers().map_err(node_error).and_then(to_json);
+            async move { peers }
         },
     )?;
-    let info = ctx.clone();
+    let n = node.clone();
     ops.unary(
         "/node/info",
         "The node's fingerprint, version, services, workers and uptime",
         None,
         move |_call, _: NoInput| {
-            let ctx = info.clone();
-            async move {
-                Ok(NodeInfo {
-                    fingerprint: ctx.fingerprint.clone(),
-                    version: ctx.version.clone(),
-                    alpns: ctx.alpns.clone(),
-                    workers: ctx.workers,
-                    uptime_secs: ctx.started.elapsed().as_secs(),
-                })
-            }
+            let info = NodeInfo {
+                fingerprint: n.fingerprint().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                alpns: n
+                    .alpns()
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+                workers: n.workers(),
+                uptime_secs: n.started().elapsed().as_secs(),
+            };
+            async move { Ok(info) }
         },
     )?;
-    let sessions = ctx.sessions.clone();
     ops.unary(
         "/node/sessions",
         "The node's live sessions (admin)",
         Some(ADMIN_SCOPE),
         move |_call, _: NoInput| {
-            let sessions = sessions.clone();
-            async move {
-                match sessions {
-                    Some(f) => Ok(f()),
-                    None => Err(CallError::unavailable("this node does not list sessions")),
-                }
-            }
+            let sessions = to_json(node.sessions());
+            async move { sessions }
         },
     )?;
     Ok(())

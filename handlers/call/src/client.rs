@@ -41,7 +41,7 @@ impl CallClient {
     /// As [`CallClient::new`], with explicit limits.
     pub fn with_limits(conn: Connection, ops: Operations, limits: Limits) -> Self {
         let session = Session::new(conn, ops, Authority::Trusted, limits);
-        monoio::spawn(session.clone().accept_loop());
+        session.start();
         Self {
             session,
             channel: None,

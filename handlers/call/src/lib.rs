@@ -24,12 +24,11 @@ pub use ops::{
 };
 pub use session::Limits;
 
-use alknet_core::service::FnFactory;
-use alknet_core::{AuthContext, Connection, HandlerFactory, LocalBoxFuture, ProtocolHandler};
+use alknet_core::{
+    AuthContext, Connection, Handler, NoConfig, Service, ServiceContext, ServiceInfo,
+};
 use session::{Authority, Session};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Instant;
 
 /// The call service's ALPN.
 pub const ALPN: &[u8] = b"alknet/call";
@@ -37,104 +36,62 @@ pub const ALPN: &[u8] = b"alknet/call";
 /// The scope a peer needs to open `alknet/call`.
 pub const SCOPE: &str = "call";
 
-/// A snapshot producer for the admin built-ins (`/node/sessions`, `/services/list-peers`).
-pub type JsonSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
-
-/// What the service needs from the node: facts for `/node/info`, the sources of the admin
-/// built-ins, the node's own operations and the limits. Build it with [`CallContext::new`]
-/// and the `with_*` methods.
-#[derive(Clone)]
-pub struct CallContext {
-    /// The node's fingerprint, `ed25519:<hex>`.
-    pub fingerprint: String,
-    /// Software version.
-    pub version: String,
-    /// ALPNs the node serves.
-    pub alpns: Vec<String>,
-    /// Worker threads.
-    pub workers: usize,
-    /// When the node started.
-    pub started: Instant,
-    /// Live sessions for `/node/sessions`; `UNAVAILABLE` when `None`.
-    pub sessions: Option<JsonSource>,
-    /// Known peers for `/services/list-peers`; `UNAVAILABLE` when `None`.
-    pub peers: Option<JsonSource>,
-    /// Operations served besides the built-ins.
-    pub operations: Operations,
-    /// Per-connection limits.
-    pub limits: Limits,
+/// The `alknet/call` service: the built-ins (discovery, node facts read from the service
+/// context), the node's own operations and the per-connection limits. Its section,
+/// `[services.call]`, has no keys besides `enabled`.
+#[derive(Clone, Default)]
+pub struct CallService {
+    operations: Operations,
+    limits: Limits,
 }
 
-impl CallContext {
-    /// A context for the node with this fingerprint; version is this crate's, started now.
-    pub fn new(fingerprint: impl Into<String>) -> Self {
-        Self {
-            fingerprint: fingerprint.into(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            alpns: vec![String::from_utf8_lossy(ALPN).into_owned()],
-            workers: 1,
-            started: Instant::now(),
-            sessions: None,
-            peers: None,
-            operations: Operations::new(),
-            limits: Limits::default(),
+impl CallService {
+    /// The service with only the built-ins and default limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `operations` besides the built-ins; an id a built-in already has is an error.
+    pub fn with_operations(mut self, operations: Operations) -> Result<Self, RegisterError> {
+        if let Some(id) = builtins::IDS.iter().find(|id| operations.get(id).is_some()) {
+            return Err(RegisterError::Duplicate((*id).to_owned()));
         }
+        self.operations = operations;
+        Ok(self)
     }
 
-    /// Sets the ALPNs reported by `/node/info`.
-    pub fn with_alpns<S: AsRef<[u8]>>(mut self, alpns: impl IntoIterator<Item = S>) -> Self {
-        self.alpns = alpns
-            .into_iter()
-            .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
-            .collect();
-        self
-    }
-
-    /// Sets the worker count.
-    pub fn with_workers(mut self, workers: usize) -> Self {
-        self.workers = workers;
-        self
-    }
-
-    /// Sets the start time.
-    pub fn with_started(mut self, started: Instant) -> Self {
-        self.started = started;
-        self
-    }
-
-    /// Sets the source of `/node/sessions`.
-    pub fn with_sessions(
-        mut self,
-        f: impl Fn() -> serde_json::Value + Send + Sync + 'static,
-    ) -> Self {
-        self.sessions = Some(Arc::new(f));
-        self
-    }
-
-    /// Sets the source of `/services/list-peers`.
-    pub fn with_peers(mut self, f: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
-        self.peers = Some(Arc::new(f));
-        self
-    }
-
-    /// Sets the operations served besides the built-ins.
-    pub fn with_operations(mut self, ops: Operations) -> Self {
-        self.operations = ops;
-        self
-    }
-
-    /// Sets the limits.
+    /// Sets the per-connection limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
+}
 
-    /// Built-ins plus the node's operations.
-    pub fn all_operations(&self) -> Result<Operations, RegisterError> {
+impl Service for CallService {
+    const NAME: &'static str = "call";
+    type Config = NoConfig;
+    type Handler = CallHandler;
+
+    fn info(&self, _config: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: ALPN,
+            scope: Some(SCOPE),
+            anonymous: false,
+        }
+    }
+
+    fn build(&self, ctx: &ServiceContext<'_, NoConfig>) -> CallHandler {
         let mut ops = Operations::new();
-        builtins::register(&mut ops, self)?;
-        ops.merge(&self.operations)?;
-        Ok(ops)
+        let merged = builtins::register(&mut ops, ctx.node().clone())
+            .and_then(|_| ops.merge(&self.operations).map(|_| ()));
+        if let Err(e) = merged {
+            // `with_operations` rules collisions out; this is a bug guard.
+            tracing::error!(error = %e, "call service: operations left out");
+        }
+        CallHandler {
+            ops,
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -144,58 +101,14 @@ pub struct CallHandler {
     limits: Limits,
 }
 
-impl ProtocolHandler for CallHandler {
-    fn alpn(&self) -> &'static [u8] {
-        ALPN
-    }
-
-    fn scope(&self) -> Option<&str> {
-        Some(SCOPE)
-    }
-
-    fn handle(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()> {
+impl Handler for CallHandler {
+    async fn handle(self: Rc<Self>, conn: Connection, auth: AuthContext) {
         let session = Session::new(
             conn,
             self.ops.clone(),
             Authority::Peer(auth),
             self.limits.clone(),
         );
-        Box::pin(session.accept_loop())
-    }
-}
-
-/// The factory registering `alknet/call`. Fails when an operation of `ctx` collides with a
-/// built-in.
-pub fn try_factory(ctx: CallContext) -> Result<Arc<dyn HandlerFactory>, RegisterError> {
-    let ops = ctx.all_operations()?;
-    let limits = ctx.limits.clone();
-    Ok(Arc::new(FnFactory::new(ALPN, false, move |_| {
-        Rc::new(CallHandler {
-            ops: ops.clone(),
-            limits: limits.clone(),
-        }) as Rc<dyn ProtocolHandler>
-    })))
-}
-
-/// The factory registering `alknet/call`. If an operation of `ctx` collides with a built-in,
-/// it is left out (logged); use [`try_factory`] to treat that as an error.
-pub fn factory(ctx: CallContext) -> Arc<dyn HandlerFactory> {
-    match try_factory(ctx.clone()) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "call service: node operations left out");
-            let ctx = ctx.with_operations(Operations::new());
-            let mut ops = Operations::new();
-            if let Err(e) = builtins::register(&mut ops, &ctx) {
-                tracing::error!(error = %e, "call service: built-ins failed to register");
-            }
-            let limits = ctx.limits;
-            Arc::new(FnFactory::new(ALPN, false, move |_| {
-                Rc::new(CallHandler {
-                    ops: ops.clone(),
-                    limits: limits.clone(),
-                }) as Rc<dyn ProtocolHandler>
-            }))
-        }
+        session.accept_loop().await;
     }
 }

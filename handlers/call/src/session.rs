@@ -230,6 +230,11 @@ impl Session {
         op.scope.as_deref().is_none_or(|s| self.has_scope(s))
     }
 
+    /// Starts accepting the peer's streams, in a task of the connection.
+    pub(crate) fn start(self: &Rc<Self>) {
+        self.conn.spawn(self.clone().accept_loop());
+    }
+
     /// Accepts the peer's streams until the connection ends.
     pub(crate) async fn accept_loop(self: Rc<Self>) {
         while let Ok((send, recv)) = self.conn.accept_bi().await {
@@ -239,8 +244,8 @@ impl Session {
 
     fn start_channel(self: Rc<Self>, send: SendStream, recv: RecvStream) -> Rc<Channel> {
         let chan = Channel::new();
-        monoio::spawn(run_writer(chan.clone(), send));
-        monoio::spawn(self.run_reader(chan.clone(), recv));
+        self.conn.spawn(run_writer(chan.clone(), send));
+        self.conn.spawn(self.clone().run_reader(chan.clone(), recv));
         chan
     }
 
@@ -474,7 +479,8 @@ impl Session {
                 let abort = Rc::new(Abort::default());
                 self.served.borrow_mut().insert(id, abort.clone());
                 chan.served.borrow_mut().insert(id);
-                monoio::spawn(self.clone().serve(chan.clone(), id, req, abort));
+                self.conn
+                    .spawn(self.clone().serve(chan.clone(), id, req, abort));
             }
             Body::Aborted => {
                 if let Some(a) = self.served.borrow().get(&id) {

@@ -5,13 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use alknet_call::{
-    CallClient, CallContext, CallError, CallOptions, ErrorCode, Limits, NoInput, Operations,
-    ServiceList,
+    CallClient, CallError, CallOptions, ErrorCode, Limits, NoInput, Operations, ServiceList,
 };
 use alknet_core::config::{Config, DriverKind};
 use alknet_core::identity::MemoryIdentities;
 use alknet_core::identity::tls::{NodeKey, ServerTrust};
-use alknet_core::{PeerEntry, Registry, ServerHandle};
+use alknet_core::{NoConfig, PeerEntry, Registry, ServerHandle};
 use alknet_proto::Fingerprint;
 use alknet_proto::call::{Body, CallId, Decoder, Message, Request, encode};
 use alknet_testkit::{AnyServer, ClientKey, quinn_client_config};
@@ -145,19 +144,15 @@ fn start(peers: Vec<PeerEntry>, call_timeout: Duration) -> Node {
     };
     let key = NodeKey::generate();
     let fingerprint = key.fingerprint();
-    let ctx = CallContext::new(fingerprint.to_string())
-        .with_workers(2)
-        .with_alpns([alknet_call::ALPN])
+    let service = alknet_call::CallService::new()
         .with_operations(server_ops())
-        .with_sessions(|| json!([{"peer": "p1"}]))
+        .unwrap()
         .with_limits(Limits {
             call_timeout,
             ..Limits::default()
         });
     let mut registry = Registry::new();
-    registry
-        .register(alknet_call::try_factory(ctx).unwrap())
-        .unwrap();
+    registry.register(service, NoConfig {}).unwrap();
     let handle = alknet_core::start(
         Arc::new(config),
         key,
@@ -277,10 +272,10 @@ fn calls_streams_builtins_and_scopes() {
             c.call("/test/secret", Value::Null).await.unwrap(),
             vec![json!("classified")]
         );
-        assert_eq!(
-            c.call("/node/sessions", Value::Null).await.unwrap(),
-            vec![json!([{"peer": "p1"}])]
-        );
+        // This client's own session, read from the shards' boards.
+        let sessions = c.call("/node/sessions", Value::Null).await.unwrap();
+        assert_eq!(sessions[0][0]["peer"], "p2", "{sessions:?}");
+        assert_eq!(sessions[0][0]["alpn"], "alknet/call", "{sessions:?}");
         let e = c
             .call("/services/list-peers", Value::Null)
             .await

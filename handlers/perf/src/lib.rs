@@ -7,9 +7,14 @@
 //! Response bytes come from one static buffer as [`bytes::Bytes`] chunks, so a response of any
 //! size costs no allocation; the size is bounded by [`request::MAX_RESPONSE`].
 //!
-//! The service is off unless `[services.perf] enabled = true`. It needs the `perf` scope,
-//! unless it is registered as anonymous (`anonymous = true`, for benchmarks only), in which
-//! case clients whose key is unknown are served too (and `alknet serve` logs a warning).
+//! Off unless `[services.perf] enabled = true`. A peer needs the `perf` scope, unless
+//! `anonymous = true` (benchmarks only): then clients whose key is unknown are served too,
+//! and the server logs a warning at start.
+//!
+//! Next to `handlers/echo`, this crate is the example of a service with a config key of its
+//! own: [`PerfConfig`] is parsed from `[services.perf]` by serde (unknown keys are errors),
+//! and the declaration ([`Perf::info`]) reads it. Its handler starts one guarded task per
+//! stream ([`Connection::spawn`]); `monoio::spawn` is denied in handler crates.
 //!
 //! Not here: the load generator and the quinn baseline (`bench/`).
 #![forbid(unsafe_code)]
@@ -18,15 +23,13 @@
 pub mod fuzzing;
 pub mod request;
 
-use alknet_core::service::FnFactory;
 use alknet_core::{
-    AuthContext, Connection, HandlerFactory, LocalBoxFuture, ProtocolHandler, RecvStream,
-    SendStream,
+    AuthContext, Connection, Handler, RecvStream, SendStream, Service, ServiceContext, ServiceInfo,
 };
 use bytes::Bytes;
 use request::{ChunkSizes, RequestReader};
+use serde::Deserialize;
 use std::rc::Rc;
-use std::sync::Arc;
 use tracing::debug;
 
 /// The perf service's ALPN (the one quinn's `perf` tool offers).
@@ -50,31 +53,41 @@ pub const CHUNK: usize = 64 * 1024;
 
 static RESPONSE_BYTES: [u8; CHUNK] = [0; CHUNK];
 
-/// The perf handler (no per-shard state).
-#[derive(Debug, Clone, Copy)]
-pub struct Perf {
-    anonymous: bool,
+/// The keys of `[services.perf]` besides `enabled`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerfConfig {
+    /// Serve clients whose key is unknown (benchmarks only).
+    pub anonymous: bool,
 }
 
-impl ProtocolHandler for Perf {
-    fn alpn(&self) -> &'static [u8] {
-        ALPN
+/// The perf service; its handler keeps no state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Perf;
+
+impl Service for Perf {
+    const NAME: &'static str = "perf";
+    type Config = PerfConfig;
+    type Handler = Perf;
+
+    fn info(&self, config: &PerfConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: ALPN,
+            scope: Some(SCOPE),
+            anonymous: config.anonymous,
+        }
     }
 
-    fn scope(&self) -> Option<&str> {
-        Some(SCOPE)
+    fn build(&self, _ctx: &ServiceContext<'_, PerfConfig>) -> Perf {
+        Perf
     }
+}
 
-    fn anonymous(&self) -> bool {
-        self.anonymous
-    }
-
-    fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) -> LocalBoxFuture<()> {
-        Box::pin(async move {
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                monoio::spawn(serve_stream(send, recv));
-            }
-        })
+impl Handler for Perf {
+    async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            conn.spawn(serve_stream(send, recv));
+        }
     }
 }
 
@@ -116,11 +129,46 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream) {
     let _ = send.finish();
 }
 
-/// The factory registering `perf`. With `anonymous`, clients whose key is unknown are
-/// served too (benchmarks only); the caller logs a warning at start when it asks for that
-/// (`alknet serve` does).
-pub fn factory(anonymous: bool) -> Arc<dyn HandlerFactory> {
-    Arc::new(FnFactory::new(ALPN, anonymous, move |_| {
-        Rc::new(Perf { anonymous }) as Rc<dyn ProtocolHandler>
-    }))
+#[cfg(test)]
+mod tests {
+    use super::{Perf, PerfConfig};
+    use alknet_core::Registry;
+    use alknet_core::config::Config;
+    use alknet_core::service::Offer;
+    use std::path::Path;
+
+    fn registry(text: &str) -> Result<Registry, String> {
+        let config = Config::parse(text, Path::new("alknet.toml")).map_err(|e| e.to_string())?;
+        Registry::from_config(&config, [Offer::new(Perf)]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn anonymous_key_is_read_by_perf() {
+        let r = registry("[services.perf]\nenabled = true\nanonymous = true\n").unwrap();
+        assert_eq!(r.alpns(), vec![b"perf".to_vec()]);
+        assert!(r.any_anonymous());
+        let r = registry("[services.perf]\nenabled = true\n").unwrap();
+        assert!(!r.any_anonymous());
+        let r = registry("[services.perf]\nanonymous = true\n").unwrap();
+        assert!(r.is_empty(), "off unless enabled");
+        assert_eq!(
+            Config::parse("[services.perf]\nanonymous = true\n", Path::new("a.toml"))
+                .unwrap()
+                .service_section::<PerfConfig>("perf")
+                .unwrap()
+                .config,
+            PerfConfig { anonymous: true }
+        );
+    }
+
+    #[test]
+    fn unknown_perf_key_names_file_line_and_key() {
+        let e = registry("[services.perf]\nenabled = true\nanonymus = true\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "alknet.toml:3: key `services.perf.anonymus`: unknown field `anonymus`, expected `anonymous`"
+            ),
+            "{e}"
+        );
+    }
 }

@@ -31,7 +31,9 @@ fn start(anonymous: bool, known: &ClientKey) -> alknet_core::ServerHandle {
         ..Config::default()
     };
     let mut registry = Registry::new();
-    registry.register(alknet_perf::factory(anonymous)).unwrap();
+    registry
+        .register(alknet_perf::Perf, alknet_perf::PerfConfig { anonymous })
+        .unwrap();
     let ids = MemoryIdentities::with_peers([PeerEntry {
         peer_id: "bench".into(),
         fingerprints: vec![known.fingerprint.parse().unwrap()],

@@ -1,0 +1,158 @@
+//! What a service is given when it is built on a shard: the [`ServiceContext`], and the node
+//! facts it can read ([`NodeFacts`]) as typed values.
+
+use super::drain::Drain;
+use super::registry::ShardSetup;
+use super::spawn::Spawner;
+use crate::identity::{IdentityError, IdentityProvider, IdentityStore};
+use crate::ops::admin::PeerView;
+use crate::shard::{SessionBoard, SessionInfo};
+use alknet_proto::Fingerprint;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use thiserror::Error;
+
+/// Everything a service's [`build`](super::Service::build) may use on one shard.
+///
+/// Handlers keep what they need beyond `build` by cloning it: [`drain`](Self::drain),
+/// [`spawner`](Self::spawner), [`identities`](Self::identities), [`node`](Self::node).
+pub struct ServiceContext<'a, C> {
+    shard: &'a ShardSetup,
+    config: &'a C,
+    // The tokio side runtime (for tokio-bound libraries) joins here as `tokio()`.
+}
+
+impl<'a, C> ServiceContext<'a, C> {
+    pub(crate) fn new(shard: &'a ShardSetup, config: &'a C) -> Self {
+        Self { shard, config }
+    }
+
+    /// The shard being built (0-based; one shard per worker thread).
+    pub fn shard(&self) -> usize {
+        self.shard.shard
+    }
+
+    /// The service's own `[services.NAME]` keys, parsed.
+    pub fn config(&self) -> &'a C {
+        self.config
+    }
+
+    /// Who the peers are: lookups by key fingerprint and by token (`alk_…`), answered from
+    /// memory without waiting on disk.
+    pub fn identities(&self) -> &Arc<dyn IdentityProvider> {
+        &self.shard.identities
+    }
+
+    /// Facts about the node: its key, the ALPNs it serves, its sessions, its peers.
+    pub fn node(&self) -> &Arc<NodeFacts> {
+        &self.shard.node
+    }
+
+    /// The shard's drain signal: fired when the server starts shutting down, so services
+    /// can finish what they are doing and stop taking new work. Connections still open at
+    /// the end of the drain period are closed by the shard.
+    pub fn drain(&self) -> Drain {
+        self.shard.drain.clone()
+    }
+
+    /// The guarded spawn, to keep in a handler.
+    pub fn spawner(&self) -> Spawner {
+        self.shard.spawner.clone()
+    }
+
+    /// Starts a task on this shard; the only way a service starts one (see [`Spawner`]).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.shard.spawner.spawn(task);
+    }
+}
+
+/// Why a node fact is not available.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// This node was started without the source of this fact.
+    #[error("this node does not offer {0}")]
+    Unavailable(&'static str),
+    /// The identity store failed.
+    #[error(transparent)]
+    Store(#[from] IdentityError),
+}
+
+/// Facts about the running node, the same on every shard.
+pub struct NodeFacts {
+    fingerprint: Fingerprint,
+    alpns: Vec<Vec<u8>>,
+    workers: usize,
+    started: Instant,
+    boards: Vec<SessionBoard>,
+    peer_store: Option<Arc<dyn IdentityStore>>,
+}
+
+impl NodeFacts {
+    pub(crate) fn new(
+        fingerprint: Fingerprint,
+        alpns: Vec<Vec<u8>>,
+        boards: Vec<SessionBoard>,
+        peer_store: Option<Arc<dyn IdentityStore>>,
+    ) -> Self {
+        Self {
+            fingerprint,
+            alpns,
+            workers: boards.len(),
+            started: Instant::now(),
+            boards,
+            peer_store,
+        }
+    }
+
+    /// The node's key, as clients pin it.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The ALPNs the node serves, in offer order.
+    pub fn alpns(&self) -> &[Vec<u8>] {
+        &self.alpns
+    }
+
+    /// Worker threads (shards).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// When the server started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The authenticated connections of every shard, by peer then age.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut all: Vec<SessionInfo> = self
+            .boards
+            .iter()
+            .flat_map(|b| match b.lock() {
+                Ok(g) => g.values().cloned().collect::<Vec<_>>(),
+                Err(p) => p.into_inner().values().cloned().collect(),
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.peer, a.since_unix).cmp(&(&b.peer, b.since_unix)));
+        all
+    }
+
+    /// The peers of the node's store, as operators see them, in id order.
+    pub fn peers(&self) -> Result<Vec<PeerView>, NodeError> {
+        let store = self
+            .peer_store
+            .as_ref()
+            .ok_or(NodeError::Unavailable("a peer list"))?;
+        Ok(store
+            .list_peers()?
+            .iter()
+            .map(|p| PeerView::from(&**p))
+            .collect())
+    }
+}

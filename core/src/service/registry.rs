@@ -1,0 +1,303 @@
+//! The registry: the enabled services and their declarations, checked at start-up, and the
+//! per-shard router built from it.
+//!
+//! The offered ALPN list, the TLS client-auth mode and the routing of a connection all read
+//! the one [`ServiceInfo`] each service declared, so they cannot drift apart.
+
+use super::context::{NodeFacts, ServiceContext};
+use super::drain::Drain;
+use super::spawn::Spawner;
+use super::{Handler, LocalBoxFuture, Service, ServiceInfo};
+use crate::config::{Config, ConfigError};
+use crate::conn::Connection;
+use crate::identity::{AuthContext, IdentityProvider, IdentityStore};
+use crate::ops::stats::ShardStats;
+use std::rc::Rc;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// A registry problem found at start-up.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// Two services claim one ALPN.
+    #[error(
+        "services `{first}` and `{second}` both declare ALPN `{alpn}`; each ALPN may be served by one service"
+    )]
+    DuplicateAlpn {
+        /// The ALPN.
+        alpn: String,
+        /// The service registered first.
+        first: &'static str,
+        /// The service registered second.
+        second: &'static str,
+    },
+    /// An ALPN TLS cannot carry.
+    #[error("service `{service}` declares ALPN `{alpn}`: an ALPN must be 1..=255 bytes")]
+    BadAlpn {
+        /// The ALPN, lossily decoded.
+        alpn: String,
+        /// The service.
+        service: &'static str,
+    },
+}
+
+/// Why the services could not be set up from a configuration.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A `[services.NAME]` section is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The declarations clash.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// A service built into this program, before the config says whether it runs: one entry of
+/// the list `alknet serve` registers from.
+pub struct Offer(Box<dyn Configure>);
+
+impl Offer {
+    /// Offers `service`.
+    pub fn new<S: Service>(service: S) -> Self {
+        Self(Box::new(Some(service)))
+    }
+
+    /// Its `[services.NAME]` name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+trait Configure {
+    fn name(&self) -> &'static str;
+    fn configure(&mut self, config: &Config, registry: &mut Registry) -> Result<(), SetupError>;
+}
+
+impl<S: Service> Configure for Option<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn configure(&mut self, config: &Config, registry: &mut Registry) -> Result<(), SetupError> {
+        // Parsed even when disabled: a typo in a section turned off is still a typo.
+        let section = config.service_section::<S::Config>(S::NAME)?;
+        if let (true, Some(service)) = (section.enabled, self.take()) {
+            registry.register(service, section.config)?;
+        }
+        Ok(())
+    }
+}
+
+/// One registered service, type-erased.
+trait Build: Send + Sync {
+    fn build(&self, shard: &ShardSetup) -> Rc<dyn ErasedHandler>;
+}
+
+struct Entry<S: Service> {
+    service: S,
+    config: S::Config,
+}
+
+impl<S: Service> Build for Entry<S> {
+    fn build(&self, shard: &ShardSetup) -> Rc<dyn ErasedHandler> {
+        let ctx = ServiceContext::new(shard, &self.config);
+        Rc::new(self.service.build(&ctx))
+    }
+}
+
+#[derive(Clone)]
+struct Registered {
+    name: &'static str,
+    info: ServiceInfo,
+    entry: Arc<dyn Build>,
+}
+
+/// The enabled services, in the order their ALPNs are offered.
+#[derive(Default, Clone)]
+pub struct Registry {
+    services: Vec<Registered>,
+    peer_store: Option<Arc<dyn IdentityStore>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.services()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The services of `offers` that `config` enables, each configured from its
+    /// `[services.NAME]` section. A section naming no offered service is an error listing the
+    /// offered ones; so is a section a service cannot parse. Services serving unknown keys are
+    /// logged as a warning.
+    pub fn from_config(
+        config: &Config,
+        offers: impl IntoIterator<Item = Offer>,
+    ) -> Result<Self, SetupError> {
+        let mut offers: Vec<Offer> = offers.into_iter().collect();
+        let known: Vec<&str> = offers.iter().map(Offer::name).collect();
+        config.check_services(&known)?;
+        let mut registry = Self::new();
+        for offer in &mut offers {
+            offer.0.configure(config, &mut registry)?;
+        }
+        for s in registry.services.iter().filter(|s| s.info.anonymous) {
+            tracing::warn!(
+                service = s.name,
+                alpn = %String::from_utf8_lossy(s.info.alpn),
+                "service serves clients with unknown keys (anonymous = true); use this for benchmarks only"
+            );
+        }
+        Ok(registry)
+    }
+
+    /// Adds `service` with its config; an ALPN already registered, or one TLS cannot carry,
+    /// is an error.
+    pub fn register<S: Service>(
+        &mut self,
+        service: S,
+        config: S::Config,
+    ) -> Result<(), RegistryError> {
+        let info = service.info(&config);
+        let alpn = info.alpn;
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(RegistryError::BadAlpn {
+                alpn: String::from_utf8_lossy(alpn).into_owned(),
+                service: S::NAME,
+            });
+        }
+        if let Some(first) = self.services.iter().find(|s| s.info.alpn == alpn) {
+            return Err(RegistryError::DuplicateAlpn {
+                alpn: String::from_utf8_lossy(alpn).into_owned(),
+                first: first.name,
+                second: S::NAME,
+            });
+        }
+        self.services.push(Registered {
+            name: S::NAME,
+            info,
+            entry: Arc::new(Entry { service, config }),
+        });
+        Ok(())
+    }
+
+    /// The peer store behind [`NodeFacts::peers`] (the admin listing of peers).
+    pub fn set_peer_store(&mut self, store: Arc<dyn IdentityStore>) {
+        self.peer_store = Some(store);
+    }
+
+    pub(crate) fn peer_store(&self) -> Option<Arc<dyn IdentityStore>> {
+        self.peer_store.clone()
+    }
+
+    /// The registered services' names and declarations, in offer order.
+    pub fn services(&self) -> impl Iterator<Item = (&'static str, ServiceInfo)> + '_ {
+        self.services.iter().map(|s| (s.name, s.info))
+    }
+
+    /// The ALPNs offered in the handshake, in registration order.
+    pub fn alpns(&self) -> Vec<Vec<u8>> {
+        self.services.iter().map(|s| s.info.alpn.to_vec()).collect()
+    }
+
+    /// True when some service accepts unknown keys (the client certificate is then optional).
+    pub fn any_anonymous(&self) -> bool {
+        self.services.iter().any(|s| s.info.anonymous)
+    }
+
+    /// True when no service is registered.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// A router serving nothing, for an endpoint that accepts no connections (the client).
+    pub(crate) fn build(&self, _shard: usize) -> Router {
+        Router {
+            routes: Vec::new(),
+            drain: Drain::new(),
+        }
+    }
+
+    /// Builds every service's handler for one shard (on that shard's thread).
+    pub(crate) fn instantiate(&self, setup: &ShardSetup) -> Router {
+        Router {
+            routes: self
+                .services
+                .iter()
+                .map(|s| Route {
+                    info: s.info,
+                    handler: s.entry.build(setup),
+                })
+                .collect(),
+            drain: setup.drain.clone(),
+        }
+    }
+}
+
+/// What a shard gives every service it builds.
+pub(crate) struct ShardSetup {
+    pub(crate) shard: usize,
+    pub(crate) identities: Arc<dyn IdentityProvider>,
+    pub(crate) node: Arc<NodeFacts>,
+    pub(crate) drain: Drain,
+    pub(crate) spawner: Spawner,
+}
+
+impl ShardSetup {
+    pub(crate) fn new(
+        shard: usize,
+        identities: Arc<dyn IdentityProvider>,
+        node: Arc<NodeFacts>,
+        stats: Arc<ShardStats>,
+    ) -> Self {
+        Self {
+            shard,
+            identities,
+            node,
+            drain: Drain::new(),
+            spawner: Spawner::new(stats),
+        }
+    }
+}
+
+/// A handler behind a pointer: [`Handler::handle`] returns an unnamed future.
+pub(crate) trait ErasedHandler {
+    fn serve(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()>;
+}
+
+impl<H: Handler> ErasedHandler for H {
+    fn serve(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()> {
+        Box::pin(<H as Handler>::handle(self, conn, auth))
+    }
+}
+
+/// One service on one shard: its declaration and its handler.
+pub(crate) struct Route {
+    pub(crate) info: ServiceInfo,
+    pub(crate) handler: Rc<dyn ErasedHandler>,
+}
+
+/// One shard's services, by ALPN, and the shard's drain signal.
+pub(crate) struct Router {
+    routes: Vec<Route>,
+    drain: Drain,
+}
+
+impl Router {
+    /// The service of a negotiated ALPN.
+    pub(crate) fn get(&self, alpn: &[u8]) -> Option<&Route> {
+        self.routes.iter().find(|r| r.info.alpn == alpn)
+    }
+
+    /// Tells every service of the shard that it is draining (the shard got `Shutdown`).
+    pub(crate) fn drain(&self) {
+        self.drain.fire();
+    }
+}

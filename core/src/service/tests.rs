@@ -1,0 +1,332 @@
+//! The registry, the declarations it derives from, the config sections services parse, and
+//! the drain signal, without a network.
+
+use super::*;
+use crate::config::Config;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// A service whose ALPN, scope and anonymity come from its fields and its config.
+struct Test {
+    alpn: &'static [u8],
+}
+
+#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TestConfig {
+    greeting: String,
+    anonymous: bool,
+}
+
+struct Nop;
+
+impl Handler for Nop {
+    async fn handle(self: Rc<Self>, _conn: Connection, _auth: AuthContext) {}
+}
+
+impl Service for Test {
+    const NAME: &'static str = "test";
+    type Config = TestConfig;
+    type Handler = Nop;
+    fn info(&self, config: &TestConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: self.alpn,
+            scope: Some("test"),
+            anonymous: config.anonymous,
+        }
+    }
+    fn build(&self, _ctx: &ServiceContext<'_, TestConfig>) -> Nop {
+        Nop
+    }
+}
+
+/// A second service, with no keys of its own.
+struct Other;
+
+impl Service for Other {
+    const NAME: &'static str = "other";
+    type Config = NoConfig;
+    type Handler = Nop;
+    fn info(&self, _: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: b"alknet/other",
+            scope: None,
+            anonymous: false,
+        }
+    }
+    fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Nop {
+        Nop
+    }
+}
+
+fn offers() -> Vec<Offer> {
+    vec![
+        Offer::new(Test {
+            alpn: b"alknet/test",
+        }),
+        Offer::new(Other),
+    ]
+}
+
+fn from(text: &str) -> Result<Registry, SetupError> {
+    let config = Config::parse(text, Path::new("alknet.toml"))
+        .unwrap_or_else(|e| panic!("base config: {e}"));
+    Registry::from_config(&config, offers())
+}
+
+fn error(text: &str) -> String {
+    from(text).err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn duplicate_and_bad_alpns_are_start_up_errors() {
+    let mut r = Registry::new();
+    assert_eq!(
+        r.register(Test { alpn: b"alknet/a" }, TestConfig::default()),
+        Ok(())
+    );
+    assert_eq!(r.register(Other, NoConfig {}), Ok(()));
+    assert_eq!(
+        r.register(Test { alpn: b"alknet/a" }, TestConfig::default()),
+        Err(RegistryError::DuplicateAlpn {
+            alpn: "alknet/a".into(),
+            first: "test",
+            second: "test"
+        })
+    );
+    assert!(matches!(
+        r.register(Test { alpn: b"" }, TestConfig::default()),
+        Err(RegistryError::BadAlpn {
+            service: "test",
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.register(Test { alpn: &[b'x'; 256] }, TestConfig::default()),
+        Err(RegistryError::BadAlpn { .. })
+    ));
+    assert_eq!(
+        r.alpns(),
+        vec![b"alknet/a".to_vec(), b"alknet/other".to_vec()]
+    );
+}
+
+#[test]
+fn tls_and_routing_read_the_one_declaration() {
+    let mut r = Registry::new();
+    r.register(Other, NoConfig {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!r.any_anonymous(), "client certificates are required");
+    let anonymous = TestConfig {
+        anonymous: true,
+        ..TestConfig::default()
+    };
+    r.register(
+        Test {
+            alpn: b"alknet/test",
+        },
+        anonymous,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.any_anonymous(),
+        "an anonymous service makes them optional"
+    );
+    let listed: Vec<_> = r.services().collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                "other",
+                ServiceInfo {
+                    alpn: b"alknet/other",
+                    scope: None,
+                    anonymous: false
+                }
+            ),
+            (
+                "test",
+                ServiceInfo {
+                    alpn: b"alknet/test",
+                    scope: Some("test"),
+                    anonymous: true
+                }
+            ),
+        ]
+    );
+    // The router of a shard carries the same declarations.
+    let node = Arc::new(NodeFacts::new(
+        "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+        r.alpns(),
+        Vec::new(),
+        None,
+    ));
+    let setup = ShardSetup::new(
+        0,
+        Arc::new(crate::identity::MemoryIdentities::new()),
+        node,
+        Arc::default(),
+    );
+    let router = r.instantiate(&setup);
+    assert_eq!(
+        router.get(b"alknet/test").map(|r| r.info.scope),
+        Some(Some("test"))
+    );
+    assert!(router.get(b"alknet/nope").is_none());
+}
+
+#[test]
+fn service_keys_are_parsed_by_the_service() {
+    let r = from(
+        "[services.test]\nenabled = true\ngreeting = \"hello\"\nanonymous = true\n\n[services.other]\nenabled = false\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.alpns(), vec![b"alknet/test".to_vec()]);
+    assert!(r.any_anonymous(), "anonymity follows the service's config");
+
+    let config = Config::parse(
+        "[services.test]\ngreeting = \"hi\"\nenabled = true\n",
+        Path::new("alknet.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let section = config
+        .service_section::<TestConfig>("test")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        section.enabled,
+        "`enabled` is read by the layer, after the service's keys"
+    );
+    assert_eq!(section.config.greeting, "hi");
+    let absent = config
+        .service_section::<NoConfig>("other")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!absent.enabled, "an absent section is off");
+}
+
+#[test]
+fn unknown_service_key_names_file_line_and_key() {
+    let msg = error("workers = 1\n[services.test]\nenabled = true\ngreting = \"hi\"\n");
+    assert!(
+        msg.starts_with("alknet.toml:4: key `services.test.greting`: unknown field `greting`"),
+        "{msg}"
+    );
+    // Also in a section that is off, and in a service without keys of its own.
+    let msg = error("[services.other]\nenabled = false\ncolour = 1\n");
+    assert!(
+        msg.starts_with("alknet.toml:3: key `services.other.colour`"),
+        "{msg}"
+    );
+    let msg = error("[services.test]\ngreeting = 5\n");
+    assert!(
+        msg.starts_with("alknet.toml:2: key `services.test.greeting`"),
+        "{msg}"
+    );
+    let msg = error("[services.test]\nenabled = \"yes\"\n");
+    assert!(
+        msg.starts_with("alknet.toml:2: key `services.test.enabled`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_service_name_lists_the_known_ones() {
+    let msg = error("listen = \"[::]:4433\"\n\n[services.tset]\nenabled = true\n");
+    assert_eq!(
+        msg,
+        "alknet.toml:3: key `services.tset`: unknown service `tset`; the services of this build are: test, other"
+    );
+}
+
+#[test]
+fn config_built_in_code_is_parsed_too() {
+    let mut config = Config::default();
+    let mut table = toml::Table::new();
+    table.insert("enabled".into(), toml::Value::Boolean(true));
+    table.insert("greeting".into(), toml::Value::String("hey".into()));
+    config.services.insert("test".into(), table);
+    let section = config
+        .service_section::<TestConfig>("test")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(section.enabled);
+    assert_eq!(section.config.greeting, "hey");
+    config
+        .services
+        .get_mut("test")
+        .map(|t| t.insert("nope".into(), toml::Value::Boolean(true)));
+    assert!(config.service_section::<TestConfig>("test").is_err());
+}
+
+#[derive(Default)]
+struct Wakes(AtomicUsize);
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn drain_wakes_its_waiters_once_and_forgets_dropped_ones() {
+    let drain = Drain::new();
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+
+    let mut first = std::pin::pin!(drain.wait());
+    let mut second = Box::pin(drain.wait());
+    assert!(!drain.is_draining());
+    for _ in 0..3 {
+        // Polling again replaces the waker; it does not pile up.
+        assert_eq!(first.as_mut().poll(&mut cx), Poll::Pending);
+    }
+    assert_eq!(second.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(drain.waiting(), 2);
+    drop(second);
+    assert_eq!(
+        drain.waiting(),
+        1,
+        "a cancelled wait leaves no waker behind"
+    );
+
+    drain.clone().fire();
+    assert!(drain.is_draining());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    assert_eq!(first.as_mut().poll(&mut cx), Poll::Ready(()));
+    drain.fire();
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "fired once");
+    // A wait that starts after the signal completes at once.
+    assert_eq!(std::pin::pin!(drain.wait()).poll(&mut cx), Poll::Ready(()));
+    assert_eq!(drain.waiting(), 0);
+}
+
+#[test]
+fn router_drain_fires_the_shards_signal() {
+    let setup = ShardSetup::new(
+        3,
+        Arc::new(crate::identity::MemoryIdentities::new()),
+        Arc::new(NodeFacts::new(
+            "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+            Vec::new(),
+            Vec::new(),
+            None,
+        )),
+        Arc::default(),
+    );
+    let ctx = ServiceContext::new(&setup, &NoConfig {});
+    assert_eq!(ctx.shard(), 3);
+    let drain = ctx.drain();
+    let router = Registry::new().instantiate(&setup);
+    assert!(!drain.is_draining());
+    router.drain();
+    assert!(
+        drain.is_draining(),
+        "the handler's copy sees the shard's signal"
+    );
+    assert!(matches!(ctx.node().peers(), Err(NodeError::Unavailable(_))));
+}
