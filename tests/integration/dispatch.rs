@@ -201,12 +201,14 @@ async fn over_the_memory_budget_new_connections_and_streams_wait() {
     assert_eq!(echo(&conn, b"before").await.unwrap(), b"before");
 
     server.memory().set_budget(1);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !server.memory().over() && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // The gauge's sampler thread sets the flag and, in the same step, tells every shard.
+    wait_for(
+        std::time::Duration::from_secs(3),
+        "the memory gauge over",
+        || server.memory().over(),
+    )
+    .await;
     assert!(server.memory().over());
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     // New connections are refused (after a Retry proves the address).
     let err = connect(&quinn_endpoint(), addr, Some(&key), b"alknet/echo")
