@@ -322,7 +322,7 @@ async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
     );
     let pid = server.child.id();
     let ep = quinn_endpoint();
-    let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    let live = connect_kept_alive(&ep, server.addr, &key, ECHO).await;
     assert_eq!(
         echo(&live, &pattern(1, 100_000)).await.unwrap(),
         pattern(1, 100_000)
@@ -347,7 +347,6 @@ async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
         assert!(streams.len() >= 90, "only {} streams opened", streams.len());
         hogs.push((conn, streams));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let grown = rss_of(pid).saturating_sub(baseline);
     // Per connection: the receive window (256 KiB) plus the send window (256 KiB) plus
     // bookkeeping for 100 streams; 1.5 MiB leaves room for allocator slack.
@@ -454,9 +453,7 @@ async fn one_byte_out_of_order_fragments_stay_within_the_connection_bound() {
         node.fingerprint()
     ));
     let pid = server.child.id();
-    let live = connect(&quinn_endpoint(), server.addr, Some(&key), ECHO)
-        .await
-        .unwrap();
+    let live = connect_kept_alive(&quinn_endpoint(), server.addr, &key, ECHO).await;
     let addr = server.addr;
     let received_before = server.counter("datagrams_in");
     let (packets, baseline) = tokio::task::spawn_blocking(move || {

@@ -47,6 +47,30 @@ pub async fn connect(
         .await
 }
 
+/// Connects a legitimate session that sends keep-alives, so it outlasts an abusive phase
+/// longer than the idle timeout (building the abuse is slow on a loaded machine).
+pub async fn connect_kept_alive(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    key: &ClientKey,
+    alpn: &[u8],
+) -> quinn::Connection {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(20).try_into().expect("idle")));
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    let config = alknet_testkit::quinn_client_config(
+        Some(key),
+        alpn,
+        Arc::new(alknet_testkit::AnyServer::default()),
+        transport,
+    )
+    .expect("client config");
+    ep.connect_with(config, addr, "alknet")
+        .expect("connect call")
+        .await
+        .expect("live session")
+}
+
 /// Sends `data` on a new bidirectional stream and returns what comes back.
 pub async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await?;
