@@ -178,6 +178,7 @@ fn kill_9_never_loses_an_acknowledged_mutation() {
             }
         });
         // Kill at a random moment: from before the store is open to dozens of commits in.
+        // The pause is the crash point under test, not a wait for anything.
         std::thread::sleep(Duration::from_micros(2_000 + rng.next(40_000)));
         child.kill().unwrap();
         child.wait().unwrap();

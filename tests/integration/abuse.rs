@@ -182,19 +182,29 @@ async fn half_open_and_idle_clients_are_reclaimed() {
     for s in &socks {
         s.send_to(&real_initial(server.addr), server.addr).unwrap();
     }
+    // The server's first flight to each: it holds state for all 40.
+    let mut buf = [0u8; 2048];
+    for s in &socks {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(
+            s.recv_from(&mut buf).is_ok(),
+            "a half-open client got no answer"
+        );
+    }
     // 20 clients that finish the handshake and then never open a stream.
     let ep = quinn_endpoint();
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(connect(&ep, server.addr, Some(&key), ECHO).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(server.counter("connections_open") >= 50);
     // The idle clients stay alive but silent: only the server's idle timer can end them.
-    let until = Instant::now() + Duration::from_secs(15);
-    while server.counter("connections_open") > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        Duration::from_secs(15),
+        "every connection reclaimed",
+        || server.counter("connections_open") == 0,
+    )
+    .await;
     assert_eq!(server.counter("connections_open"), 0, "state not reclaimed");
     assert_eq!(server.counter("handshake_timeouts"), 40);
     for c in &idle {
@@ -227,6 +237,7 @@ async fn idle_deadline_moves_with_traffic_and_still_fires() {
     while Instant::now() < busy_until {
         assert_eq!(echo(&c, b"tick").await.unwrap(), b"tick");
         rounds += 1;
+        // The pause is the traffic pattern under test: each packet moves the deadline.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(rounds >= 8, "{rounds}");
@@ -234,9 +245,12 @@ async fn idle_deadline_moves_with_traffic_and_still_fires() {
     assert_eq!(server.counter("connections_open"), 1);
     // The last packet was ≈ 300 ms ago: the server should close ≈ 1.2 s from now.
     let silent = Instant::now();
-    while server.counter("connections_open") > 0 && silent.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        Duration::from_secs(10),
+        "the idle connection closed",
+        || server.counter("connections_open") == 0,
+    )
+    .await;
     let took = silent.elapsed();
     assert_eq!(server.counter("connections_open"), 0, "never timed out");
     assert!(
@@ -308,7 +322,7 @@ async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
     );
     let pid = server.child.id();
     let ep = quinn_endpoint();
-    let live = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+    let live = connect_kept_alive(&ep, server.addr, &key, ECHO).await;
     assert_eq!(
         echo(&live, &pattern(1, 100_000)).await.unwrap(),
         pattern(1, 100_000)
@@ -333,7 +347,6 @@ async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
         assert!(streams.len() >= 90, "only {} streams opened", streams.len());
         hogs.push((conn, streams));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let grown = rss_of(pid).saturating_sub(baseline);
     // Per connection: the receive window (256 KiB) plus the send window (256 KiB) plus
     // bookkeeping for 100 streams; 1.5 MiB leaves room for allocator slack.
@@ -440,12 +453,11 @@ async fn one_byte_out_of_order_fragments_stay_within_the_connection_bound() {
         node.fingerprint()
     ));
     let pid = server.child.id();
-    let live = connect(&quinn_endpoint(), server.addr, Some(&key), ECHO)
-        .await
-        .unwrap();
+    let live = connect_kept_alive(&quinn_endpoint(), server.addr, &key, ECHO).await;
     let addr = server.addr;
     let received_before = server.counter("datagrams_in");
-    let (packets, baseline, held) = tokio::task::spawn_blocking(move || {
+    let (runtime, paced) = (tokio::runtime::Handle::current(), live.clone());
+    let (packets, baseline) = tokio::task::spawn_blocking(move || {
         let mut raw = RawClient::connect(addr, &node);
         raw.pump();
         let baseline = rss_of(pid);
@@ -463,16 +475,22 @@ async fn one_byte_out_of_order_fragments_stay_within_the_connection_bound() {
         }
         for (k, p) in packets[1..].iter().rev().enumerate() {
             raw.sock.send_to(p, raw.server).unwrap();
-            if k % 256 == 255 {
-                std::thread::sleep(Duration::from_millis(1));
+            if k % 128 == 127 {
+                // Paced by the server: the one shard reads its socket in order, so an echo
+                // on the live connection comes back once it has taken this burst, and the
+                // next cannot overflow its socket buffer.
+                let back = runtime.block_on(echo(&paced, b"paced"));
+                assert_eq!(back.unwrap(), b"paced");
             }
         }
-        std::thread::sleep(Duration::from_millis(300));
-        let held = rss_of(pid).saturating_sub(baseline);
-        (packets.len(), baseline, held)
+        (packets.len(), baseline)
     })
     .await
     .unwrap();
+    // The one shard reads its socket in order: an echo on the live connection, sent after
+    // the fragments, comes back once the server has taken every fragment that arrived.
+    assert_eq!(echo(&live, b"after").await.unwrap(), b"after");
+    let held = rss_of(pid).saturating_sub(baseline);
     assert!(packets >= 54_000, "only {packets} packets");
     // They reached the server (a few may drop in the socket buffer).
     let arrived = server.counter("datagrams_in") - received_before;

@@ -144,10 +144,22 @@ async fn rebinding_client_keeps_its_connection_through_forwarding() {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let total = 2 << 20;
     let data = pattern(7, total);
-    let reader = tokio::spawn(async move { recv.read_to_end(total + 1).await.unwrap() });
+    // How many bytes have come back so far.
+    let (echoed_tx, mut echoed) = tokio::sync::watch::channel(0usize);
+    let reader = tokio::spawn(async move {
+        let mut back = Vec::with_capacity(total);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(n) = recv.read(&mut buf).await.unwrap() {
+            back.extend_from_slice(&buf[..n]);
+            echoed_tx.send_replace(back.len());
+        }
+        back
+    });
     let mut rebinds = 0;
     let mut ports = HashSet::new();
     let mut sent = 0;
+    // Bytes written before the last rebind: any byte past them left from the new port.
+    let mut sent_at_rebind = None;
     while sent < total {
         let end = (sent + 32 * 1024).min(total);
         send.write_all(&data[sent..end]).await.unwrap();
@@ -157,11 +169,18 @@ async fn rebinding_client_keeps_its_connection_through_forwarding() {
             if rebinds >= 4 && forwarded {
                 continue;
             }
+            // Move on only once the last port carried data to the server and back.
+            if let Some(mark) = sent_at_rebind {
+                tokio::time::timeout(Duration::from_secs(10), echoed.wait_for(|&n| n > mark))
+                    .await
+                    .expect("no echo through the new port within 10s")
+                    .unwrap();
+            }
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             ports.insert(sock.local_addr().unwrap().port());
             ep.rebind(sock).unwrap();
             rebinds += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            sent_at_rebind = Some(sent);
         }
     }
     send.finish().unwrap();
@@ -217,10 +236,13 @@ async fn sigterm_gives_clients_an_application_close() {
     let ep = quinn_endpoint();
     let mut conns = Vec::new();
     let mut pumps = Vec::new();
+    // One message per connection once its first round trip is back.
+    let (flowing_tx, mut flowing) = tokio::sync::mpsc::channel(6);
     for i in 0..6u64 {
         let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
         // Keep traffic flowing on every connection until it is closed.
         let c = conn.clone();
+        let mut flowing_tx = Some(flowing_tx.clone());
         pumps.push(tokio::spawn(async move {
             let Ok((mut send, mut recv)) = c.open_bi().await else {
                 return;
@@ -234,11 +256,18 @@ async fn sigterm_gives_clients_an_application_close() {
                 if recv.read_exact(&mut buf).await.is_err() {
                     return;
                 }
+                if let Some(tx) = flowing_tx.take() {
+                    let _ = tx.try_send(());
+                }
             }
         }));
         conns.push(conn);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..6 {
+        tokio::time::timeout(Duration::from_secs(10), flowing.recv())
+            .await
+            .expect("traffic not flowing on every connection within 10s");
+    }
     server.signal(15);
     for conn in &conns {
         let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())

@@ -47,6 +47,30 @@ pub async fn connect(
         .await
 }
 
+/// Connects a legitimate session that sends keep-alives, so it outlasts an abusive phase
+/// longer than the idle timeout (building the abuse is slow on a loaded machine).
+pub async fn connect_kept_alive(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    key: &ClientKey,
+    alpn: &[u8],
+) -> quinn::Connection {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(20).try_into().expect("idle")));
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    let config = alknet_testkit::quinn_client_config(
+        Some(key),
+        alpn,
+        Arc::new(alknet_testkit::AnyServer::default()),
+        transport,
+    )
+    .expect("client config");
+    ep.connect_with(config, addr, "alknet")
+        .expect("connect call")
+        .await
+        .expect("live session")
+}
+
 /// Sends `data` on a new bidirectional stream and returns what comes back.
 pub async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -82,6 +106,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub fingerprint: String,
     pub stderr_path: PathBuf,
+    /// Disconnected when the child's stdout reaches its end: the process has exited.
+    stdout_closed: std::sync::mpsc::Receiver<()>,
 }
 
 impl Server {
@@ -110,7 +136,10 @@ impl Server {
             .expect("spawn alknet serve");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (stdout_open, stdout_closed) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            // Dropped at the end of stdout, which the server closes only by exiting.
+            let _open = stdout_open;
             let mut lines = BufReader::new(stdout).lines();
             let mut addr = None;
             let mut fp = None;
@@ -149,6 +178,7 @@ impl Server {
             addr,
             fingerprint,
             stderr_path,
+            stdout_closed,
         }
     }
 
@@ -179,20 +209,31 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit, at most `limit`.
+    /// Waits for the process to exit, at most `limit`: its stdout closing is the exit
+    /// (only the kernel closes it), then `wait` collects the status.
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.stdout_closed.recv_timeout(limit) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.child.wait().ok(),
         }
-        None
     }
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+/// Waits until `cond` holds, at most `limit`, and panics naming `what` if it never does.
+///
+/// For what only a server process's counters show: the control socket answers requests but
+/// sends no notifications, so this is the one place the integration tests poll (every
+/// 20 ms). Everything with an event of its own (a datagram, a stream's bytes, a connection's
+/// close, the process's exit) waits on that event instead.
+pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < until, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize, JsonSchema)]
@@ -46,6 +45,7 @@ fn server_ops() -> Operations {
         "waits ms milliseconds",
         None,
         |_c, s: Sleep| async move {
+            // Slow on purpose: the operation the timeout and abort tests stop.
             monoio::time::sleep(Duration::from_millis(s.ms)).await;
             Ok(s.ms)
         },
@@ -340,53 +340,46 @@ fn server_calls_the_client_back() {
 fn abort_cascades_to_calls_made_on_behalf() {
     let (k, fp) = client_node();
     let node = start(vec![peer("p1", fp, &["call"])], Duration::from_secs(30));
-    let started = Arc::new(AtomicBool::new(false));
-    let cancelled = Arc::new(AtomicBool::new(false));
-    struct Guard(Arc<AtomicBool>);
+    // One message when the relayed call arrives, one when it is dropped.
+    let (started, mut s) = tokio::sync::mpsc::channel::<()>(1);
+    let (cancelled, mut x) = tokio::sync::mpsc::channel::<()>(1);
+    struct Guard(tokio::sync::mpsc::Sender<()>);
     impl Drop for Guard {
         fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
+            let _ = self.0.try_send(());
         }
     }
     let mut ops = Operations::new();
-    {
-        let started = started.clone();
-        let cancelled = cancelled.clone();
-        ops.unary(
-            "/client/hang",
-            "never answers",
-            None,
-            move |_c, _: NoInput| {
-                started.store(true, Ordering::SeqCst);
-                let guard = Guard(cancelled.clone());
-                async move {
-                    let _guard = guard;
-                    monoio::time::sleep(Duration::from_secs(3600)).await;
-                    Ok(())
-                }
-            },
-        )
-        .unwrap();
-    }
-    let (s, x) = (started.clone(), cancelled.clone());
+    ops.unary(
+        "/client/hang",
+        "never answers",
+        None,
+        move |_c, _: NoInput| {
+            let _ = started.try_send(());
+            let guard = Guard(cancelled.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        },
+    )
+    .unwrap();
     with_client(&node, &k, ops, |c| async move {
         let call = c
             .start("/test/relay", Value::Null, CallOptions::default())
             .await
             .unwrap();
-        let until = Instant::now() + Duration::from_secs(5);
-        while !s.load(Ordering::SeqCst) && Instant::now() < until {
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(s.load(Ordering::SeqCst), "the relayed call never arrived");
-        assert!(!x.load(Ordering::SeqCst));
-        call.abort();
-        let until = Instant::now() + Duration::from_secs(5);
-        while !x.load(Ordering::SeqCst) && Instant::now() < until {
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let arrived = monoio::time::timeout(Duration::from_secs(5), s.recv()).await;
         assert!(
-            x.load(Ordering::SeqCst),
+            matches!(arrived, Ok(Some(()))),
+            "the relayed call never arrived"
+        );
+        assert!(x.try_recv().is_err());
+        call.abort();
+        let dropped = monoio::time::timeout(Duration::from_secs(5), x.recv()).await;
+        assert!(
+            matches!(dropped, Ok(Some(()))),
             "the call made on behalf was not aborted"
         );
         // The connection still works.
@@ -695,7 +688,18 @@ async fn raw_abort_stops_the_call() {
     send.write_all(&request(id, "/test/sleep", json!({"ms": 10_000})))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server takes a stream's frames in order: once a later call is answered, the
+    // sleeping one is running.
+    let probe = new_id();
+    send.write_all(&request(probe, "/test/echo", json!(0)))
+        .await
+        .unwrap();
+    let got = read_frames(&mut recv, finished(probe)).await;
+    assert!(
+        got.iter()
+            .any(|m| m.id == probe && m.body == Body::Responded { output: json!(0) }),
+        "{got:?}"
+    );
     send.write_all(
         &encode(&Message {
             id,
