@@ -5,6 +5,9 @@
 //! [`AuthContext`](crate::AuthContext): never the endpoint, the socket or another shard.
 //! Handlers run on their shard's thread and may be `!Send`.
 
+pub mod bridge;
+pub mod tokio_rt;
+
 use crate::conn::Connection;
 use crate::identity::AuthContext;
 use std::future::Future;
