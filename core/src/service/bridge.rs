@@ -108,6 +108,21 @@ struct InState {
 }
 
 impl Inbound {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            state: Mutex::new(InState {
+                chunks: VecDeque::new(),
+                len: 0,
+                end: None,
+                reader_gone: false,
+                reader: None,
+                pump: None,
+                pump_wants_space: false,
+            }),
+        }
+    }
+
     /// The pump reads once half the pipe is free (or it is empty), so a slow reader does
     /// not turn every few bytes it takes into a wake-up of the shard.
     fn poll_space(&self, cx: &Context<'_>) -> Poll<Option<usize>> {
@@ -280,6 +295,22 @@ enum Take {
 }
 
 impl Outbound {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            state: Mutex::new(OutState {
+                buf: BytesMut::new(),
+                in_flight: 0,
+                fin: false,
+                dropped: false,
+                finished: false,
+                broken: None,
+                writer: None,
+                pump: None,
+            }),
+        }
+    }
+
     fn poll_write(&self, cx: &Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let mut st = lock(&self.state);
         if let Some(b) = &st.broken {
@@ -474,31 +505,8 @@ pub fn bridge(
     buffer: usize,
 ) -> (BridgedStream, impl Future<Output = ()> + 'static) {
     let cap = buffer.max(1);
-    let inbound = Arc::new(Inbound {
-        cap,
-        state: Mutex::new(InState {
-            chunks: VecDeque::new(),
-            len: 0,
-            end: None,
-            reader_gone: false,
-            reader: None,
-            pump: None,
-            pump_wants_space: false,
-        }),
-    });
-    let outbound = Arc::new(Outbound {
-        cap,
-        state: Mutex::new(OutState {
-            buf: BytesMut::new(),
-            in_flight: 0,
-            fin: false,
-            dropped: false,
-            finished: false,
-            broken: None,
-            writer: None,
-            pump: None,
-        }),
-    });
+    let inbound = Arc::new(Inbound::new(cap));
+    let outbound = Arc::new(Outbound::new(cap));
     let stream = BridgedStream {
         inbound: inbound.clone(),
         outbound: outbound.clone(),
@@ -679,5 +687,160 @@ where
             rt.count_cancelled();
             Err(BridgeError::Cancelled(ConnectionError::LocallyClosed))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two pipes against a plain model: bytes in order, never more than the bound held,
+    //! ends and errors mapped as the module table says.
+    use super::*;
+
+    fn cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    fn read(pipe: &Inbound, n: usize) -> Poll<io::Result<Vec<u8>>> {
+        let mut buf = vec![0u8; n];
+        let mut rb = ReadBuf::new(&mut buf);
+        match pipe.poll_read(&cx(), &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let k = rb.filled().len();
+                buf.truncate(k);
+                Poll::Ready(Ok(buf))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[test]
+    fn inbound_keeps_order_and_bound_then_ends() {
+        let pipe = Inbound::new(100);
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        let mut seed = 7u32;
+        for round in 0..2_000u32 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            if seed % 3 != 0 {
+                // The pump: read from QUIC only what the pipe has room for.
+                if let Poll::Ready(Some(free)) = pipe.poll_space(&cx()) {
+                    let n = (seed as usize >> 8) % 60 + 1;
+                    let n = n.min(free);
+                    let chunk: Vec<u8> = (0..n).map(|i| (round as usize + i) as u8).collect();
+                    sent.extend_from_slice(&chunk);
+                    pipe.push(&mut vec![Bytes::from(chunk)], None);
+                }
+            } else if let Poll::Ready(Ok(b)) = read(&pipe, (seed as usize >> 4) % 50 + 1) {
+                assert!(!b.is_empty(), "no EOF before the end");
+                got.extend_from_slice(&b);
+            }
+            let held = lock(&pipe.state).len;
+            assert!(held <= 100, "{held} bytes held, bound 100");
+            assert_eq!(held, sent.len() - got.len());
+        }
+        pipe.push(&mut Vec::new(), Some(InEnd::Fin));
+        while let Poll::Ready(Ok(b)) = read(&pipe, 64) {
+            if b.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, sent);
+        assert!(matches!(read(&pipe, 8), Poll::Ready(Ok(b)) if b.is_empty()));
+    }
+
+    #[test]
+    fn inbound_reset_and_loss_are_errors_after_the_data() {
+        let pipe = Inbound::new(64);
+        assert!(read(&pipe, 8).is_pending());
+        pipe.push(
+            &mut vec![Bytes::from_static(b"abc")],
+            Some(InEnd::Reset(VarInt::from_u32(7))),
+        );
+        assert!(matches!(read(&pipe, 8), Poll::Ready(Ok(b)) if b == b"abc"));
+        match read(&pipe, 8) {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+            _ => panic!("a reset must read as ConnectionReset"),
+        }
+        let lost = Inbound::new(64);
+        lost.push(&mut Vec::new(), Some(InEnd::Lost("timed out".into())));
+        match read(&lost, 8) {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted),
+            _ => panic!("a lost connection must read as ConnectionAborted"),
+        }
+        lost.reader_gone();
+        assert_eq!(lost.poll_space(&cx()), Poll::Ready(None));
+    }
+
+    #[test]
+    fn inbound_pump_waits_for_half_the_pipe() {
+        let pipe = Inbound::new(100);
+        pipe.push(&mut vec![Bytes::from(vec![1u8; 100])], None);
+        assert_eq!(pipe.poll_space(&cx()), Poll::Pending);
+        assert!(read(&pipe, 30).is_ready());
+        assert_eq!(pipe.poll_space(&cx()), Poll::Pending, "30 free of 100");
+        assert!(read(&pipe, 20).is_ready());
+        assert_eq!(pipe.poll_space(&cx()), Poll::Ready(Some(50)));
+    }
+
+    fn write(pipe: &Outbound, data: &[u8]) -> Poll<io::Result<usize>> {
+        pipe.poll_write(&cx(), &[io::IoSlice::new(data)])
+    }
+
+    #[test]
+    fn outbound_holds_at_most_the_bound_until_quic_takes_it() {
+        let pipe = Outbound::new(10);
+        assert!(matches!(write(&pipe, b"0123456"), Poll::Ready(Ok(7))));
+        assert!(matches!(write(&pipe, b"789abc"), Poll::Ready(Ok(3))));
+        assert!(write(&pipe, b"x").is_pending(), "full");
+        let Poll::Ready(Take::Data(chunk)) = pipe.poll_take(&cx()) else {
+            panic!("data expected");
+        };
+        assert_eq!(&chunk[..], b"0123456789");
+        assert!(
+            write(&pipe, b"x").is_pending(),
+            "in flight counts against the bound"
+        );
+        assert!(pipe.poll_drained(&cx(), false).is_pending());
+        pipe.release(chunk.len(), false);
+        assert!(pipe.poll_drained(&cx(), false).is_ready());
+        assert!(matches!(write(&pipe, b"yz"), Poll::Ready(Ok(2))));
+        // Shutdown: the data first, then the finish, then shutdown completes.
+        assert!(pipe.poll_drained(&cx(), true).is_pending());
+        assert!(matches!(pipe.poll_take(&cx()), Poll::Ready(Take::Data(c)) if &c[..] == b"yz"));
+        pipe.release(2, false);
+        assert!(matches!(pipe.poll_take(&cx()), Poll::Ready(Take::Fin)));
+        assert!(pipe.poll_drained(&cx(), true).is_pending());
+        pipe.release(0, true);
+        assert!(matches!(
+            pipe.poll_drained(&cx(), true),
+            Poll::Ready(Ok(()))
+        ));
+        match write(&pipe, b"late") {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),
+            _ => panic!("a write after shutdown must fail"),
+        }
+    }
+
+    #[test]
+    fn outbound_stop_is_broken_pipe_and_drop_is_abandon() {
+        let pipe = Outbound::new(10);
+        pipe.break_with(Broken::Stopped(VarInt::from_u32(9)));
+        match write(&pipe, b"x") {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),
+            _ => panic!("a write after a stop must be BrokenPipe"),
+        }
+        let dropped = Outbound::new(10);
+        assert!(matches!(write(&dropped, b"ab"), Poll::Ready(Ok(2))));
+        dropped.writer_gone();
+        assert!(matches!(
+            dropped.poll_take(&cx()),
+            Poll::Ready(Take::Data(_))
+        ));
+        assert!(matches!(
+            dropped.poll_take(&cx()),
+            Poll::Ready(Take::Dropped)
+        ));
     }
 }
