@@ -35,6 +35,7 @@ use super::close_code;
 use super::tokio_rt::SideRuntime;
 use crate::conn::{Connection, RecvStream, SendStream, StreamError};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use quinn_proto::{ConnectionError, VarInt};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -139,6 +140,16 @@ impl Inbound {
             st.pump_wants_space = true;
             Poll::Pending
         }
+    }
+
+    /// Ready once the tokio side has dropped its stream.
+    fn poll_gone(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.state);
+        if st.reader_gone {
+            return Poll::Ready(());
+        }
+        park(&mut st.pump, cx);
+        Poll::Pending
     }
 
     fn push(&self, batch: &mut Vec<Bytes>, end: Option<InEnd>) {
@@ -517,52 +528,58 @@ pub fn bridge(
     })
 }
 
-/// QUIC → tokio. Reads every chunk QUIC has ready in one turn and hands the batch over under
-/// one lock, which keeps the shard's cost per chunk low.
+/// QUIC → tokio. Waits for a chunk (or the reader going away), then takes every further
+/// chunk QUIC has ready in the same turn and hands the batch over under one lock, which keeps
+/// the shard's cost per chunk low.
+///
+/// Every wait is on a future kept until it completes; a read polled only to see whether more
+/// is ready is dropped when it is not, and nothing depends on its waker.
 async fn pump_in(mut recv: RecvStream, pipe: Arc<Inbound>) {
     let mut batch: Vec<Bytes> = Vec::new();
-    let gone = poll_fn(|cx| {
+    loop {
+        let Some(mut left) = poll_fn(|cx| pipe.poll_space(cx)).await else {
+            return recv.stop(NOT_READ);
+        };
+        let first = {
+            let read = pin!(recv.read_chunk(left));
+            let gone = pin!(poll_fn(|cx| pipe.poll_gone(cx)));
+            match futures_util::future::select(read, gone).await {
+                Either::Left((r, _)) => Some(r),
+                Either::Right(_) => None,
+            }
+        };
+        let Some(first) = first else {
+            return recv.stop(NOT_READ);
+        };
+        let mut end = None;
+        let mut next = Some(first);
         loop {
-            let mut left = match pipe.poll_space(cx) {
-                Poll::Ready(Some(n)) => n,
-                Poll::Ready(None) => return Poll::Ready(true),
-                Poll::Pending => return Poll::Pending,
+            match next.take() {
+                Some(Ok(Some(chunk))) => {
+                    left = left.saturating_sub(chunk.len());
+                    batch.push(chunk);
+                }
+                Some(Ok(None)) => end = Some(InEnd::Fin),
+                Some(Err(StreamError::Reset(code))) => end = Some(InEnd::Reset(code)),
+                Some(Err(e)) => end = Some(InEnd::Lost(e.to_string())),
+                None => break,
+            }
+            if end.is_some() || left == 0 {
+                break;
+            }
+            // `read_chunk` takes nothing until it is ready, so dropping a pending one loses
+            // no data.
+            let more = poll_fn(|cx| Poll::Ready(pin!(recv.read_chunk(left)).poll(cx))).await;
+            next = match more {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
             };
-            let mut end = None;
-            let mut blocked = false;
-            while left > 0 {
-                // `read_chunk` takes nothing until it is ready, so a fresh future per poll
-                // loses no data; a pending one leaves this task's waker with the stream.
-                let read = pin!(recv.read_chunk(left));
-                match read.poll(cx) {
-                    Poll::Ready(Ok(Some(chunk))) => {
-                        left = left.saturating_sub(chunk.len());
-                        batch.push(chunk);
-                    }
-                    Poll::Ready(Ok(None)) => end = Some(InEnd::Fin),
-                    Poll::Ready(Err(StreamError::Reset(code))) => end = Some(InEnd::Reset(code)),
-                    Poll::Ready(Err(e)) => end = Some(InEnd::Lost(e.to_string())),
-                    Poll::Pending => blocked = true,
-                }
-                if end.is_some() || blocked {
-                    break;
-                }
-            }
-            let ended = end.is_some();
-            if !batch.is_empty() || ended {
-                pipe.push(&mut batch, end);
-            }
-            if ended {
-                return Poll::Ready(false);
-            }
-            if blocked {
-                return Poll::Pending;
-            }
         }
-    })
-    .await;
-    if gone {
-        recv.stop(NOT_READ);
+        let ended = end.is_some();
+        pipe.push(&mut batch, end);
+        if ended {
+            return;
+        }
     }
 }
 
@@ -577,19 +594,16 @@ enum OutStep {
 /// the connection ending, so the tokio side learns of it before its next write.
 async fn pump_out(mut send: SendStream, pipe: Arc<Outbound>) {
     loop {
-        let step = poll_fn(|cx| {
-            if let Poll::Ready(t) = pipe.poll_take(cx) {
-                return Poll::Ready(OutStep::Take(t));
-            }
+        let step = {
+            let take = pin!(poll_fn(|cx| pipe.poll_take(cx)));
             let stopped = pin!(send.stopped());
-            match stopped.poll(cx) {
-                Poll::Ready(Ok(Some(code))) => Poll::Ready(OutStep::Stopped(code)),
-                Poll::Ready(Ok(None)) => Poll::Ready(OutStep::Closed),
-                Poll::Ready(Err(e)) => Poll::Ready(OutStep::Lost(e)),
-                Poll::Pending => Poll::Pending,
+            match futures_util::future::select(take, stopped).await {
+                Either::Left((t, _)) => OutStep::Take(t),
+                Either::Right((Ok(Some(code)), _)) => OutStep::Stopped(code),
+                Either::Right((Ok(None), _)) => OutStep::Closed,
+                Either::Right((Err(e), _)) => OutStep::Lost(e),
             }
-        })
-        .await;
+        };
         match step {
             OutStep::Take(Take::Data(chunk)) => {
                 let n = chunk.len();
