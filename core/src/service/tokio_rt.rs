@@ -180,20 +180,6 @@ impl std::fmt::Debug for SideRuntime {
 mod tests {
     use super::*;
 
-    fn side_threads() -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|t| {
-                        std::fs::read_to_string(t.path().join("comm"))
-                            .map(|c| c.trim() == THREAD_NAME)
-                            .unwrap_or(false)
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
     #[test]
     fn starts_on_first_use_and_stops() {
         let rt = SideRuntime::new(&TokioConfig {
@@ -201,8 +187,7 @@ mod tests {
             ..TokioConfig::default()
         });
         assert!(!rt.is_started());
-        // Other tests of this binary may run their own side runtimes at the same time, so
-        // the thread count is checked on this runtime's own task.
+        // The task runs on one of the runtime's named threads.
         let (tx, rx) = std::sync::mpsc::channel();
         let h = rt.spawn(async move {
             let name = std::thread::current().name().map(str::to_owned);
@@ -213,7 +198,6 @@ mod tests {
         assert!(rt.is_started());
         let name = rx.recv_timeout(Duration::from_secs(10)).ok().flatten();
         assert_eq!(name.as_deref(), Some(THREAD_NAME));
-        assert!(side_threads() >= 2);
         rt.shutdown();
         assert!(!rt.is_started());
         let again = rt.spawn(async {});
