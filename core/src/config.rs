@@ -212,6 +212,28 @@ pub struct ServiceSection<T> {
     pub config: T,
 }
 
+/// The tokio side runtime, where libraries that need tokio run (SSH, HTTP, git). It starts
+/// only when a service first asks for it; the QUIC data path never runs on it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokioConfig {
+    /// Worker threads of the side runtime (1..=64).
+    pub threads: usize,
+    /// Bytes a bridged stream buffers in each direction between its shard and tokio
+    /// (4096..=16777216). A tokio side that stops reading holds at most this much beyond the
+    /// stream's receive window; then QUIC flow control stops the peer.
+    pub bridge_buffer: usize,
+}
+
+impl Default for TokioConfig {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            bridge_buffer: 128 << 10,
+        }
+    }
+}
+
 /// One `[[peers]]` entry: a client allowed in, and what it may use.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +285,8 @@ pub struct Config {
     pub udp: UdpConfig,
     /// QUIC transport limits.
     pub transport: TransportConfig,
+    /// The tokio side runtime.
+    pub tokio: TokioConfig,
     /// `[services.NAME]` sections, by service name (`echo`, `perf`, …), as written: each
     /// service parses its own keys ([`Config::service_section`]).
     pub services: BTreeMap<String, toml::Table>,
@@ -287,6 +311,7 @@ impl Default for Config {
             memory_budget: 0,
             udp: UdpConfig::default(),
             transport: TransportConfig::default(),
+            tokio: TokioConfig::default(),
             services: BTreeMap::new(),
             peers: Vec::new(),
             source: ConfigSource::default(),
@@ -376,6 +401,23 @@ impl Config {
                 "transport.max_connections_per_shard",
                 "max_",
                 "connection and handshake caps must be above zero".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.tokio.threads) {
+            return Err(err(
+                "tokio.threads",
+                "threads",
+                format!("{} threads; must be 1..=64", self.tokio.threads),
+            ));
+        }
+        if !(4096..=16 << 20).contains(&self.tokio.bridge_buffer) {
+            return Err(err(
+                "tokio.bridge_buffer",
+                "bridge_buffer",
+                format!(
+                    "{} bytes; must be 4096..=16777216",
+                    self.tokio.bridge_buffer
+                ),
             ));
         }
         let mut ids = std::collections::HashSet::new();
@@ -781,6 +823,23 @@ scopes = ["echo"]
                 .ok(),
             Some(1)
         );
+
+        let e = parse("listen = \"[::]:4433\"\n[tokio]\nthreads = 0\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with("alknet.toml:3: key `tokio.threads`"),
+            "{msg}"
+        );
+        assert!(parse("[tokio]\nthreads = 65\n").is_err());
+        assert!(parse("[tokio]\nbridge_buffer = 100\n").is_err());
+        assert!(parse("[tokio]\nthread = 2\n").is_err());
+        assert_eq!(
+            parse("[tokio]\nthreads = 64\n")
+                .map(|c| c.tokio.threads)
+                .ok(),
+            Some(64)
+        );
+        assert_eq!(parse("").map(|c| c.tokio.threads).ok(), Some(1));
 
         let e = parse("[[peers]]\nid = \"a\"\nfingerprints = [\"ed25519:zz\"]\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();

@@ -55,6 +55,9 @@ pub(crate) use registry::{Router, ShardSetup};
 pub use spawn::Spawner;
 pub(crate) use spawn::{spawn_for, spawn_handler};
 
+pub mod bridge;
+pub mod tokio_rt;
+
 use crate::conn::Connection;
 use crate::identity::AuthContext;
 use serde::de::DeserializeOwned;
