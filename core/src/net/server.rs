@@ -11,7 +11,9 @@ use crate::identity::tls::{NodeKey, TlsError};
 use crate::net::udp::{UdpIo, bind_reuseport};
 use crate::ops::stats::{ShardStats, StatsSnapshot};
 use crate::service::Registry;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::ShardMsg;
+use crate::shard::driver::Driver;
+use crate::shard::state::{Role, ServerRole, ShardConfig, ShardState, WallClock};
 use alknet_proto::Fingerprint;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -365,26 +367,31 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             allow_mtud,
             None,
         );
-        let router = ctx.registry.build(shard_no);
-        let shard = Shard::new(
-            shard_no,
-            ctx.shards,
+        let state = ShardState::new(ShardConfig {
+            id: shard_no,
+            shards: ctx.shards,
             endpoint,
-            io,
-            ctx.stats,
-            ctx.peers,
-            ctx.codec,
-            router,
-            ctx.identities,
-            ctx.config,
-            Some(ctx.server_config),
-            ctx.penalties,
-            ctx.board,
-        );
-        monoio::spawn(shard.clone().run_receiver());
-        monoio::spawn(shard.clone().run_inbox(ctx.rx));
+            codec: ctx.codec,
+            config: ctx.config,
+            stats: ctx.stats,
+            segments: io.segment_limit(),
+            wall: WallClock {
+                at: std::time::Instant::now(),
+                unix: crate::ops::control::unix_now(),
+            },
+            role: Role::Server(Box::new(ServerRole {
+                server_config: ctx.server_config,
+                router: ctx.registry.build(shard_no),
+                identities: ctx.identities,
+                penalties: ctx.penalties,
+                board: ctx.board,
+            })),
+        });
+        let driver = Driver::new(state, io, ctx.peers);
+        monoio::spawn(driver.clone().run_receiver());
+        monoio::spawn(driver.clone().run_inbox(ctx.rx));
         let _ = ready.send(Ok(()));
-        shard.run_driver().await;
+        driver.run_waker().await;
     });
     if let Err(e) = result {
         error!(shard = shard_id, error = %e, "worker failed");
