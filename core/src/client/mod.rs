@@ -1,18 +1,16 @@
-//! The client side: one shard with no server role, on the caller's monoio runtime.
+//! The client side: one shard in the client role, on the caller's monoio runtime.
 //!
 //! Used by `alknet connect` and by node-to-node clients. The server's key is pinned or
 //! checked against the known-servers file (trust on first use), as ssh does.
 
 use crate::config::Config;
-use crate::conn::{ConnCell, ConnInner, Connection};
-use crate::identity::MemoryIdentities;
+use crate::conn::Connection;
 use crate::identity::tls::{NodeKey, TlsError};
 use crate::net::udp::UdpIo;
 use crate::ops::stats::ShardStats;
-use crate::service::Registry;
-use crate::shard::Shard;
+use crate::shard::driver::Driver;
+use crate::shard::state::{Role, ShardConfig, ShardState, WallClock};
 use alknet_proto::Fingerprint;
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -80,7 +78,7 @@ pub enum ClientError {
 
 /// A client endpoint: owns the shard that drives its connections.
 pub struct ClientEndpoint {
-    shard: Rc<Shard>,
+    driver: Rc<Driver>,
 }
 
 impl ClientEndpoint {
@@ -112,25 +110,25 @@ impl ClientEndpoint {
         let ep_cfg = Arc::new(crate::net::endpoint::endpoint_config(node, &codec, 0));
         let endpoint = quinn_proto::Endpoint::new(ep_cfg, None, !io.may_fragment(), None);
         let (tx, rx) = flume::bounded(64);
-        let shard = Shard::new(
-            0,
-            1,
+        let state = ShardState::new(ShardConfig {
+            id: 0,
+            shards: 1,
             endpoint,
-            io,
-            Arc::new(ShardStats::default()),
-            vec![tx],
             codec,
-            Registry::new().build(0),
-            Arc::new(MemoryIdentities::new()),
             config,
-            None,
-            Arc::default(),
-            Arc::default(),
-        );
-        monoio::spawn(shard.clone().run_receiver());
-        monoio::spawn(shard.clone().run_inbox(rx));
-        monoio::spawn(shard.clone().run_driver());
-        Ok(Self { shard })
+            stats: Arc::new(ShardStats::default()),
+            segments: io.segment_limit(),
+            wall: WallClock {
+                at: Instant::now(),
+                unix: crate::ops::control::unix_now(),
+            },
+            role: Role::Client,
+        });
+        let driver = Driver::new(state, io, vec![tx]);
+        monoio::spawn(driver.clone().run_receiver());
+        monoio::spawn(driver.clone().run_inbox(rx));
+        monoio::spawn(driver.clone().run_waker());
+        Ok(Self { driver })
     }
 
     /// Starts a connection; await [`Connection::connected`] for the handshake.
@@ -140,36 +138,30 @@ impl ClientEndpoint {
         addr: SocketAddr,
     ) -> Result<Connection, ClientError> {
         let now = Instant::now();
-        let shard = &self.shard;
-        let mut core = shard.core.borrow_mut();
-        let (ch, proto) = core
-            .endpoint_mut()
+        let cell = self
+            .driver
+            .state()
+            .borrow_mut()
             .connect(now, client_config, addr, "alknet")
             .map_err(|e| ClientError::Connect {
                 addr,
                 message: e.to_string(),
             })?;
-        let cell = Rc::new(ConnCell {
-            inner: RefCell::new(ConnInner::new(proto, ch, now)),
-            signal: shard.signal.clone(),
-            stats: shard.stats.clone(),
-        });
-        shard.insert(&mut core, ch, cell.clone());
-        drop(core);
-        crate::conn::mark_dirty(&cell);
-        Ok(Connection::new(cell))
+        // Send the first flight from the waker task, on the next turn.
+        self.driver.state().borrow().signal().notify();
+        Ok(crate::shard::state::connection(&cell))
     }
 
     /// The local socket address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.shard.io.local_addr()
+        self.driver.io().local_addr()
     }
 
     /// Waits until every connection of this endpoint has finished closing (bounded by
     /// `limit`).
     pub async fn wait_idle(&self, limit: std::time::Duration) {
         let until = Instant::now() + limit;
-        while self.shard.connection_count() > 0 && Instant::now() < until {
+        while self.driver.state().borrow().connection_count() > 0 && Instant::now() < until {
             monoio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }

@@ -363,12 +363,8 @@ pub(crate) struct ConnInner {
     pub(crate) connected: bool,
     pub(crate) lost: Option<ConnectionError>,
     pub(crate) wakers: Wakers,
-    /// The connection's next deadline (quinn-proto's timers and the handshake deadline).
-    pub(crate) timer_at: Option<Instant>,
-    /// The live entry for this connection in the shard's timer heap: never later than
-    /// `timer_at`. A deadline pushed later (an idle timer reset by every packet) leaves this
-    /// entry in place; when it fires early the real deadline is pushed then.
-    pub(crate) heap_at: Option<Instant>,
+    /// When an unfinished handshake is abandoned (its deadline sits in the shard's timer
+    /// structure with quinn-proto's own).
     pub(crate) handshake_deadline: Option<Instant>,
     /// Counted in the shard's in-flight handshakes.
     pub(crate) counts_as_handshake: bool,
@@ -396,8 +392,6 @@ impl ConnInner {
             connected: false,
             lost: None,
             wakers: Wakers::default(),
-            timer_at: None,
-            heap_at: None,
             handshake_deadline: None,
             counts_as_handshake: false,
             handler_done: false,

@@ -11,7 +11,9 @@ use crate::identity::tls::{NodeKey, TlsError};
 use crate::net::udp::{UdpIo, bind_reuseport};
 use crate::ops::stats::{ShardStats, StatsSnapshot};
 use crate::service::Registry;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::ShardMsg;
+use crate::shard::driver::Driver;
+use crate::shard::state::{Role, ServerRole, ShardConfig, ShardState, WallClock};
 use alknet_proto::Fingerprint;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +65,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     fingerprint: Fingerprint,
     alpns: Vec<Vec<u8>>,
+    tokio: Arc<crate::service::tokio_rt::SideRuntime>,
 }
 
 impl ServerHandle {
@@ -114,6 +117,7 @@ impl ServerHandle {
         for t in self.threads {
             let _ = t.join();
         }
+        self.tokio.shutdown();
         self.memory.stop();
     }
 
@@ -197,6 +201,8 @@ pub fn start(
 
     let alpns = registry.alpns();
     let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
+    // One tokio side runtime for the node, started only when a service first uses it.
+    let tokio = Arc::new(crate::service::tokio_rt::SideRuntime::new(&config.tokio));
     let node_facts = Arc::new(crate::service::NodeFacts::new(
         node.fingerprint(),
         alpns.clone(),
@@ -248,6 +254,7 @@ pub fn start(
             penalties: penalties.clone(),
             board: boards[shard].clone(),
             node: node_facts.clone(),
+            tokio: tokio.clone(),
             pin: config.pin_workers.then_some(shard % cores),
         };
         let ready = ready_tx.clone();
@@ -291,6 +298,7 @@ pub fn start(
         local_addr,
         fingerprint: node.fingerprint(),
         alpns,
+        tokio,
     })
 }
 
@@ -338,6 +346,7 @@ struct WorkerCtx {
     penalties: Arc<std::sync::Mutex<crate::shard::penalty::PenaltyBox>>,
     board: crate::shard::SessionBoard,
     node: Arc<crate::service::NodeFacts>,
+    tokio: Arc<crate::service::tokio_rt::SideRuntime>,
     pin: Option<usize>,
 }
 
@@ -378,26 +387,33 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             ctx.identities.clone(),
             ctx.node,
             ctx.stats.clone(),
-        ));
-        let shard = Shard::new(
-            shard_no,
-            ctx.shards,
+        )
+        .with_tokio(ctx.tokio));
+        let state = ShardState::new(ShardConfig {
+            id: shard_no,
+            shards: ctx.shards,
             endpoint,
-            io,
-            ctx.stats,
-            ctx.peers,
-            ctx.codec,
-            router,
-            ctx.identities,
-            ctx.config,
-            Some(ctx.server_config),
-            ctx.penalties,
-            ctx.board,
-        );
-        monoio::spawn(shard.clone().run_receiver());
-        monoio::spawn(shard.clone().run_inbox(ctx.rx));
+            codec: ctx.codec,
+            config: ctx.config,
+            stats: ctx.stats,
+            segments: io.segment_limit(),
+            wall: WallClock {
+                at: std::time::Instant::now(),
+                unix: crate::ops::control::unix_now(),
+            },
+            role: Role::Server(Box::new(ServerRole {
+                server_config: ctx.server_config,
+                router,
+                identities: ctx.identities,
+                penalties: ctx.penalties,
+                board: ctx.board,
+            })),
+        });
+        let driver = Driver::new(state, io, ctx.peers);
+        monoio::spawn(driver.clone().run_receiver());
+        monoio::spawn(driver.clone().run_inbox(ctx.rx));
         let _ = ready.send(Ok(()));
-        shard.run_driver().await;
+        driver.run_waker().await;
     });
     if let Err(e) = result {
         error!(shard = shard_id, error = %e, "worker failed");

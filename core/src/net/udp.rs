@@ -25,6 +25,30 @@ const SLOT: usize = 64 * 1024;
 /// A received datagram's metadata (one GRO batch: `len` bytes in segments of `stride`).
 pub type RecvMeta = quinn_udp::RecvMeta;
 
+/// How many datagrams one transmit (a GSO batch) may carry on a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentLimit {
+    max: usize,
+}
+
+impl SegmentLimit {
+    /// No GSO: one datagram per transmit.
+    pub const ONE: SegmentLimit = SegmentLimit { max: 1 };
+
+    /// At most `max` segments per transmit (1 turns GSO off).
+    pub fn new(max: usize) -> Self {
+        Self { max: max.max(1) }
+    }
+
+    /// Segments per transmit for `segment`-byte datagrams, within [`MAX_GSO_BYTES`].
+    pub fn for_segment(&self, segment: usize) -> usize {
+        if self.max <= 1 || segment == 0 {
+            return 1;
+        }
+        self.max.min(MAX_GSO_BYTES / segment).max(1)
+    }
+}
+
 /// A bound UDP socket with its quinn-udp state and a ring-pollable twin.
 pub struct UdpIo {
     socket: Socket,
@@ -110,14 +134,18 @@ impl UdpIo {
 
     /// How many datagrams one transmit may carry for a given segment size.
     pub fn max_segments(&self, segment: usize) -> usize {
-        if !self.gso || segment == 0 {
-            return 1;
+        self.segment_limit().for_segment(segment)
+    }
+
+    /// This socket's GSO limit, for a state machine that builds transmits for it.
+    pub fn segment_limit(&self) -> SegmentLimit {
+        SegmentLimit {
+            max: if self.gso {
+                self.state.max_gso_segments().min(self.gso_segments)
+            } else {
+                1
+            },
         }
-        self.state
-            .max_gso_segments()
-            .min(self.gso_segments)
-            .min(MAX_GSO_BYTES / segment)
-            .max(1)
     }
 
     /// Waits until the socket is readable.

@@ -1,6 +1,7 @@
 //! What a service is given when it is built on a shard: the [`ServiceContext`], and the node
 //! facts it can read ([`NodeFacts`]) as typed values.
 
+use crate::service::tokio_rt::SideRuntime;
 use super::drain::Drain;
 use super::registry::ShardSetup;
 use super::spawn::Spawner;
@@ -20,7 +21,6 @@ use thiserror::Error;
 pub struct ServiceContext<'a, C> {
     shard: &'a ShardSetup,
     config: &'a C,
-    // The tokio side runtime (for tokio-bound libraries) joins here as `tokio()`.
 }
 
 impl<'a, C> ServiceContext<'a, C> {
@@ -59,6 +59,14 @@ impl<'a, C> ServiceContext<'a, C> {
     /// The guarded spawn, to keep in a handler.
     pub fn spawner(&self) -> Spawner {
         self.shard.spawner.clone()
+    }
+
+    /// The node's tokio side runtime, for libraries that need tokio (russh, hyper, child
+    /// processes): shared by every shard, started on first use. Bridge a stream to it with
+    /// [`serve_on_tokio`](crate::service::bridge::serve_on_tokio); the QUIC data path stays
+    /// on the shard.
+    pub fn tokio(&self) -> &Arc<SideRuntime> {
+        &self.shard.tokio
     }
 
     /// Starts a task on this shard; the only way a service starts one (see [`Spawner`]).

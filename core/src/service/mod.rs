@@ -51,7 +51,7 @@ mod spawn;
 pub use context::{NodeError, NodeFacts, ServiceContext};
 pub use drain::{Drain, DrainWait};
 pub use registry::{Offer, Registry, RegistryError, SetupError};
-pub(crate) use registry::{Router, ShardSetup};
+pub(crate) use registry::{Route, Router, ShardSetup};
 pub use spawn::Spawner;
 pub(crate) use spawn::{spawn_for, spawn_handler};
 

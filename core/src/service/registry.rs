@@ -4,6 +4,7 @@
 //! The offered ALPN list, the TLS client-auth mode and the routing of a connection all read
 //! the one [`ServiceInfo`] each service declared, so they cannot drift apart.
 
+use crate::service::tokio_rt::SideRuntime;
 use super::context::{NodeFacts, ServiceContext};
 use super::drain::Drain;
 use super::spawn::Spawner;
@@ -217,14 +218,6 @@ impl Registry {
         self.services.is_empty()
     }
 
-    /// A router serving nothing, for an endpoint that accepts no connections (the client).
-    pub(crate) fn build(&self, _shard: usize) -> Router {
-        Router {
-            routes: Vec::new(),
-            drain: Drain::new(),
-        }
-    }
-
     /// Builds every service's handler for one shard (on that shard's thread).
     pub(crate) fn instantiate(&self, setup: &ShardSetup) -> Router {
         Router {
@@ -248,6 +241,7 @@ pub(crate) struct ShardSetup {
     pub(crate) node: Arc<NodeFacts>,
     pub(crate) drain: Drain,
     pub(crate) spawner: Spawner,
+    pub(crate) tokio: Arc<SideRuntime>,
 }
 
 impl ShardSetup {
@@ -263,7 +257,15 @@ impl ShardSetup {
             node,
             drain: Drain::new(),
             spawner: Spawner::new(stats),
+            tokio: Arc::default(),
         }
+    }
+
+    /// Shares the node's tokio side runtime with this shard's services (without it they get
+    /// one of their own, started only if used).
+    pub(crate) fn with_tokio(mut self, tokio: Arc<SideRuntime>) -> Self {
+        self.tokio = tokio;
+        self
     }
 }
 
@@ -279,6 +281,7 @@ impl<H: Handler> ErasedHandler for H {
 }
 
 /// One service on one shard: its declaration and its handler.
+#[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) info: ServiceInfo,
     pub(crate) handler: Rc<dyn ErasedHandler>,

@@ -330,3 +330,40 @@ fn router_drain_fires_the_shards_signal() {
     );
     assert!(matches!(ctx.node().peers(), Err(NodeError::Unavailable(_))));
 }
+
+#[test]
+fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
+    let rt = Arc::new(crate::service::tokio_rt::SideRuntime::default());
+    let node = Arc::new(NodeFacts::new(
+        "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+        Vec::new(),
+        Vec::new(),
+        None,
+    ));
+    let setups: Vec<ShardSetup> = (0..2)
+        .map(|i| {
+            ShardSetup::new(
+                i,
+                Arc::new(crate::identity::MemoryIdentities::new()),
+                node.clone(),
+                Arc::default(),
+            )
+            .with_tokio(rt.clone())
+        })
+        .collect();
+    for setup in &setups {
+        let ctx = ServiceContext::new(setup, &NoConfig {});
+        assert!(Arc::ptr_eq(ctx.tokio(), &rt), "shard {}", ctx.shard());
+    }
+    assert!(!rt.is_started(), "building services starts no tokio thread");
+    // Without the node's runtime a context still has one, of its own.
+    let lone = ShardSetup::new(
+        0,
+        Arc::new(crate::identity::MemoryIdentities::new()),
+        node,
+        Arc::default(),
+    );
+    assert!(!Arc::ptr_eq(ServiceContext::new(&lone, &NoConfig {}).tokio(), &rt));
+}

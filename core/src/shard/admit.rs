@@ -1,0 +1,318 @@
+//! Admission: what a shard does with a connection attempt, as a pure function of what the
+//! attempt shows ([`IncomingFacts`]) and how loaded the shard is ([`Load`]).
+//!
+//! quinn-proto hands every new connection attempt over as an `Incoming` that must be
+//! accepted, refused, retried or ignored; [`admit`] picks one, and each reason names the
+//! counter it feeds. Carrying out the decision (and the endpoint calls) is the state
+//! machine's job, not this module's.
+
+use crate::ops::stats::ShardStats;
+use std::sync::atomic::AtomicU64;
+
+/// Source ports of UDP services that answer anything (reflection/amplification vectors).
+/// An Initial from one of them is spoofed or broken; answering would reflect traffic.
+pub(crate) const REFLECTION_PORTS: [u16; 11] = [0, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
+
+/// What a connection attempt shows before any TLS work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IncomingFacts {
+    /// The sender's UDP port.
+    pub(crate) remote_port: u16,
+    /// The source is penalised for repeated authentication failures.
+    pub(crate) penalised: bool,
+    /// The client proved its address (it came back with a Retry token).
+    pub(crate) address_validated: bool,
+    /// A Retry may still be sent (none was sent for this attempt).
+    pub(crate) may_retry: bool,
+}
+
+/// The shard's load when the attempt arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// The shard serves (a client-role shard accepts nothing).
+    pub(crate) serving: bool,
+    /// The process is over its memory budget.
+    pub(crate) memory_pressure: bool,
+    /// The shard is draining.
+    pub(crate) shutting_down: bool,
+    /// Connections held.
+    pub(crate) connections: usize,
+    /// Cap on connections held.
+    pub(crate) max_connections: usize,
+    /// Handshakes in flight.
+    pub(crate) handshakes: usize,
+    /// Cap on handshakes in flight before strangers must prove their address.
+    pub(crate) max_handshakes: usize,
+}
+
+/// The decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Start the handshake.
+    Accept,
+    /// Ask the client to prove its address first.
+    Retry(RetryReason),
+    /// Answer CONNECTION_REFUSED.
+    Refuse(RefuseReason),
+    /// Drop silently (no answer: answering would help an attacker).
+    Ignore(IgnoreReason),
+}
+
+/// Why a Retry is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetryReason {
+    /// Over the memory budget.
+    MemoryPressure,
+    /// Too many handshakes in flight.
+    HandshakeCap,
+}
+
+/// Why an attempt is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefuseReason {
+    /// Over the memory budget and the address already validated.
+    MemoryPressure,
+    /// Draining for shutdown.
+    ShuttingDown,
+    /// The connection cap is reached.
+    ConnectionCap,
+}
+
+/// Why an attempt is dropped without an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IgnoreReason {
+    /// From a reflection-prone source port.
+    ReflectionPort,
+    /// This shard is a client and accepts nothing.
+    NotServing,
+    /// From a penalised source.
+    Penalised,
+    /// Over the handshake cap, and a Retry was already sent for this attempt.
+    HandshakeCapRetried,
+}
+
+impl Admission {
+    /// The counter this decision feeds, if any (an accepted attempt is counted once the
+    /// endpoint has accepted it, a Retry once it is sent).
+    pub(crate) fn counter<'a>(&self, stats: &'a ShardStats) -> Option<&'a AtomicU64> {
+        match self {
+            Admission::Accept | Admission::Retry(_) => None,
+            Admission::Refuse(RefuseReason::MemoryPressure) => Some(&stats.refused_memory),
+            Admission::Refuse(RefuseReason::ShuttingDown | RefuseReason::ConnectionCap) => {
+                Some(&stats.connections_refused)
+            }
+            Admission::Ignore(IgnoreReason::ReflectionPort) => Some(&stats.dropped_reflection),
+            Admission::Ignore(IgnoreReason::Penalised) => Some(&stats.dropped_penalty),
+            Admission::Ignore(IgnoreReason::HandshakeCapRetried) => {
+                Some(&stats.connections_refused)
+            }
+            Admission::Ignore(IgnoreReason::NotServing) => None,
+        }
+    }
+}
+
+/// Decides what to do with a connection attempt. The order matters: the cheapest and most
+/// hostile cases first, so a flood costs no TLS work.
+pub(crate) fn admit(facts: &IncomingFacts, load: &Load) -> Admission {
+    if REFLECTION_PORTS.contains(&facts.remote_port) {
+        return Admission::Ignore(IgnoreReason::ReflectionPort);
+    }
+    if !load.serving {
+        return Admission::Ignore(IgnoreReason::NotServing);
+    }
+    if facts.penalised {
+        // Repeated authentication failures: no TLS work for this source for a while.
+        return Admission::Ignore(IgnoreReason::Penalised);
+    }
+    if load.memory_pressure {
+        // Over the memory budget: make strangers prove their address first, then refuse.
+        return if !facts.address_validated && facts.may_retry {
+            Admission::Retry(RetryReason::MemoryPressure)
+        } else {
+            Admission::Refuse(RefuseReason::MemoryPressure)
+        };
+    }
+    if load.shutting_down {
+        return Admission::Refuse(RefuseReason::ShuttingDown);
+    }
+    if load.connections >= load.max_connections {
+        return Admission::Refuse(RefuseReason::ConnectionCap);
+    }
+    if load.handshakes >= load.max_handshakes && !facts.address_validated {
+        return if facts.may_retry {
+            Admission::Retry(RetryReason::HandshakeCap)
+        } else {
+            Admission::Ignore(IgnoreReason::HandshakeCapRetried)
+        };
+    }
+    Admission::Accept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FACTS: IncomingFacts = IncomingFacts {
+        remote_port: 50_000,
+        penalised: false,
+        address_validated: false,
+        may_retry: true,
+    };
+    const LOAD: Load = Load {
+        serving: true,
+        memory_pressure: false,
+        shutting_down: false,
+        connections: 10,
+        max_connections: 100,
+        handshakes: 1,
+        max_handshakes: 4,
+    };
+
+    #[test]
+    fn decision_table() {
+        use Admission::*;
+        let validated = IncomingFacts {
+            address_validated: true,
+            may_retry: false,
+            ..FACTS
+        };
+        let retried_unvalidated = IncomingFacts {
+            may_retry: false,
+            ..FACTS
+        };
+        let busy = Load {
+            handshakes: 4,
+            ..LOAD
+        };
+        let full = Load {
+            connections: 100,
+            ..LOAD
+        };
+        let pressed = Load {
+            memory_pressure: true,
+            ..LOAD
+        };
+        let draining = Load {
+            shutting_down: true,
+            ..LOAD
+        };
+        let client = Load {
+            serving: false,
+            ..LOAD
+        };
+        let table: &[(&str, IncomingFacts, Load, Admission)] = &[
+            ("plain attempt", FACTS, LOAD, Accept),
+            (
+                "reflection port",
+                IncomingFacts {
+                    remote_port: 53,
+                    ..FACTS
+                },
+                LOAD,
+                Ignore(IgnoreReason::ReflectionPort),
+            ),
+            (
+                "port zero",
+                IncomingFacts {
+                    remote_port: 0,
+                    ..FACTS
+                },
+                LOAD,
+                Ignore(IgnoreReason::ReflectionPort),
+            ),
+            (
+                "client role",
+                FACTS,
+                client,
+                Ignore(IgnoreReason::NotServing),
+            ),
+            (
+                "penalised even when idle",
+                IncomingFacts {
+                    penalised: true,
+                    ..FACTS
+                },
+                LOAD,
+                Ignore(IgnoreReason::Penalised),
+            ),
+            (
+                "memory pressure, stranger",
+                FACTS,
+                pressed,
+                Retry(RetryReason::MemoryPressure),
+            ),
+            (
+                "memory pressure, validated",
+                validated,
+                pressed,
+                Refuse(RefuseReason::MemoryPressure),
+            ),
+            (
+                "draining",
+                validated,
+                draining,
+                Refuse(RefuseReason::ShuttingDown),
+            ),
+            (
+                "connection cap",
+                FACTS,
+                full,
+                Refuse(RefuseReason::ConnectionCap),
+            ),
+            (
+                "handshake cap, stranger",
+                FACTS,
+                busy,
+                Retry(RetryReason::HandshakeCap),
+            ),
+            ("handshake cap, validated", validated, busy, Accept),
+            (
+                "handshake cap, retried but unvalidated",
+                retried_unvalidated,
+                busy,
+                Ignore(IgnoreReason::HandshakeCapRetried),
+            ),
+            (
+                "reflection beats everything",
+                IncomingFacts {
+                    remote_port: 123,
+                    penalised: true,
+                    ..FACTS
+                },
+                pressed,
+                Ignore(IgnoreReason::ReflectionPort),
+            ),
+        ];
+        for (name, facts, load, want) in table {
+            assert_eq!(admit(facts, load), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn each_refusal_feeds_its_counter() {
+        let s = ShardStats::default();
+        let same = |a: Option<&AtomicU64>, b: &AtomicU64| a.is_some_and(|a| std::ptr::eq(a, b));
+        assert!(same(
+            Admission::Refuse(RefuseReason::MemoryPressure).counter(&s),
+            &s.refused_memory
+        ));
+        assert!(same(
+            Admission::Refuse(RefuseReason::ShuttingDown).counter(&s),
+            &s.connections_refused
+        ));
+        assert!(same(
+            Admission::Ignore(IgnoreReason::ReflectionPort).counter(&s),
+            &s.dropped_reflection
+        ));
+        assert!(same(
+            Admission::Ignore(IgnoreReason::Penalised).counter(&s),
+            &s.dropped_penalty
+        ));
+        assert!(Admission::Accept.counter(&s).is_none());
+        assert!(
+            Admission::Ignore(IgnoreReason::NotServing)
+                .counter(&s)
+                .is_none()
+        );
+    }
+}
