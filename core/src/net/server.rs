@@ -161,16 +161,7 @@ impl ControlHandle {
 
     /// The authenticated connections of every shard.
     pub fn sessions(&self) -> Vec<crate::shard::SessionInfo> {
-        let mut all: Vec<_> = self
-            .boards
-            .iter()
-            .flat_map(|b| match b.lock() {
-                Ok(g) => g.values().cloned().collect::<Vec<_>>(),
-                Err(p) => p.into_inner().values().cloned().collect(),
-            })
-            .collect();
-        all.sort_by(|a, b| (&a.peer, a.since_unix).cmp(&(&b.peer, b.since_unix)));
-        all
+        crate::shard::sessions_of(&self.boards)
     }
 }
 
@@ -382,13 +373,15 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             allow_mtud,
             None,
         );
-        let router = ctx.registry.instantiate(&crate::service::ShardSetup::new(
-            shard_no,
-            ctx.identities.clone(),
-            ctx.node,
-            ctx.stats.clone(),
-        )
-        .with_tokio(ctx.tokio));
+        let router = ctx.registry.instantiate(
+            &crate::service::ShardSetup::new(
+                shard_no,
+                ctx.identities.clone(),
+                ctx.node,
+                ctx.stats.clone(),
+            )
+            .with_tokio(ctx.tokio),
+        );
         let state = ShardState::new(ShardConfig {
             id: shard_no,
             shards: ctx.shards,

@@ -1,12 +1,12 @@
 //! What a service is given when it is built on a shard: the [`ServiceContext`], and the node
 //! facts it can read ([`NodeFacts`]) as typed values.
 
-use crate::service::tokio_rt::SideRuntime;
 use super::drain::Drain;
 use super::registry::ShardSetup;
 use super::spawn::Spawner;
 use crate::identity::{IdentityError, IdentityProvider, IdentityStore};
 use crate::ops::admin::PeerView;
+use crate::service::tokio_rt::SideRuntime;
 use crate::shard::{SessionBoard, SessionInfo};
 use alknet_proto::Fingerprint;
 use std::future::Future;
@@ -139,16 +139,7 @@ impl NodeFacts {
 
     /// The authenticated connections of every shard, by peer then age.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        let mut all: Vec<SessionInfo> = self
-            .boards
-            .iter()
-            .flat_map(|b| match b.lock() {
-                Ok(g) => g.values().cloned().collect::<Vec<_>>(),
-                Err(p) => p.into_inner().values().cloned().collect(),
-            })
-            .collect();
-        all.sort_by(|a, b| (&a.peer, a.since_unix).cmp(&(&b.peer, b.since_unix)));
-        all
+        crate::shard::sessions_of(&self.boards)
     }
 
     /// The peers of the node's store, as operators see them, in id order.

@@ -4,7 +4,6 @@
 //! The offered ALPN list, the TLS client-auth mode and the routing of a connection all read
 //! the one [`ServiceInfo`] each service declared, so they cannot drift apart.
 
-use crate::service::tokio_rt::SideRuntime;
 use super::context::{NodeFacts, ServiceContext};
 use super::drain::Drain;
 use super::spawn::Spawner;
@@ -13,6 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::conn::Connection;
 use crate::identity::{AuthContext, IdentityProvider, IdentityStore};
 use crate::ops::stats::ShardStats;
+use crate::service::tokio_rt::SideRuntime;
 use std::rc::Rc;
 use std::sync::Arc;
 use thiserror::Error;

@@ -365,5 +365,8 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
         node,
         Arc::default(),
     );
-    assert!(!Arc::ptr_eq(ServiceContext::new(&lone, &NoConfig {}).tokio(), &rt));
+    assert!(!Arc::ptr_eq(
+        ServiceContext::new(&lone, &NoConfig {}).tokio(),
+        &rt
+    ));
 }

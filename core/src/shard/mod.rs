@@ -83,3 +83,16 @@ pub struct SessionInfo {
     /// The shard holding it.
     pub shard: usize,
 }
+
+/// The authenticated connections on `boards` (one per shard), by peer then age.
+pub(crate) fn sessions_of(boards: &[SessionBoard]) -> Vec<SessionInfo> {
+    let mut all: Vec<SessionInfo> = boards
+        .iter()
+        .flat_map(|b| match b.lock() {
+            Ok(g) => g.values().cloned().collect::<Vec<_>>(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        })
+        .collect();
+    all.sort_by(|a, b| (&a.peer, a.since_unix).cmp(&(&b.peer, b.since_unix)));
+    all
+}
