@@ -14,7 +14,7 @@
 //! Next to `handlers/echo`, this crate is the example of a service with a config key of its
 //! own: [`PerfConfig`] is parsed from `[services.perf]` by serde (unknown keys are errors),
 //! and the declaration ([`Perf::info`]) reads it. Its handler starts one guarded task per
-//! stream ([`Connection::spawn`]); `monoio::spawn` is denied in handler crates.
+//! stream ([`Connection::spawn`]); monoio's own spawn is denied in handler crates.
 //!
 //! Not here: the load generator and the quinn baseline (`bench/`).
 #![forbid(unsafe_code)]
