@@ -184,6 +184,40 @@ impl Default for TransportConfig {
     }
 }
 
+/// Admission limits per source and per peer, across all shards. The defaults let one load
+/// generator on loopback open and hold 5 000 sessions of one peer (the perf bench); a
+/// public gateway may lower the connection caps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Handshakes in flight from one source (IPv4 address, IPv6 /64) on all shards; its
+    /// further Initials are dropped unanswered, and the client retransmits them.
+    pub max_handshakes_per_source: u32,
+    /// Connections one authenticated peer may hold on all shards; more are closed after
+    /// the handshake with `CONNECTION_LIMIT`.
+    pub max_connections_per_peer: u32,
+    /// Connections one source may hold on anonymous services (no known key).
+    pub max_connections_per_anonymous_source: u32,
+    /// How long a Retry token is accepted (whole seconds, 1s..=60s). Each token starts one
+    /// handshake at most.
+    pub retry_token_lifetime: ConfigDuration,
+    /// Failed handshakes or authentications from one source within a minute before its
+    /// connection attempts are dropped for a penalty (15 s, doubling to 10 min).
+    pub failures_before_penalty: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_handshakes_per_source: 256,
+            max_connections_per_peer: 8_192,
+            max_connections_per_anonymous_source: 8_192,
+            retry_token_lifetime: ConfigDuration(Duration::from_secs(5)),
+            failures_before_penalty: crate::shard::penalty::FREE_FAILURES,
+        }
+    }
+}
+
 /// The file a configuration was read from: kept so that sections parsed after loading
 /// (each service parses its own `[services.NAME]` keys) can name the file and line of an
 /// error. Empty for a configuration built in code.
@@ -285,6 +319,8 @@ pub struct Config {
     pub udp: UdpConfig,
     /// QUIC transport limits.
     pub transport: TransportConfig,
+    /// Admission limits per source and per peer.
+    pub admission: AdmissionConfig,
     /// The tokio side runtime.
     pub tokio: TokioConfig,
     /// `[services.NAME]` sections, by service name (`echo`, `perf`, …), as written: each
@@ -311,6 +347,7 @@ impl Default for Config {
             memory_budget: 0,
             udp: UdpConfig::default(),
             transport: TransportConfig::default(),
+            admission: AdmissionConfig::default(),
             tokio: TokioConfig::default(),
             services: BTreeMap::new(),
             peers: Vec::new(),
@@ -401,6 +438,24 @@ impl Config {
                 "transport.max_connections_per_shard",
                 "max_",
                 "connection and handshake caps must be above zero".into(),
+            ));
+        }
+        let a = &self.admission;
+        if a.max_handshakes_per_source == 0
+            || a.max_connections_per_peer == 0
+            || a.max_connections_per_anonymous_source == 0
+        {
+            return Err(err(
+                "admission.max_handshakes_per_source",
+                "max_",
+                "admission caps must be above zero".into(),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&a.retry_token_lifetime.0) {
+            return Err(err(
+                "admission.retry_token_lifetime",
+                "retry_token_lifetime",
+                "must be between 1s and 60s (tokens carry whole seconds)".into(),
             ));
         }
         if !(1..=64).contains(&self.tokio.threads) {

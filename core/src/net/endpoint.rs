@@ -99,7 +99,9 @@ pub fn server_config(
     let mut sc = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
     sc.transport_config(Arc::new(transport_config(config)))
         .migration(true)
-        .retry_token_lifetime(Duration::from_secs(15))
+        // Clients return a Retry token at once; a short life bounds what a stolen or
+        // replayed one is worth (the shard also takes each token once, `shard/sources.rs`).
+        .retry_token_lifetime(config.admission.retry_token_lifetime.0)
         // Datagrams buffered for handshakes the shard has not decided on yet.
         .incoming_buffer_size(64 << 10)
         .incoming_buffer_size_total(8 << 20);

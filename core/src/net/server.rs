@@ -222,8 +222,9 @@ pub fn start(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let penalties = Arc::new(std::sync::Mutex::new(
-        crate::shard::penalty::PenaltyBox::new(),
+    let penalties = Arc::new(crate::shard::sources::SharedAdmission::new(
+        std::time::Instant::now(),
+        config.admission.failures_before_penalty,
     ));
 
     let mut threads = Vec::with_capacity(workers);
@@ -334,7 +335,7 @@ struct WorkerCtx {
     config: Arc<Config>,
     endpoint_config: Arc<quinn_proto::EndpointConfig>,
     server_config: Arc<quinn_proto::ServerConfig>,
-    penalties: Arc<std::sync::Mutex<crate::shard::penalty::PenaltyBox>>,
+    penalties: Arc<crate::shard::sources::SharedAdmission>,
     board: crate::shard::SessionBoard,
     node: Arc<crate::service::NodeFacts>,
     tokio: Arc<crate::service::tokio_rt::SideRuntime>,
@@ -398,7 +399,7 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
                 server_config: ctx.server_config,
                 router,
                 identities: ctx.identities,
-                penalties: ctx.penalties,
+                admission: ctx.penalties,
                 board: ctx.board,
             })),
         });

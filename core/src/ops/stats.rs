@@ -61,8 +61,24 @@ counters! {
     dropped_reflection,
     /// Initials from sources penalised for failed authentication, ignored.
     dropped_penalty,
+    /// Initials ignored: their source (IPv4 /32, IPv6 /64) had its cap of handshakes in
+    /// flight on all shards (`admission.max_handshakes_per_source`).
+    dropped_source_cap,
+    /// Initials ignored: their Retry token had already started a handshake (a replay).
+    dropped_token_reuse,
     /// Incoming connections accepted.
     handshakes_accepted,
+    /// Handshakes in flight on this shard (a gauge).
+    handshakes_in_flight,
+    /// The most handshakes in flight from one source, on all shards, seen by this shard
+    /// when it admitted one (a high-water mark; read it per shard, the sum means nothing).
+    source_handshakes_peak,
+    /// Accepted handshakes that ended before completing (TLS failure, wrong or missing key,
+    /// timeout, close); each counts against its source's penalty.
+    handshakes_abandoned,
+    /// Connections closed after the handshake because their peer, or their anonymous
+    /// source, held its connection cap (`admission.max_connections_per_*`).
+    refused_connection_cap,
     /// Incoming connections that failed during accept.
     handshakes_failed,
     /// Handshakes that did not finish within the handshake timeout.
@@ -106,6 +122,12 @@ pub(crate) fn bump(c: &AtomicU64) {
 #[inline]
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Raises a high-water mark to `v`.
+#[inline]
+pub(crate) fn raise(c: &AtomicU64, v: u64) {
+    c.fetch_max(v, Ordering::Relaxed);
 }
 
 /// Decrements a gauge by one.

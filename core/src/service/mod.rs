@@ -86,6 +86,8 @@ pub mod close_code {
     pub const HANDSHAKE_TIMEOUT: u32 = 0x6;
     /// A protocol violation by the peer.
     pub const PROTOCOL_ERROR: u32 = 0x7;
+    /// The peer (or anonymous source) already holds its cap of connections.
+    pub const CONNECTION_LIMIT: u32 = 0x8;
 }
 
 /// What a service declares about itself; everything else (offered ALPNs, TLS client-auth

@@ -5,6 +5,13 @@
 //! accepted, refused, retried or ignored; [`admit`] picks one, and each reason names the
 //! counter it feeds. Carrying out the decision (and the endpoint calls) is the state
 //! machine's job, not this module's.
+//!
+//! Per-source limits come before any per-shard one: a source with
+//! `max_handshakes_per_source` handshakes in flight on all shards, or an attempt carrying a
+//! Retry token that already started a handshake, is dropped without an answer (a genuine
+//! client retransmits its Initial; a replayed token buys nothing). They apply to attempts
+//! that proved their address too: one Retry round trip buys one handshake, not a window of
+//! validated Initials on every shard.
 
 use crate::ops::stats::ShardStats;
 use std::sync::atomic::AtomicU64;
@@ -24,6 +31,10 @@ pub(crate) struct IncomingFacts {
     pub(crate) address_validated: bool,
     /// A Retry may still be sent (none was sent for this attempt).
     pub(crate) may_retry: bool,
+    /// The Retry token that validated the address already started a handshake.
+    pub(crate) token_used: bool,
+    /// Handshakes in flight from this source (IPv4 /32, IPv6 /64) on all shards.
+    pub(crate) source_handshakes: u32,
 }
 
 /// The shard's load when the attempt arrives.
@@ -43,6 +54,8 @@ pub(crate) struct Load {
     pub(crate) handshakes: usize,
     /// Cap on handshakes in flight before strangers must prove their address.
     pub(crate) max_handshakes: usize,
+    /// Cap on handshakes in flight from one source on all shards.
+    pub(crate) max_handshakes_per_source: u32,
 }
 
 /// The decision.
@@ -89,6 +102,10 @@ pub(crate) enum IgnoreReason {
     Penalised,
     /// Over the handshake cap, and a Retry was already sent for this attempt.
     HandshakeCapRetried,
+    /// The source has its cap of handshakes in flight.
+    SourceHandshakeCap,
+    /// The Retry token already started a handshake (a replay).
+    TokenUsed,
 }
 
 impl Admission {
@@ -106,6 +123,8 @@ impl Admission {
             Admission::Ignore(IgnoreReason::HandshakeCapRetried) => {
                 Some(&stats.connections_refused)
             }
+            Admission::Ignore(IgnoreReason::SourceHandshakeCap) => Some(&stats.dropped_source_cap),
+            Admission::Ignore(IgnoreReason::TokenUsed) => Some(&stats.dropped_token_reuse),
             Admission::Ignore(IgnoreReason::NotServing) => None,
         }
     }
@@ -123,6 +142,13 @@ pub(crate) fn admit(facts: &IncomingFacts, load: &Load) -> Admission {
     if facts.penalised {
         // Repeated authentication failures: no TLS work for this source for a while.
         return Admission::Ignore(IgnoreReason::Penalised);
+    }
+    if facts.address_validated && facts.token_used {
+        return Admission::Ignore(IgnoreReason::TokenUsed);
+    }
+    if facts.source_handshakes >= load.max_handshakes_per_source {
+        // Validated or not: silence, so a genuine client retransmits once one ends.
+        return Admission::Ignore(IgnoreReason::SourceHandshakeCap);
     }
     if load.memory_pressure {
         // Over the memory budget: make strangers prove their address first, then refuse.
@@ -157,6 +183,8 @@ mod tests {
         penalised: false,
         address_validated: false,
         may_retry: true,
+        token_used: false,
+        source_handshakes: 0,
     };
     const LOAD: Load = Load {
         serving: true,
@@ -166,6 +194,7 @@ mod tests {
         max_connections: 100,
         handshakes: 1,
         max_handshakes: 4,
+        max_handshakes_per_source: 3,
     };
 
     #[test]
@@ -273,6 +302,51 @@ mod tests {
                 Ignore(IgnoreReason::HandshakeCapRetried),
             ),
             (
+                "source at its handshake cap, stranger",
+                IncomingFacts {
+                    source_handshakes: 3,
+                    ..FACTS
+                },
+                LOAD,
+                Ignore(IgnoreReason::SourceHandshakeCap),
+            ),
+            (
+                "source at its handshake cap, validated",
+                IncomingFacts {
+                    source_handshakes: 3,
+                    ..validated
+                },
+                LOAD,
+                Ignore(IgnoreReason::SourceHandshakeCap),
+            ),
+            (
+                "source cap before the Retry of a busy shard",
+                IncomingFacts {
+                    source_handshakes: 3,
+                    ..FACTS
+                },
+                busy,
+                Ignore(IgnoreReason::SourceHandshakeCap),
+            ),
+            (
+                "replayed Retry token",
+                IncomingFacts {
+                    token_used: true,
+                    ..validated
+                },
+                LOAD,
+                Ignore(IgnoreReason::TokenUsed),
+            ),
+            (
+                "source below its cap",
+                IncomingFacts {
+                    source_handshakes: 2,
+                    ..validated
+                },
+                LOAD,
+                Accept,
+            ),
+            (
                 "reflection beats everything",
                 IncomingFacts {
                     remote_port: 123,
@@ -307,6 +381,14 @@ mod tests {
         assert!(same(
             Admission::Ignore(IgnoreReason::Penalised).counter(&s),
             &s.dropped_penalty
+        ));
+        assert!(same(
+            Admission::Ignore(IgnoreReason::SourceHandshakeCap).counter(&s),
+            &s.dropped_source_cap
+        ));
+        assert!(same(
+            Admission::Ignore(IgnoreReason::TokenUsed).counter(&s),
+            &s.dropped_token_reuse
         ));
         assert!(Admission::Accept.counter(&s).is_none());
         assert!(

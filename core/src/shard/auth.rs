@@ -53,6 +53,14 @@ pub enum AuthFailure {
         /// The service.
         alpn: String,
     },
+    /// The peer, or the anonymous source, already holds its cap of connections.
+    #[error("{who} already holds {limit} connections; close some and retry")]
+    ConnectionLimit {
+        /// `peer <id>` or `source <address>`.
+        who: String,
+        /// The cap.
+        limit: u32,
+    },
 }
 
 impl AuthFailure {
@@ -63,6 +71,7 @@ impl AuthFailure {
             | AuthFailure::NoCertificate
             | AuthFailure::Disabled { .. } => close_code::UNAUTHORIZED,
             AuthFailure::MissingScope { .. } => close_code::FORBIDDEN,
+            AuthFailure::ConnectionLimit { .. } => close_code::CONNECTION_LIMIT,
         }
     }
 
@@ -73,6 +82,7 @@ impl AuthFailure {
             AuthFailure::NoCertificate => "no certificate",
             AuthFailure::Disabled { .. } => "peer disabled",
             AuthFailure::MissingScope { .. } => "missing scope",
+            AuthFailure::ConnectionLimit { .. } => "connection limit",
         }
     }
 
@@ -216,6 +226,16 @@ mod tests {
             "peer alice lacks scope `call` for alknet/call"
         );
         assert!(!scope.penalises());
+        let limit = AuthFailure::ConnectionLimit {
+            who: "peer alice".into(),
+            limit: 2,
+        };
+        assert_eq!(limit.close_code(), close_code::CONNECTION_LIMIT);
+        assert!(!limit.penalises(), "a cap is not an authentication failure");
+        assert_eq!(
+            limit.remedy(),
+            "peer alice already holds 2 connections; close some and retry"
+        );
         assert_eq!(
             AuthFailure::NoCertificate.close_code(),
             close_code::UNAUTHORIZED

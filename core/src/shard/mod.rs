@@ -9,7 +9,8 @@
 //! | `admit.rs`    | what to do with a connection attempt (accept, Retry, refuse, ignore) |
 //! | `auth.rs`     | whom a finished handshake serves, or the typed reason it is refused  |
 //! | `timers.rs`   | every connection's next deadline, and the earliest of them           |
-//! | `penalty.rs`  | per-source penalties for repeated authentication failures            |
+//! | `penalty.rs`  | per-source penalties for repeated failed handshakes and authentication |
+//! | `sources.rs`  | what all shards share per source and peer: handshakes in flight, connection counts, used Retry tokens |
 //! | `driver.rs`   | the monoio tasks: socket, inbox and wake-ups in; transmits, forwards and handler tasks out |
 //!
 //! The state never reads a clock, touches a socket or spawns a task; the driver reads the
@@ -17,12 +18,15 @@
 //! same state with a virtual clock against a quinn-proto client.
 //!
 //! Nothing is shared with other shards except the forwarding queues (datagrams whose
-//! connection lives elsewhere), the penalty table and the counters.
+//! connection lives elsewhere), the admission tables (`sources.rs`: atomics read without a
+//! lock on every connection attempt, a mutex only on failures and per-peer counts) and the
+//! counters.
 
 mod admit;
 mod auth;
 pub(crate) mod driver;
 pub mod penalty;
+pub(crate) mod sources;
 pub(crate) mod state;
 mod timers;
 

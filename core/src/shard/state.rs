@@ -26,7 +26,7 @@ use crate::ops::stats::{self, ShardStats};
 use crate::service::{Router, close_code};
 use crate::shard::admit::{Admission, IncomingFacts, Load, admit};
 use crate::shard::auth::{AuthFailure, ServiceRule, authorize};
-use crate::shard::penalty::PenaltyBox;
+use crate::shard::sources::{Held, SharedAdmission};
 use crate::shard::timers::TimerHeap;
 use crate::shard::{Forwarded, Service, SessionBoard, SessionInfo, ShardMsg};
 use alknet_proto::{CidCodec, Route, route_datagram};
@@ -39,7 +39,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -71,8 +71,8 @@ pub(crate) struct ServerRole {
     pub(crate) router: Router,
     /// Peers by key.
     pub(crate) identities: Arc<dyn IdentityProvider>,
-    /// Per-source penalties, shared by all shards.
-    pub(crate) penalties: Arc<Mutex<PenaltyBox>>,
+    /// Per-source and per-peer counts and penalties, shared by all shards.
+    pub(crate) admission: Arc<SharedAdmission>,
     /// This shard's authenticated connections, for `alknet sessions`.
     pub(crate) board: SessionBoard,
 }
@@ -177,6 +177,9 @@ pub(crate) struct ShardState {
     timers: TimerHeap,
     handshaking: usize,
     live: usize,
+    /// What each accepted connection holds in the shared admission tables, by slot: given
+    /// back when the handshake ends and when the connection goes.
+    held: Vec<ConnHeld>,
     /// Where the endpoint writes stateless answers.
     resp_buf: Vec<u8>,
     responses: VecDeque<(Transmit, Vec<u8>)>,
@@ -217,6 +220,7 @@ impl ShardState {
             timers: TimerHeap::new(),
             handshaking: 0,
             live: 0,
+            held: Vec::new(),
             resp_buf: Vec::with_capacity(2048),
             responses: VecDeque::new(),
             spare: Vec::new(),
@@ -452,7 +456,7 @@ impl ShardState {
                 self.current = Some(cell);
                 continue;
             }
-            self.settle(&cell);
+            self.settle(now, &cell);
         }
     }
 
@@ -524,19 +528,32 @@ impl ShardState {
     /// leak endpoint state).
     fn on_incoming(&mut self, now: Instant, incoming: Incoming) {
         let remote = incoming.remote_address();
-        let penalised = match &self.role {
-            Role::Server(s) => match s.penalties.lock() {
-                Ok(p) => p.is_blocked(remote.ip(), now),
-                Err(p) => p.into_inner().is_blocked(remote.ip(), now),
-            },
-            Role::Client => false,
+        let validated = incoming.remote_address_validated();
+        let a = &self.config.admission;
+        // Per-source facts, from the shared tables without a lock.
+        let (source, token, penalised, token_used, source_handshakes) = match &self.role {
+            Role::Server(s) => {
+                let shared = &s.admission;
+                let source = shared.source(remote);
+                let token = shared.token_mark(incoming.orig_dst_cid(), remote);
+                (
+                    Some(source),
+                    Some(token),
+                    shared.penalties.is_blocked(remote.ip(), now),
+                    validated && shared.token_used(token),
+                    shared.handshakes(source),
+                )
+            }
+            Role::Client => (None, None, false, false, 0),
         };
         let t = &self.config.transport;
         let facts = IncomingFacts {
             remote_port: remote.port(),
             penalised,
-            address_validated: incoming.remote_address_validated(),
+            address_validated: validated,
             may_retry: incoming.may_retry(),
+            token_used,
+            source_handshakes,
         };
         let load = Load {
             serving: matches!(self.role, Role::Server(_)),
@@ -546,13 +563,38 @@ impl ShardState {
             max_connections: t.max_connections_per_shard,
             handshakes: self.handshaking,
             max_handshakes: t.max_handshakes_per_shard,
+            max_handshakes_per_source: a.max_handshakes_per_source,
         };
         let decision = admit(&facts, &load);
         if let Some(c) = decision.counter(&self.stats) {
             stats::bump(c);
         }
         match decision {
-            Admission::Accept => self.accept(now, incoming),
+            Admission::Accept => {
+                let (Role::Server(server), Some(source), Some(token)) = (&self.role, source, token)
+                else {
+                    self.endpoint.ignore(incoming);
+                    return;
+                };
+                // Take the source's handshake slot for real: another shard may have taken
+                // the last one since the count was read.
+                let Some((held, count)) = server
+                    .admission
+                    .begin_handshake(source, a.max_handshakes_per_source)
+                else {
+                    stats::bump(&self.stats.dropped_source_cap);
+                    self.endpoint.ignore(incoming);
+                    return;
+                };
+                if validated && !server.admission.use_token(token) {
+                    // A replay of the same token won the race on another shard.
+                    stats::bump(&self.stats.dropped_token_reuse);
+                    self.endpoint.ignore(incoming);
+                    return;
+                }
+                stats::raise(&self.stats.source_handshakes_peak, u64::from(count));
+                self.accept(now, incoming, held);
+            }
             Admission::Retry(_) => {
                 self.resp_buf.clear();
                 match self.endpoint.retry(incoming, &mut self.resp_buf) {
@@ -572,7 +614,7 @@ impl ShardState {
         }
     }
 
-    fn accept(&mut self, now: Instant, incoming: Incoming) {
+    fn accept(&mut self, now: Instant, incoming: Incoming, handshake: Held) {
         let Role::Server(server) = &self.role else {
             self.endpoint.ignore(incoming);
             return;
@@ -591,12 +633,27 @@ impl ShardState {
                 inner.counts_as_handshake = true;
                 let cell = self.insert(ch, inner);
                 self.handshaking += 1;
+                if self.held.len() <= ch.0 {
+                    self.held.resize_with(ch.0 + 1, ConnHeld::default);
+                }
+                if let Some(h) = self.held.get_mut(ch.0) {
+                    *h = ConnHeld {
+                        handshake: Some(handshake),
+                        connection: None,
+                    };
+                    stats::add(&self.stats.handshakes_in_flight, 1);
+                }
                 queue_dirty(&cell);
                 self.accepted = true;
             }
             Err(e) => {
+                // The handshake's slot is given back as `handshake` drops here; the failure
+                // counts against the source like any handshake that did not finish.
                 stats::bump(&self.stats.handshakes_failed);
                 debug!(%remote, cause = %e.cause, "incoming connection failed");
+                if let Role::Server(s) = &self.role {
+                    penalise(&s.admission, remote, now);
+                }
                 if let Some(tx) = e.response {
                     self.queue_response(tx);
                 }
@@ -710,6 +767,9 @@ impl ShardState {
                 if newly_connected && std::mem::take(&mut inner.counts_as_handshake) {
                     self.handshaking = self.handshaking.saturating_sub(1);
                 }
+                if newly_connected {
+                    self.end_handshake(inner.handle.0);
+                }
             }
             if newly_connected {
                 stats::bump(&self.stats.connections_established);
@@ -737,7 +797,7 @@ impl ShardState {
 
     /// After a connection's last transmit of the round: forget it if it drained, otherwise
     /// re-arm its timer.
-    fn settle(&mut self, cell: &ConnRef) {
+    fn settle(&mut self, now: Instant, cell: &ConnRef) {
         let mut inner = cell.inner.borrow_mut();
         let slot = inner.handle.0;
         if !self.current_drained {
@@ -751,6 +811,21 @@ impl ShardState {
         self.current_drained = false;
         if std::mem::take(&mut inner.counts_as_handshake) {
             self.handshaking = self.handshaking.saturating_sub(1);
+        }
+        if self.end_handshake(slot) && !inner.connected && !self.shutting_down {
+            // Accepted but never finished: a TLS failure (no certificate, a key of the wrong
+            // type, a bad CertificateVerify), a timeout, or a close. Each counts against
+            // the source as an authentication failure does.
+            stats::bump(&self.stats.handshakes_abandoned);
+            let remote = inner.proto.remote_address();
+            debug!(%remote, reason = ?inner.lost, "handshake abandoned");
+            if let Role::Server(s) = &self.role {
+                penalise(&s.admission, remote, now);
+            }
+        }
+        // Whatever the connection held in the shared tables goes back with it.
+        if let Some(h) = self.held.get_mut(slot) {
+            *h = ConnHeld::default();
         }
         let reason = inner
             .lost
@@ -774,6 +849,20 @@ impl ShardState {
             peer: inner.peer.clone(),
             reason,
         });
+    }
+
+    /// Gives back the handshake slot of the connection in `slot`, if it still holds one;
+    /// true when it did.
+    fn end_handshake(&mut self, slot: usize) -> bool {
+        let ended = self
+            .held
+            .get_mut(slot)
+            .and_then(|h| h.handshake.take())
+            .is_some();
+        if ended {
+            stats::drop_one(&self.stats.handshakes_in_flight);
+        }
+        ended
     }
 
     /// The handshake finished: find the peer, check the service and its scope, and hand
@@ -825,18 +914,7 @@ impl ShardState {
             Err(failure) => {
                 stats::bump(&self.stats.auth_failures);
                 if failure.penalises() {
-                    let mut p = match server.penalties.lock() {
-                        Ok(p) => p,
-                        Err(p) => p.into_inner(),
-                    };
-                    if let Some(penalty) = p.record_failure(remote.ip(), now) {
-                        warn!(
-                            target: "alknet::auth",
-                            source = %remote.ip(),
-                            penalty_secs = penalty.as_secs(),
-                            "source penalised after repeated authentication failures"
-                        );
-                    }
+                    penalise(&server.admission, remote, now);
                 }
                 warn!(
                     target: "alknet::auth",
@@ -856,6 +934,37 @@ impl ShardState {
             Some((id, scopes)) => (Some(id), scopes),
             None => (None, Arc::from(Vec::new())),
         };
+        // The connection caps: per peer on all shards, per source for strangers.
+        let a = &self.config.admission;
+        let held = match &peer_id {
+            Some(id) => server
+                .admission
+                .hold_peer(id, a.max_connections_per_peer)
+                .ok_or_else(|| (format!("peer {id}"), a.max_connections_per_peer)),
+            None => {
+                let source = server.admission.source(remote);
+                let cap = a.max_connections_per_anonymous_source;
+                server
+                    .admission
+                    .hold_anonymous(source, cap)
+                    .ok_or_else(|| (format!("source {}", remote.ip()), cap))
+            }
+        };
+        let held = match held {
+            Ok(h) => h,
+            Err((who, limit)) => {
+                stats::bump(&self.stats.refused_connection_cap);
+                info!(%remote, alpn = %alpn_str, %who, limit, "connection refused: connection cap");
+                let failure = AuthFailure::ConnectionLimit { who, limit };
+                close_at(cell, now, failure.close_code(), failure.remedy().as_bytes());
+                self.events
+                    .push_back(ShardEvent::Refused { remote, failure });
+                return;
+            }
+        };
+        if let Some(h) = self.held.get_mut(cell.inner.borrow().handle.0) {
+            h.connection = Some(held);
+        }
         let auth = AuthContext {
             identity: peer_id.clone().map(|id| Identity { id }),
             scopes,
@@ -899,6 +1008,29 @@ impl ShardState {
             auth,
             service,
         });
+    }
+}
+
+/// What one accepted connection holds in the shared admission tables; each count goes back
+/// when its guard drops (handshake end, connection end, or the shard's end).
+#[derive(Default)]
+struct ConnHeld {
+    /// Its source's handshake slot, until the handshake completes or fails.
+    handshake: Option<Held>,
+    /// Its place under the per-peer or per-anonymous-source connection cap.
+    connection: Option<Held>,
+}
+
+/// Counts a failed handshake or authentication against the source of `remote`, and logs a
+/// penalty it starts.
+fn penalise(admission: &SharedAdmission, remote: SocketAddr, now: Instant) {
+    if let Some(penalty) = admission.penalties.record_failure(remote.ip(), now) {
+        warn!(
+            target: "alknet::auth",
+            source = %remote.ip(),
+            penalty_secs = penalty.as_secs(),
+            "source penalised after repeated authentication failures"
+        );
     }
 }
 

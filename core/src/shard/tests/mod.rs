@@ -159,14 +159,17 @@ impl Pair {
         );
         let codec = crate::net::endpoint::cid_codec(&node, 0);
         let identities = Arc::new(MemoryIdentities::with_peers(setup.peers));
-        let penalties = Arc::default();
+        let epoch = Instant::now();
+        let admission = Arc::new(crate::shard::sources::SharedAdmission::new(
+            epoch,
+            config.admission.failures_before_penalty,
+        ));
         let node_facts = Arc::new(NodeFacts::new(
             node.fingerprint(),
             registry.alpns(),
             Vec::new(),
             None,
         ));
-        let epoch = Instant::now();
         let shards = (0..setup.shards)
             .map(|i| {
                 let ep_cfg = crate::net::endpoint::endpoint_config(&node, &codec, i as u8);
@@ -193,7 +196,7 @@ impl Pair {
                             Arc::default(),
                         )),
                         identities: identities.clone(),
-                        penalties: Arc::clone(&penalties),
+                        admission: Arc::clone(&admission),
                         board: Arc::default(),
                     })),
                 })
