@@ -12,6 +12,7 @@
 //! * Knobs: `latency` (one way), `ingress` (the shard the kernel hands client datagrams
 //!   to), `client_budget` (client datagrams let through before the client falls silent).
 
+mod admission;
 mod scenarios;
 
 use crate::config::Config;
@@ -135,6 +136,10 @@ pub(super) struct Pair {
     pub(super) client_budget: Option<usize>,
     /// Datagrams handed from one shard to another.
     pub(super) forwarded: usize,
+    /// The admission tables the shards share.
+    pub(super) admission: Arc<crate::shard::sources::SharedAdmission>,
+    /// The non-empty tokens of the client Initials delivered so far, in order.
+    pub(super) tokens_seen: Vec<Bytes>,
     server_addr: SocketAddr,
     client_addr: SocketAddr,
     to_server: VecDeque<(Instant, Bytes)>,
@@ -215,6 +220,8 @@ impl Pair {
             ingress: 0,
             client_budget: None,
             forwarded: 0,
+            admission,
+            tokens_seen: Vec::new(),
             server_addr: "[::1]:4433".parse().unwrap(),
             client_addr: "[::1]:50000".parse().unwrap(),
             to_server: VecDeque::new(),
@@ -234,6 +241,11 @@ impl Pair {
             ServerTrust::Pinned(self.node.fingerprint()),
         )
         .unwrap();
+        self.begin_connect_with(cc)
+    }
+
+    /// Starts a client connection with any client configuration.
+    pub(super) fn begin_connect_with(&mut self, cc: quinn_proto::ClientConfig) -> ConnectionHandle {
         let (ch, conn) = self
             .client
             .connect(self.time, cc, self.server_addr, "alknet")
@@ -386,6 +398,9 @@ impl Pair {
                 break;
             };
             progress = true;
+            if let Some(t) = initial_token(&d) {
+                self.tokens_seen.push(t);
+            }
             self.shards[self.ingress].handle_datagram(
                 now,
                 self.client_addr,
@@ -530,8 +545,45 @@ impl Pair {
             .collect()
     }
 
+    /// The client's source address.
+    pub(super) fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The counters of every shard, summed.
+    pub(super) fn total(&self) -> StatsSnapshot {
+        let mut t = StatsSnapshot::default();
+        for s in &self.shards {
+            t.add(&s.stats().snapshot());
+        }
+        t
+    }
+
     /// The counters of one shard.
     pub(super) fn stats(&self, shard: usize) -> StatsSnapshot {
         self.shards[shard].stats().snapshot()
     }
+}
+
+/// The token of a QUIC Initial packet (RFC 9000 §17.2.2), when it has a non-empty one.
+fn initial_token(d: &[u8]) -> Option<Bytes> {
+    let first = *d.first()?;
+    // Long header, Initial type.
+    if first & 0x80 == 0 || (first >> 4) & 0x03 != 0 {
+        return None;
+    }
+    let dcid_len = usize::from(*d.get(5)?);
+    let mut i = 6 + dcid_len;
+    let scid_len = usize::from(*d.get(i)?);
+    i += 1 + scid_len;
+    let b = *d.get(i)?;
+    let len_len = 1usize << (b >> 6);
+    let mut len = u64::from(b & 0x3f);
+    for k in 1..len_len {
+        len = (len << 8) | u64::from(*d.get(i + k)?);
+    }
+    i += len_len;
+    let len = usize::try_from(len).ok()?;
+    let t = d.get(i..i + len)?;
+    (!t.is_empty()).then(|| Bytes::copy_from_slice(t))
 }
