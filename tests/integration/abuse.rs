@@ -8,10 +8,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ECHO: &[u8] = b"alknet/echo";
+pub(crate) const ECHO: &[u8] = b"alknet/echo";
 
 /// A genuine client Initial datagram for `server`, as the first flight of a handshake.
-fn real_initial(server: SocketAddr) -> Vec<u8> {
+pub(crate) fn real_initial(server: SocketAddr) -> Vec<u8> {
     let key = alknet_core::identity::tls::NodeKey::generate();
     let config = alknet_core::config::Config::default();
     let (cc, _) = alknet_core::net::endpoint::client_config(

@@ -8,6 +8,7 @@
 )]
 
 mod abuse;
+mod abuse_admission;
 mod cli;
 mod dispatch;
 mod identity;

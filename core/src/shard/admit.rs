@@ -20,6 +20,31 @@ use std::sync::atomic::AtomicU64;
 /// An Initial from one of them is spoofed or broken; answering would reflect traffic.
 pub(crate) const REFLECTION_PORTS: [u16; 11] = [0, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
 
+/// True when `data` starts with a client Initial whose destination CID no shard issued: a
+/// new connection attempt, or a ClientHello sent again before any answer arrived (RFC 9000
+/// §7.2: a client takes the server's CID from its first answer). Only these may be
+/// dropped by source before quinn-proto spends a key derivation and a decryption on them;
+/// a packet for a handshake in flight carries a CID of ours and always goes through.
+pub(crate) fn fresh_initial(codec: &alknet_proto::CidCodec, data: &[u8]) -> bool {
+    let Some(&first) = data.first() else {
+        return false;
+    };
+    // Long header with the fixed bit, Initial type (QUIC v1), not version negotiation.
+    if first & 0xc0 != 0xc0 || (first >> 4) & 0x03 != 0 {
+        return false;
+    }
+    if data.get(1..5).is_none_or(|v| v == [0, 0, 0, 0]) {
+        return false;
+    }
+    let Some(&len) = data.get(5) else {
+        return false;
+    };
+    match data.get(6..6 + usize::from(len)) {
+        Some(dcid) => codec.decode(dcid).is_none(),
+        None => false,
+    }
+}
+
 /// What a connection attempt shows before any TLS work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IncomingFacts {
@@ -360,6 +385,32 @@ mod tests {
         for (name, facts, load, want) in table {
             assert_eq!(admit(facts, load), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn only_initials_to_unissued_cids_are_fresh() {
+        let codec = alknet_proto::CidCodec::new([3; 16], 0);
+        let ours = codec.encode(1, [9; alknet_proto::cid::NONCE_LEN]);
+        let initial = |dcid: &[u8]| {
+            let mut d = vec![0xc3, 0, 0, 0, 1, dcid.len() as u8];
+            d.extend_from_slice(dcid);
+            d.extend_from_slice(&[0; 40]);
+            d
+        };
+        assert!(fresh_initial(&codec, &initial(&[0x5a; 8])));
+        assert!(!fresh_initial(&codec, &initial(&ours)), "a CID of ours");
+        let mut handshake = initial(&[0x5a; 8]);
+        handshake[0] = 0xe3;
+        assert!(!fresh_initial(&codec, &handshake), "a Handshake packet");
+        let mut vn = initial(&[0x5a; 8]);
+        vn[1..5].copy_from_slice(&[0; 4]);
+        assert!(!fresh_initial(&codec, &vn), "version negotiation");
+        assert!(!fresh_initial(&codec, &[0x43, 1, 2, 3]), "short header");
+        assert!(
+            !fresh_initial(&codec, &[0xc3, 0, 0, 0, 1, 20, 1]),
+            "truncated"
+        );
+        assert!(!fresh_initial(&codec, &[]));
     }
 
     #[test]

@@ -507,6 +507,23 @@ impl ShardState {
         ecn: Option<EcnCodepoint>,
         data: BytesMut,
     ) {
+        if let Role::Server(server) = &self.role
+            && crate::shard::admit::fresh_initial(&self.codec, &data)
+        {
+            // A new attempt from a penalised source, or one at its handshake cap: dropped
+            // before the endpoint derives keys and decrypts it, so a flood from one source
+            // costs a hash and two loads per datagram. (`admit` takes the same decision
+            // for the attempts that reach it, such as those validated by a Retry.)
+            let a = &server.admission;
+            if a.penalties.is_blocked(remote.ip(), now) {
+                stats::bump(&self.stats.dropped_penalty);
+                return;
+            }
+            if a.handshakes(a.source(remote)) >= self.config.admission.max_handshakes_per_source {
+                stats::bump(&self.stats.dropped_source_cap);
+                return;
+            }
+        }
         self.resp_buf.clear();
         let event = self
             .endpoint
