@@ -321,27 +321,89 @@ fn serve(
         }
     );
 
-    let mut signals = signal_hook::iterator::Signals::new([
+    let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .context("cannot install signal handlers")?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
-    }
-    handle.shutdown();
-    // A second signal while draining exits at once.
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            std::process::exit(1);
+    match wait_for_stop(signals, handle.worker_exits()) {
+        Stop::Signal(sig, more) => {
+            tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
+            handle.shutdown();
+            // A second signal while draining exits at once.
+            std::thread::spawn(move || {
+                if more.recv().is_ok() {
+                    std::process::exit(1);
+                }
+            });
         }
-    });
+        Stop::ShardDown(exit) => {
+            // The kernel keeps steering clients to the dead shard's socket: end the process
+            // so its supervisor starts a whole server again.
+            tracing::error!(
+                shard = exit.shard,
+                reason = %exit.reason,
+                "a shard stopped serving; exiting so the supervisor restarts the server"
+            );
+            if let Some(p) = &sock {
+                let _ = std::fs::remove_file(p);
+            }
+            std::process::exit(EXIT_SHARD_DOWN);
+        }
+    }
     handle.join();
     if let Some(p) = sock {
         let _ = std::fs::remove_file(p);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Exit status when a shard thread ended without a shutdown (`EX_SOFTWARE`).
+const EXIT_SHARD_DOWN: i32 = 70;
+
+/// What ends `alknet serve`.
+enum Event {
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+    /// A shard thread ended without a shutdown.
+    ShardDown(alknet_core::net::server::WorkerExit),
+}
+
+/// Why `alknet serve` stops.
+enum Stop {
+    /// A signal; later events (a second signal) arrive on the receiver.
+    Signal(i32, std::sync::mpsc::Receiver<Event>),
+    /// A shard thread ended.
+    ShardDown(alknet_core::net::server::WorkerExit),
+}
+
+/// Waits for SIGTERM/SIGINT or for a shard thread to end, whichever comes first.
+fn wait_for_stop(
+    mut signals: signal_hook::iterator::Signals,
+    exits: flume::Receiver<alknet_core::net::server::WorkerExit>,
+) -> Stop {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(4);
+    let on_signal = tx.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if on_signal.send(Event::Signal(sig)).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        if let Ok(exit) = exits.recv() {
+            let _ = tx.send(Event::ShardDown(exit));
+        }
+    });
+    match rx.recv() {
+        Ok(Event::Signal(sig)) => Stop::Signal(sig, rx),
+        Ok(Event::ShardDown(exit)) => Stop::ShardDown(exit),
+        // Both senders gone: nothing can stop the server any more but a signal handler
+        // that failed; stop as for SIGTERM.
+        Err(_) => Stop::Signal(signal_hook::consts::SIGTERM, rx),
+    }
 }
 
 fn stats(data_dir: &Path, json: bool) -> Result<()> {

@@ -399,3 +399,10 @@ pub fn fuzz_endpoint(data: &[u8]) {
         "live connection stopped carrying data"
     );
 }
+
+/// Arbitrary bytes as a control-socket client sends them, fed to the request line buffer in
+/// uneven pieces: lines stay within the request limit, the buffer within its cap, errors
+/// short, and every parsed request encodes and parses back to itself.
+pub fn fuzz_control_request(data: &[u8]) {
+    crate::ops::control::fuzz_client_bytes(data);
+}

@@ -13,4 +13,5 @@ mod cli;
 mod dispatch;
 mod identity;
 mod quic;
+mod restart;
 mod support;

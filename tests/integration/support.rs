@@ -113,7 +113,17 @@ pub struct Server {
 impl Server {
     /// Starts a server with this config (a `listen` line is added if absent).
     pub fn start(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::try_start(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Server::start`], returning why the server did not start instead of panicking.
+    pub fn try_start(config: &str) -> Result<Self, String> {
+        Self::try_start_in(tempfile::tempdir().expect("tempdir"), config)
+    }
+
+    /// Like [`Server::try_start`] in a directory of an earlier server (its data directory,
+    /// node key and store kept), as a restart does.
+    pub fn try_start_in(dir: tempfile::TempDir, config: &str) -> Result<Self, String> {
         let mut text = String::new();
         if !config.contains("listen") {
             text.push_str("listen = \"127.0.0.1:0\"\n");
@@ -167,23 +177,29 @@ impl Server {
             .unwrap_or((None, None));
         let (Some(addr), Some(fingerprint)) = (addr, fp) else {
             let _ = child.kill();
-            panic!(
+            let _ = child.wait();
+            return Err(format!(
                 "alknet serve did not start: {}",
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
+            ));
         };
-        Self {
+        Ok(Self {
             child,
             dir,
             addr,
             fingerprint,
             stderr_path,
             stdout_closed,
-        }
+        })
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Takes this (exited) server's directory for a restart, leaving an empty one behind.
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     /// `alknet stats --json` of this server.
@@ -285,4 +301,12 @@ pub fn run_cli_raw(args: &[&str], data_dir: &Path, stdin: &[u8]) -> (i32, Vec<u8
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A loopback UDP port that was free a moment ago (bound to port 0, then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
 }

@@ -333,6 +333,8 @@ impl RedbStore {
             other => other,
         };
         let (db, model) = guarded("opening the store", || {
+            // 0600 whatever the umask, before redb opens it by path.
+            drop(crate::fsutil::create_private(path).map_err(backend)?);
             let db = Database::create(path).map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => IdentityError::Backend(
                     "the store is open in another process (a running server?); use the control socket or stop it"

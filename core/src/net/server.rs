@@ -4,11 +4,22 @@
 //! come back from [`start`] before any thread exists. Each worker then builds its own monoio
 //! runtime (io_uring, or epoll where io_uring is unavailable), pins itself to its core, and
 //! runs its shard until shutdown.
+//!
+//! Restarts: a process that exits with a poll in flight on its io_uring instance leaves its
+//! sockets to the kernel, which releases them a few milliseconds after the process is gone.
+//! So a worker ends by cancelling its poll and closing its socket before its runtime goes,
+//! [`ServerHandle::join`] returns only once the port is free again (bounded), and [`start`]
+//! tells a live owner of the port (fails at once, naming it) from sockets being released
+//! (waits for them, bounded by [`RELEASE_WAIT`], with a log line).
+//!
+//! A shard thread that ends other than by shutdown (a panic outside the guarded spawn) is
+//! reported on [`ServerHandle::worker_exits`]: the kernel would keep steering clients to
+//! its socket, so the binary exits non-zero for its supervisor to restart it.
 
 use crate::config::{Config, DriverKind};
 use crate::identity::IdentityProvider;
 use crate::identity::tls::{NodeKey, TlsError};
-use crate::net::udp::{UdpIo, bind_reuseport};
+use crate::net::udp::{PortHolder, PortMarker, UdpIo, bind_reuseport, port_holder};
 use crate::ops::stats::{ShardStats, StatsSnapshot};
 use crate::service::Registry;
 use crate::shard::ShardMsg;
@@ -19,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -28,11 +40,13 @@ use tracing::{error, info, warn};
 pub enum ServeError {
     /// The listen address is taken by another process.
     #[error(
-        "{addr} is already in use by another process; stop it or choose another address with --listen"
+        "{addr} is already in use by another process ({holder}); stop it or choose another address with --listen"
     )]
     AddrInUse {
         /// The address.
         addr: SocketAddr,
+        /// Who holds it, as far as `/proc` tells.
+        holder: PortHolder,
     },
     /// Binding failed for another reason.
     #[error("cannot listen on {addr}: {source}")]
@@ -55,8 +69,29 @@ pub enum ServeError {
     },
 }
 
+/// How long [`start`] waits for the sockets of a process that has exited to be released,
+/// and [`ServerHandle::join`] for its own. The kernel takes milliseconds; this bounds a
+/// loaded machine. A supervisor's restart delay adds to it (`deploy/alknet.service`).
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Between two bind attempts while old sockets are released.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// A shard thread that ended without a shutdown.
+#[derive(Debug, Clone)]
+pub struct WorkerExit {
+    /// The shard.
+    pub shard: usize,
+    /// Why (the panic message).
+    pub reason: String,
+}
+
 /// A running server.
 pub struct ServerHandle {
+    marker: Option<PortMarker>,
+    exits: flume::Receiver<WorkerExit>,
+    #[cfg(debug_assertions)]
+    faults: Vec<flume::Sender<()>>,
     memory: Arc<crate::ops::memory::MemoryGauge>,
     boards: Vec<crate::shard::SessionBoard>,
     senders: Vec<flume::Sender<ShardMsg>>,
@@ -94,9 +129,18 @@ impl ServerHandle {
         self.control().stats()
     }
 
+    /// Shard threads that end without a shutdown (a panic outside a guarded task) are
+    /// reported here. Such a shard no longer serves the clients the kernel steers to its
+    /// socket: the process should exit non-zero so its supervisor restarts it.
+    pub fn worker_exits(&self) -> flume::Receiver<WorkerExit> {
+        self.exits.clone()
+    }
+
     /// A cheap handle for the control plane (stats, closing a peer's connections).
     pub fn control(&self) -> ControlHandle {
         ControlHandle {
+            #[cfg(debug_assertions)]
+            faults: self.faults.clone(),
             memory: self.memory.clone(),
             senders: self.senders.clone(),
             stats: self.stats.clone(),
@@ -112,13 +156,16 @@ impl ServerHandle {
         }
     }
 
-    /// Waits for every worker to exit.
+    /// Waits for every worker to exit, then (bounded by [`RELEASE_WAIT`]) for the kernel to
+    /// release the port, so a restart right after finds it free.
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
         }
         self.tokio.shutdown();
         self.memory.stop();
+        wait_released(self.local_addr);
+        drop(self.marker);
     }
 
     /// The memory gauge: resident bytes, the budget, and whether the process is over it.
@@ -130,6 +177,8 @@ impl ServerHandle {
 /// What the control socket needs from a running server.
 #[derive(Clone)]
 pub struct ControlHandle {
+    #[cfg(debug_assertions)]
+    faults: Vec<flume::Sender<()>>,
     memory: Arc<crate::ops::memory::MemoryGauge>,
     senders: Vec<flume::Sender<ShardMsg>>,
     stats: Vec<Arc<ShardStats>>,
@@ -162,6 +211,31 @@ impl ControlHandle {
     /// The authenticated connections of every shard.
     pub fn sessions(&self) -> Vec<crate::shard::SessionInfo> {
         crate::shard::sessions_of(&self.boards)
+    }
+
+    /// Debug builds only: makes shard `shard`'s thread panic outside any guarded task, to
+    /// test that the process then exits. Returns false for an unknown shard.
+    #[cfg(debug_assertions)]
+    pub fn debug_panic_shard(&self, shard: usize) -> bool {
+        self.faults
+            .get(shard)
+            .is_some_and(|tx| tx.try_send(()).is_ok())
+    }
+}
+
+/// Waits until `addr` can be bound by a plain socket (nothing holds it), at most
+/// [`RELEASE_WAIT`].
+fn wait_released(addr: SocketAddr) {
+    if addr.port() == 0 {
+        return;
+    }
+    let until = Instant::now() + RELEASE_WAIT;
+    while std::net::UdpSocket::bind(addr).is_err() {
+        if Instant::now() >= until {
+            warn!(%addr, "the port is still held after the workers stopped");
+            return;
+        }
+        std::thread::sleep(RELEASE_POLL);
     }
 }
 
@@ -227,10 +301,17 @@ pub fn start(
         config.admission.failures_before_penalty,
     ));
 
+    let marker = PortMarker::claim(local_addr.port());
+    let (exit_tx, exits) = flume::bounded::<WorkerExit>(workers);
+    #[cfg(debug_assertions)]
+    let (faults, mut fault_rxs): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| flume::bounded::<()>(1)).unzip();
     let mut threads = Vec::with_capacity(workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for (shard, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
         let ctx = WorkerCtx {
+            #[cfg(debug_assertions)]
+            fault: fault_rxs.remove(0),
             shard,
             shards: workers,
             socket,
@@ -250,9 +331,10 @@ pub fn start(
             pin: config.pin_workers.then_some(shard % cores),
         };
         let ready = ready_tx.clone();
+        let exit = exit_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("alknet-shard-{shard}"))
-            .spawn(move || run_worker(ctx, ready))
+            .spawn(move || run_worker_guarded(ctx, ready, exit))
             .map_err(|e| ServeError::Worker {
                 shard,
                 message: e.to_string(),
@@ -282,6 +364,10 @@ pub fn start(
         senders.clone(),
     );
     Ok(ServerHandle {
+        marker,
+        exits,
+        #[cfg(debug_assertions)]
+        faults,
         memory,
         boards,
         senders,
@@ -295,21 +381,42 @@ pub fn start(
 }
 
 /// Binds `workers` sockets to one address with `SO_REUSEPORT`, after checking that no other
-/// process already listens there (reuseport would silently share the port with it).
+/// process already listens there (reuseport would silently share the port with it). When the
+/// port is held by sockets being released (a process that just exited), waits for them,
+/// bounded by [`RELEASE_WAIT`]; a live holder fails at once, named.
 fn bind_group(addr: SocketAddr, workers: usize) -> Result<Vec<socket2::Socket>, ServeError> {
-    let map = |source: std::io::Error, addr| {
-        if source.kind() == std::io::ErrorKind::AddrInUse {
-            ServeError::AddrInUse { addr }
-        } else {
-            ServeError::Bind { addr, source }
+    let started = Instant::now();
+    let mut logged = false;
+    loop {
+        match try_bind_group(addr, workers) {
+            Ok(sockets) => {
+                if logged {
+                    info!(%addr, waited_ms = started.elapsed().as_millis() as u64, "the port is free");
+                }
+                return Ok(sockets);
+            }
+            Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                let holder = port_holder(addr);
+                if holder != PortHolder::Releasing || started.elapsed() >= RELEASE_WAIT {
+                    return Err(ServeError::AddrInUse { addr, holder });
+                }
+                if !logged {
+                    logged = true;
+                    warn!(%addr, limit = ?RELEASE_WAIT, "the port is held by sockets of a stopped process; waiting for the kernel to release them");
+                }
+                std::thread::sleep(RELEASE_POLL);
+            }
+            Err(source) => return Err(ServeError::Bind { addr, source }),
         }
-    };
+    }
+}
+
+fn try_bind_group(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<socket2::Socket>> {
     if addr.port() != 0 {
         // A plain bind fails if anyone (reuseport or not) holds the port.
-        let probe = std::net::UdpSocket::bind(addr).map_err(|e| map(e, addr))?;
-        drop(probe);
+        drop(std::net::UdpSocket::bind(addr)?);
     }
-    let first = bind_reuseport(addr).map_err(|e| map(e, addr))?;
+    let first = bind_reuseport(addr)?;
     let bound = first
         .local_addr()
         .ok()
@@ -317,12 +424,14 @@ fn bind_group(addr: SocketAddr, workers: usize) -> Result<Vec<socket2::Socket>, 
         .unwrap_or(addr);
     let mut sockets = vec![first];
     for _ in 1..workers {
-        sockets.push(bind_reuseport(bound).map_err(|e| map(e, bound))?);
+        sockets.push(bind_reuseport(bound)?);
     }
     Ok(sockets)
 }
 
 struct WorkerCtx {
+    #[cfg(debug_assertions)]
+    fault: flume::Receiver<()>,
     shard: usize,
     shards: usize,
     socket: socket2::Socket,
@@ -342,7 +451,29 @@ struct WorkerCtx {
     pin: Option<usize>,
 }
 
-fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+/// Runs a worker and reports its end on `exit` unless that end is a finished shutdown.
+fn run_worker_guarded(
+    ctx: WorkerCtx,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    exit: flume::Sender<WorkerExit>,
+) {
+    let shard = ctx.shard;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_worker(ctx, ready)));
+    let reason = match outcome {
+        Ok(true) => return,
+        Ok(false) => "its runtime failed".to_owned(),
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+    };
+    error!(shard, %reason, "a shard thread ended without a shutdown");
+    let _ = exit.try_send(WorkerExit { shard, reason });
+}
+
+/// Runs one worker; true when it ended by a finished shutdown.
+fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>) -> bool {
     if let Some(cpu) = ctx.pin
         && let Err(e) = monoio::utils::bind_to_cpu_set([cpu])
     {
@@ -350,6 +481,8 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
     }
     let driver = ctx.config.driver;
     let shard_id = ctx.shard;
+    let finished = std::rc::Rc::new(std::cell::Cell::new(false));
+    let done = finished.clone();
     let result = run_on_driver(driver, shard_id, move || async move {
         let shard_no = ctx.shard;
         let io = match UdpIo::new(ctx.socket, &ctx.config.udp) {
@@ -404,14 +537,58 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             })),
         });
         let driver = Driver::new(state, io, ctx.peers);
-        monoio::spawn(driver.clone().run_receiver());
-        monoio::spawn(driver.clone().run_inbox(ctx.rx));
+        let (stop, stopped) = flume::bounded::<()>(1);
+        let receiver = monoio::spawn({
+            let driver = driver.clone();
+            async move {
+                monoio::select! {
+                    _ = driver.run_receiver() => {}
+                    _ = stopped.recv_async() => {}
+                }
+            }
+        });
+        let inbox = monoio::spawn(driver.clone().run_inbox(ctx.rx));
+        #[cfg(debug_assertions)]
+        {
+            let fault = ctx.fault;
+            // Not through the guarded spawn on purpose: this is the panic it cannot catch.
+            monoio::spawn(async move {
+                if fault.recv_async().await.is_ok() {
+                    panic!("shard {shard_no} was asked to panic (debug fault injection)");
+                }
+            });
+        }
         let _ = ready.send(Ok(()));
-        driver.run_waker().await;
+        driver.clone().run_waker().await;
+        release_socket(driver, stop, receiver, inbox).await;
+        done.set(true);
     });
     if let Err(e) = result {
         error!(shard = shard_id, error = %e, "worker failed");
     }
+    finished.get()
+}
+
+/// Ends a drained shard's socket while its runtime still runs: the receiver's poll is
+/// cancelled (dropping it queues the cancellation), the inbox finishes, the socket closes,
+/// and one turn of the ring submits the cancellation and the close. Left to the runtime's
+/// drop, the poll would stay in flight and the kernel would hold the socket until it tears
+/// the ring down, after the process is gone.
+async fn release_socket(
+    driver: std::rc::Rc<Driver>,
+    stop: flume::Sender<()>,
+    receiver: monoio::task::JoinHandle<()>,
+    inbox: monoio::task::JoinHandle<()>,
+) {
+    drop(stop);
+    receiver.await;
+    // The inbox ends when the shard has finished (the driver wakes it); bounded anyway.
+    monoio::select! {
+        _ = inbox => {}
+        _ = monoio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    drop(driver);
+    monoio::time::sleep(Duration::from_millis(1)).await;
 }
 
 /// Runs a future on a new monoio runtime of the configured kind, on this thread.
@@ -447,4 +624,63 @@ where
         rt.block_on(f());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket bound to a port and held only by the kernel (passed over a Unix socket and
+    /// never received), as a killed server's io_uring holds its sockets; `release` frees it.
+    fn orphan_socket() -> (SocketAddr, impl FnOnce()) {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = udp.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = std::os::unix::net::UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        crate::net::sys::send_fd(&tx, &udp).unwrap_or_else(|e| panic!("{e}"));
+        drop(udp);
+        (addr, move || drop((tx, rx)))
+    }
+
+    #[test]
+    fn a_port_held_by_no_live_process_reads_as_releasing() {
+        let (addr, release) = orphan_socket();
+        assert!(std::net::UdpSocket::bind(addr).is_err(), "the port is held");
+        assert_eq!(port_holder(addr), PortHolder::Releasing);
+        release();
+        assert!(std::net::UdpSocket::bind(addr).is_ok(), "released");
+    }
+
+    #[test]
+    fn binding_waits_for_sockets_being_released_and_names_a_live_holder_at_once() {
+        let (addr, release) = orphan_socket();
+        let released = std::thread::spawn(move || {
+            // Let the bind find the port held first; the assertion below checks it did.
+            std::thread::sleep(Duration::from_millis(300));
+            release();
+        });
+        let t = Instant::now();
+        let sockets = bind_group(addr, 2).unwrap_or_else(|e| panic!("bind while releasing: {e}"));
+        let took = t.elapsed();
+        assert_eq!(sockets.len(), 2);
+        assert!(
+            took >= Duration::from_millis(300) && took < RELEASE_WAIT,
+            "bound after {took:?}: must wait for the release, at most {RELEASE_WAIT:?}"
+        );
+        let _ = released.join();
+
+        // A live holder (this process) fails at once, named.
+        let t = Instant::now();
+        match bind_group(addr, 1) {
+            Err(ServeError::AddrInUse {
+                holder: PortHolder::Process { pid, .. },
+                ..
+            }) => assert_eq!(pid, std::process::id()),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("bound a port this process holds"),
+        }
+        assert!(
+            t.elapsed() < RELEASE_WAIT / 5,
+            "a live holder was waited for"
+        );
+    }
 }

@@ -124,6 +124,98 @@ pub fn is_dumpable() -> bool {
     unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) > 0 }
 }
 
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no argument, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
+
+/// The credentials of the process at the other end of a connected Unix stream socket
+/// (`SO_PEERCRED`: the peer's pid and effective uid when it connected).
+pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<PeerCredentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `socket` is an open descriptor for the duration of the call; `cred` is a
+    // writable ucred on the stack and `len` holds its size, which the kernel does not exceed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("short SO_PEERCRED answer"));
+    }
+    Ok(PeerCredentials {
+        pid: u32::try_from(cred.pid).unwrap_or(0),
+        uid: cred.uid,
+    })
+}
+
+/// Who is at the other end of a Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id (0 when the kernel could not name it, e.g. another pid namespace).
+    pub pid: u32,
+    /// Effective user id.
+    pub uid: u32,
+}
+
+/// Test support: passes a copy of `fd` over a connected Unix socket (`SCM_RIGHTS`) and
+/// leaves it unread, so the kernel holds a reference to the file that no process's
+/// descriptor table shows: the state of a socket an exited process's io_uring still holds.
+#[cfg(test)]
+pub(crate) fn send_fd(via: &impl AsRawFd, fd: &impl AsRawFd) -> io::Result<()> {
+    let raw: libc::c_int = fd.as_raw_fd();
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    if space > std::mem::size_of_val(&control) {
+        return Err(io::Error::other("control buffer too small"));
+    }
+    // SAFETY: a zeroed msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points to `control`, which has room for one cmsghdr carrying one int
+    // (checked above), so CMSG_FIRSTHDR is non-null and CMSG_DATA points inside `control`;
+    // sendmsg reads `iov` and `control`, both alive for the call.
+    let rc = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return Err(io::Error::other("no room for the control message"));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), raw);
+        libc::sendmsg(via.as_raw_fd(), &msg, 0)
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Copies `src` into the start of a monoio buffer and marks that many bytes initialised;
 /// returns the number of bytes copied (at most the buffer's capacity).
 pub fn copy_into_iobuf<T: monoio::buf::IoBufMut>(buf: &mut T, src: &[u8]) -> usize {
@@ -169,6 +261,14 @@ mod tests {
         // A plain socket has no group to steer.
         let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         assert!(attach_reuseport_steering(&plain).is_err());
+    }
+
+    #[test]
+    fn peer_credentials_name_this_process() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        let cred = peer_credentials(&a).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cred.uid, effective_uid());
+        assert_eq!(cred.pid, std::process::id());
     }
 
     #[test]

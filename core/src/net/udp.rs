@@ -219,3 +219,299 @@ impl UdpIo {
         self.state.may_fragment()
     }
 }
+
+/// What holds a UDP port that a bind found in use, as far as `/proc` shows.
+///
+/// A process that exits with sockets in flight on an io_uring instance (a poll waiting for
+/// readability) leaves them to the kernel, which releases them a few milliseconds after the
+/// process is gone: a restart in that window finds the port "in use" by nobody. Telling that
+/// apart from a live owner is what lets `start` wait for the first and fail at once for the
+/// second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortHolder {
+    /// A live process holds the port: an Alknet server (its port marker, see
+    /// [`PortMarker`]) or a process whose descriptors hold a socket bound there.
+    Process {
+        /// Its process id.
+        pid: u32,
+        /// Its command name (`/proc/PID/comm`).
+        name: String,
+    },
+    /// The sockets belong to another user, whose processes this one cannot inspect.
+    OtherUser {
+        /// Their uid.
+        uid: u32,
+    },
+    /// No live process is seen holding the sockets: they are being torn down (or held by a
+    /// process of this user that hides its descriptors and is no Alknet server).
+    Releasing,
+}
+
+impl std::fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortHolder::Process { pid, name } => write!(f, "process {pid} ({name})"),
+            PortHolder::OtherUser { uid } => write!(f, "a process of uid {uid}"),
+            PortHolder::Releasing => f.write_str("a stopped process (sockets being released)"),
+        }
+    }
+}
+
+/// A bound Unix socket in the abstract namespace named for the UDP port this server holds
+/// and its pid (`@alknet/udp/PORT/PID`, listed in `/proc/net/unix`). It disappears with the
+/// process at once (no io_uring holds it), so a starting server that finds the port taken
+/// can name a live Alknet server even where that server's descriptors are unreadable (it is
+/// not dumpable).
+pub struct PortMarker {
+    _socket: std::os::unix::net::UnixDatagram,
+}
+
+const MARKER_PREFIX: &str = "alknet/udp/";
+
+impl PortMarker {
+    /// Claims the marker of `port` for this process; `None` (logged at debug) where the
+    /// abstract namespace is unavailable.
+    pub fn claim(port: u16) -> Option<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("{MARKER_PREFIX}{port}/{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+        match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
+            Ok(socket) => Some(Self { _socket: socket }),
+            Err(e) => {
+                tracing::debug!(error = %e, port, "cannot claim the port marker");
+                None
+            }
+        }
+    }
+}
+
+/// The pids named by port markers of `port` in a `/proc/net/unix` table.
+fn marker_pids(table: &str, port: u16) -> Vec<u32> {
+    let prefix = format!("@{MARKER_PREFIX}{port}/");
+    table
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(7))
+        .filter_map(|path| path.strip_prefix(prefix.as_str()))
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// One socket of a `/proc/net/udp{,6}` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcSocket {
+    uid: u32,
+    inode: u64,
+}
+
+/// The sockets of a `/proc/net/udp` or `/proc/net/udp6` table whose local address would
+/// make a bind of `addr` fail (same port; the same address, or either is a wildcard).
+fn sockets_on(table: &str, addr: SocketAddr) -> Vec<ProcSocket> {
+    let ours = addr.ip().to_canonical();
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(uid), Some(inode)) = (fields.get(1), fields.get(7), fields.get(9))
+        else {
+            continue;
+        };
+        let Some((ip, port)) = local.split_once(':') else {
+            continue;
+        };
+        let (Some(ip), Ok(port)) = (parse_proc_ip(ip), u16::from_str_radix(port, 16)) else {
+            continue;
+        };
+        let (Ok(uid), Ok(inode)) = (uid.parse(), inode.parse()) else {
+            continue;
+        };
+        let theirs = ip.to_canonical();
+        if port == addr.port()
+            && (ours.is_unspecified() || theirs.is_unspecified() || ours == theirs)
+        {
+            out.push(ProcSocket { uid, inode });
+        }
+    }
+    out
+}
+
+/// An address as `/proc/net/udp{,6}` prints it: the raw network-order bytes read as
+/// native-endian 32-bit words, each printed as 8 hex digits.
+fn parse_proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let mut bytes = [0u8; 16];
+    let words = hex.len() / 8;
+    if hex.len() % 8 != 0 || !(words == 1 || words == 4) {
+        return None;
+    }
+    for i in 0..words {
+        let word = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        bytes
+            .get_mut(i * 4..i * 4 + 4)?
+            .copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(if words == 1 {
+        std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        std::net::IpAddr::from(bytes)
+    })
+}
+
+fn proc_comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// True while `pid` runs (exists and is neither a zombie nor dead).
+fn is_live(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Finds what holds `addr`'s port after a bind failed with "address in use".
+pub fn port_holder(addr: SocketAddr) -> PortHolder {
+    if let Ok(table) = std::fs::read_to_string("/proc/net/unix")
+        && let Some(pid) = marker_pids(&table, addr.port())
+            .into_iter()
+            .find(|&p| is_live(p))
+    {
+        return PortHolder::Process {
+            pid,
+            name: proc_comm(pid),
+        };
+    }
+    let mut sockets = Vec::new();
+    for path in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(table) = std::fs::read_to_string(path) {
+            sockets.extend(sockets_on(&table, addr));
+        }
+    }
+    if sockets.is_empty() {
+        return PortHolder::Releasing;
+    }
+    let wanted: Vec<String> = sockets
+        .iter()
+        .map(|s| format!("socket:[{}]", s.inode))
+        .collect();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // Unreadable descriptors (another user, or not dumpable) are skipped.
+            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
+            let holds = fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|l| l.to_str().map(|l| wanted.iter().any(|w| w == l)))
+                    .unwrap_or(false)
+            });
+            if holds && is_live(pid) {
+                return PortHolder::Process {
+                    pid,
+                    name: proc_comm(pid),
+                };
+            }
+        }
+    }
+    let me = crate::net::sys::effective_uid();
+    if me != 0
+        && let Some(s) = sockets.iter().find(|s| s.uid != me)
+    {
+        return PortHolder::OtherUser { uid: s.uid };
+    }
+    PortHolder::Releasing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  712: 0100007F:B8CF 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 4242 2 0000000000000000 0
+  713: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 77 2 0000000000000000 0
+  714: 0200007F:B8D0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 78 2 0000000000000000 0
+";
+    const UDP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  100: 00000000000000000000000000000000:B8CF 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 900 2 0000000000000000 0
+  101: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 901 2 0000000000000000 0
+";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn proc_tables_give_the_sockets_a_bind_would_collide_with() {
+        // 0100007F:B8CF is 127.0.0.1:47311 on a little-endian machine.
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                sockets_on(UDP, addr("127.0.0.1:47311")),
+                vec![ProcSocket {
+                    uid: 1000,
+                    inode: 4242
+                }]
+            );
+            // Another loopback address on the same port does not collide; a wildcard does.
+            assert!(sockets_on(UDP, addr("127.0.0.2:47311")).is_empty());
+            assert_eq!(sockets_on(UDP, addr("0.0.0.0:47311")).len(), 1);
+            // A wildcard IPv6 socket collides with every address of its port.
+            assert_eq!(
+                sockets_on(UDP6, addr("127.0.0.1:47311")),
+                vec![ProcSocket { uid: 0, inode: 900 }]
+            );
+            assert_eq!(
+                parse_proc_ip("00000000000000000000000001000000"),
+                Some("::1".parse().unwrap_or_else(|e| panic!("{e}")))
+            );
+        }
+        assert!(sockets_on(UDP, addr("127.0.0.1:9")).is_empty());
+        assert!(sockets_on("garbage\n1: zz:zz\n", addr("127.0.0.1:9")).is_empty());
+        assert_eq!(parse_proc_ip("123"), None);
+    }
+
+    #[test]
+    fn markers_are_read_from_the_unix_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00000000 0002 01 5501 @alknet/udp/4433/812
+0000000000000000: 00000002 00000000 00000000 0002 01 5502 @alknet/udp/44330/9
+0000000000000000: 00000002 00000000 00000000 0001 01 5503 /run/other.sock
+";
+        assert_eq!(marker_pids(table, 4433), vec![812]);
+        assert!(marker_pids(table, 53).is_empty());
+    }
+
+    #[test]
+    fn a_live_socket_of_this_process_is_named() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let a = held.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        match port_holder(a) {
+            PortHolder::Process { pid, .. } => assert_eq!(pid, std::process::id()),
+            other => panic!("the test's own socket was not found: {other:?}"),
+        }
+        drop(held);
+        assert_eq!(port_holder(a), PortHolder::Releasing);
+    }
+
+    #[test]
+    fn a_marker_names_its_process() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = held.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+        drop(held);
+        let marker = PortMarker::claim(port);
+        assert!(marker.is_some(), "abstract unix sockets are available");
+        match port_holder(addr(&format!("127.0.0.1:{port}"))) {
+            PortHolder::Process { pid, .. } => assert_eq!(pid, std::process::id()),
+            other => panic!("the marker was not found: {other:?}"),
+        }
+        drop(marker);
+    }
+}

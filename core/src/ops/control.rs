@@ -1,8 +1,19 @@
 //! The local control socket: a Unix socket in the data directory (mode 0600, owner only)
-//! through which `alknet stats` and, later, peer management act on a running server.
+//! through which `alknet stats`, `peer`, `token` and `sessions` act on a running server.
 //!
-//! Protocol: one JSON request per line, one JSON response per line. Requests are bounded
-//! (64 KiB) and connections time out, so a stuck client cannot hold the control plane.
+//! Protocol: one JSON request per line, one JSON response per line.
+//!
+//! Who may talk: the socket is created with mode 0600 from its first instant (bound inside a
+//! fresh 0700 directory, then renamed into place, so no umask and no window is involved),
+//! and every connection's `SO_PEERCRED` uid must be the server's own or root's.
+//!
+//! Bounds: each client is served on a thread of its own, at most [`MAX_CLIENTS`] at once
+//! (more are told so and closed); a request must arrive whole within [`REQUEST_DEADLINE`]
+//! of the previous answer (of the connection, for the first) and be at most
+//! [`MAX_REQUEST`] bytes, else the client gets an error and is closed. So one slow or
+//! silent client holds one thread for a few seconds, never the control plane.
+//!
+//! Not here: what requests do (`ops/admin.rs`, the [`ControlHandle`]).
 
 use crate::identity::store::RedbStore;
 use crate::net::server::ControlHandle;
@@ -12,12 +23,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// Socket file name inside the data directory.
 pub const SOCKET_FILE: &str = "control.sock";
-const MAX_REQUEST: u64 = 64 * 1024;
+/// Longest request line, in bytes (newline excluded).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Clients served at once; a request is a few milliseconds of work, so this is generous.
+pub const MAX_CLIENTS: usize = 16;
+/// Time a client has to send each whole request line.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest error message echoed back (serde errors may quote the request).
+const MAX_ERROR: usize = 256;
 const MAX_RESPONSE: u64 = 64 << 20;
 
 /// A control request.
@@ -37,6 +56,14 @@ pub enum Request {
     Admin {
         /// The operation.
         admin: crate::ops::admin::AdminOp,
+    },
+    /// Debug builds only: makes a shard's thread panic outside any guarded task, so tests
+    /// can show that the process then exits non-zero. Absent from release builds, and only
+    /// the server's own user reaches the socket.
+    #[cfg(debug_assertions)]
+    DebugPanicShard {
+        /// The shard.
+        shard: usize,
     },
 }
 
@@ -110,20 +137,21 @@ pub fn serve(
         }
         std::fs::remove_file(&path)?;
     }
-    // Created with a private umask-independent mode right after bind.
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let started = std::time::Instant::now();
+    let listener = bind_private(&path)?;
+    let shared = Arc::new(Shared {
+        handle,
+        info,
+        store,
+        started: Instant::now(),
+        uid: crate::net::sys::effective_uid(),
+        clients: AtomicUsize::new(0),
+    });
     std::thread::Builder::new()
         .name("alknet-control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
-                    Ok(s) => {
-                        if let Err(e) = serve_one(s, &handle, &info, store.as_deref(), started) {
-                            debug!(error = %e, "control connection ended");
-                        }
-                    }
+                    Ok(s) => admit(s, &shared),
                     Err(e) => warn!(error = %e, "control socket accept failed"),
                 }
             }
@@ -131,61 +159,319 @@ pub fn serve(
     Ok(path)
 }
 
-fn serve_one(
-    stream: UnixStream,
-    handle: &ControlHandle,
-    info: &ServerInfo,
-    store: Option<&RedbStore>,
-    started: std::time::Instant,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new((&stream).take(MAX_REQUEST));
-    let mut writer = &stream;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 0 {
-        let response = match serde_json::from_str::<Request>(line.trim()) {
-            Ok(Request::Stats) => {
-                let (rss, budget, over) = handle.memory();
-                let memory = serde_json::json!({
-                    "rss_bytes": rss,
-                    "budget_bytes": budget,
-                    "over_budget": over,
-                });
-                Response::ok(Some(serde_json::json!({
-                    "server": info,
-                    "uptime_secs": started.elapsed().as_secs(),
-                    "counters": handle.stats(),
-                    "shards": handle.per_shard(),
-                    "memory": memory,
-                })))
-            }
-            Ok(Request::ClosePeer { peer }) => {
-                handle.close_peer(&peer);
-                Response::ok(None)
-            }
-            Ok(Request::Sessions) => Response::ok(serde_json::to_value(handle.sessions()).ok()),
-            Ok(Request::Admin { admin }) => match store {
-                None => Response::err("this server has no identity store".into()),
-                Some(store) => match crate::ops::admin::execute(store, &admin, unix_now()) {
-                    Ok(v) => {
-                        // The index already refuses the peer; now cut its live sessions.
-                        if let Some(peer) = admin.closes_peer() {
-                            handle.close_peer(peer);
-                        }
-                        Response::ok(Some(v))
-                    }
-                    Err(e) => Response::err(e),
-                },
-            },
-            Err(e) => Response::err(format!("bad request: {e}")),
-        };
-        let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        writer.write_all(&out)?;
-        line.clear();
+/// Binds a Unix listener at `path` that is mode 0600 from its first instant: it is bound in
+/// a new directory only the owner can enter, made 0600 there, and renamed into place. (A
+/// umask around the bind would be process-wide while other threads create files.)
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let staging = dir.join(format!(
+        ".control-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let result = (|| {
+        // A umask can only take bits away from 0700; set it exactly anyway.
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+        let inner = staging.join(SOCKET_FILE);
+        let listener = UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+struct Shared {
+    handle: ControlHandle,
+    info: ServerInfo,
+    store: Option<Arc<RedbStore>>,
+    started: Instant,
+    uid: u32,
+    clients: AtomicUsize,
+}
+
+/// Whether a client of uid `peer` may use the control socket of a server running as
+/// `server`: the same user, or root.
+pub fn peer_allowed(peer: u32, server: u32) -> bool {
+    peer == server || peer == 0
+}
+
+/// Checks a new client and serves it on a thread of its own, within the client cap.
+fn admit(stream: UnixStream, shared: &Arc<Shared>) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    match crate::net::sys::peer_credentials(&stream) {
+        Ok(cred) if peer_allowed(cred.uid, shared.uid) => {}
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid,
+                pid = cred.pid,
+                "control client of another user refused"
+            );
+            refuse(
+                &stream,
+                "the control socket serves only the server's own user and root",
+            );
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "control client without credentials refused");
+            return;
+        }
     }
-    Ok(())
+    if shared.clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        warn!(
+            limit = MAX_CLIENTS,
+            "too many control clients at once; one refused"
+        );
+        refuse(
+            &stream,
+            "too many control clients at once; retry in a moment",
+        );
+        return;
+    }
+    let worker = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("alknet-control-client".into())
+        .spawn(move || {
+            if let Err(e) = serve_one(stream, &worker) {
+                debug!(error = %e, "control connection ended");
+            }
+            worker.clients.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        warn!(error = %e, "cannot start a control client thread");
+    }
+}
+
+fn refuse(mut stream: &UnixStream, message: &str) {
+    let _ = write_response(&mut stream, &Response::err(message.into()));
+}
+
+fn write_response(writer: &mut impl Write, response: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    writer.write_all(&out)
+}
+
+/// Splits a byte stream into request lines of at most [`MAX_REQUEST`] bytes, holding at
+/// most [`LineBuf::CAP`] bytes (sans-IO: the caller feeds what it read).
+#[derive(Debug, Default)]
+pub struct LineBuf {
+    buf: Vec<u8>,
+    overflow: bool,
+}
+
+/// A line longer than [`MAX_REQUEST`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong;
+
+impl LineBuf {
+    /// Most bytes held: two whole requests (a client may send its next one early).
+    pub const CAP: usize = 2 * (MAX_REQUEST + 1);
+
+    /// Appends bytes read from the client; bytes beyond [`LineBuf::CAP`] are dropped, and
+    /// the line they belonged to then reads as [`TooLong`].
+    pub fn push(&mut self, data: &[u8]) {
+        let room = Self::CAP.saturating_sub(self.buf.len());
+        if data.len() > room {
+            self.overflow = true;
+        }
+        self.buf
+            .extend_from_slice(data.get(..data.len().min(room)).unwrap_or(&[]));
+    }
+
+    /// The next complete line (without its newline), `Ok(None)` when none is complete yet,
+    /// or [`TooLong`] when the pending line is over the limit.
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, TooLong> {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(i) if i <= MAX_REQUEST => {
+                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+                line.pop();
+                Ok(Some(line))
+            }
+            Some(_) => Err(TooLong),
+            None if self.overflow || self.buf.len() > MAX_REQUEST => Err(TooLong),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Parses one request line; the error is short, lower-case, and says what is expected.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice::<Request>(line.trim_ascii()).map_err(|e| {
+        let mut message = format!(
+            "bad request: {e}; send one JSON object per line, such as {{\"cmd\":\"stats\"}}"
+        );
+        if message.len() > MAX_ERROR {
+            let mut end = MAX_ERROR;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        message
+    })
+}
+
+fn serve_one(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let mut reader = &stream;
+    let mut writer = &stream;
+    let mut lines = LineBuf::default();
+    let mut chunk = [0u8; 4096];
+    let mut deadline = Instant::now() + REQUEST_DEADLINE;
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return write_response(
+                        &mut writer,
+                        &Response::err(format!(
+                            "no whole request within {REQUEST_DEADLINE:?}; closing"
+                        )),
+                    );
+                }
+                stream.set_read_timeout(Some(left))?;
+                match reader.read(&mut chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        lines.push(chunk.get(..n).unwrap_or(&[]));
+                        continue;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(TooLong) => {
+                return write_response(
+                    &mut writer,
+                    &Response::err(format!("request longer than {MAX_REQUEST} bytes; closing")),
+                );
+            }
+        };
+        let response = match parse_request(&line) {
+            Ok(request) => execute(request, shared),
+            Err(message) => Response::err(message),
+        };
+        write_response(&mut writer, &response)?;
+        deadline = Instant::now() + REQUEST_DEADLINE;
+    }
+}
+
+fn execute(request: Request, shared: &Shared) -> Response {
+    let handle = &shared.handle;
+    match request {
+        Request::Stats => {
+            let (rss, budget, over) = handle.memory();
+            let memory = serde_json::json!({
+                "rss_bytes": rss,
+                "budget_bytes": budget,
+                "over_budget": over,
+            });
+            Response::ok(Some(serde_json::json!({
+                "server": shared.info,
+                "uptime_secs": shared.started.elapsed().as_secs(),
+                "counters": handle.stats(),
+                "shards": handle.per_shard(),
+                "memory": memory,
+            })))
+        }
+        Request::ClosePeer { peer } => {
+            handle.close_peer(&peer);
+            Response::ok(None)
+        }
+        Request::Sessions => Response::ok(serde_json::to_value(handle.sessions()).ok()),
+        Request::Admin { admin } => match shared.store.as_deref() {
+            None => Response::err("this server has no identity store".into()),
+            Some(store) => match crate::ops::admin::execute(store, &admin, unix_now()) {
+                Ok(v) => {
+                    // The index already refuses the peer; now cut its live sessions.
+                    if let Some(peer) = admin.closes_peer() {
+                        handle.close_peer(peer);
+                    }
+                    Response::ok(Some(v))
+                }
+                Err(e) => Response::err(e),
+            },
+        },
+        #[cfg(debug_assertions)]
+        Request::DebugPanicShard { shard } => {
+            if handle.debug_panic_shard(shard) {
+                Response::ok(None)
+            } else {
+                Response::err(format!("no shard {shard}"))
+            }
+        }
+    }
+}
+
+/// The oracle of the `control` fuzz target: arbitrary bytes as what a client sends, fed in
+/// uneven pieces. The line buffer never holds more than [`LineBuf::CAP`], every line is at
+/// most [`MAX_REQUEST`] bytes, an error message stays short, and a parsed request encodes
+/// and parses back to the same request.
+pub(crate) fn fuzz_client_bytes(data: &[u8]) {
+    let mut lines = LineBuf::default();
+    let mut rest = data;
+    let mut step = 1usize;
+    loop {
+        let (piece, tail) = rest.split_at(rest.len().min(step));
+        rest = tail;
+        step = step % 7919 + 97;
+        lines.push(piece);
+        assert!(lines.len() <= LineBuf::CAP, "line buffer over its bound");
+        loop {
+            match lines.next_line() {
+                Ok(Some(line)) => {
+                    assert!(line.len() <= MAX_REQUEST, "line over the limit");
+                    match parse_request(&line) {
+                        Ok(request) => {
+                            let again = serde_json::to_vec(&request)
+                                .map_err(|e| e.to_string())
+                                .and_then(|b| parse_request(&b));
+                            assert_eq!(
+                                again.map(|r| format!("{r:?}")),
+                                Ok(format!("{request:?}")),
+                                "a request re-encodes to itself"
+                            );
+                        }
+                        Err(message) => assert!(message.len() <= MAX_ERROR + 4, "long error"),
+                    }
+                }
+                Ok(None) => break,
+                // The server answers and closes here.
+                Err(TooLong) => return,
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -224,5 +510,97 @@ pub fn request(data_dir: &Path, req: &Request) -> Result<serde_json::Value, Stri
         Ok(resp.result.unwrap_or(serde_json::Value::Null))
     } else {
         Err(resp.error.unwrap_or_else(|| "request failed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_bounded_and_overlong_ones_refused() {
+        let mut lines = LineBuf::default();
+        lines.push(b"{\"cmd\":\"stats\"}\n{\"cmd\":");
+        assert_eq!(lines.next_line(), Ok(Some(b"{\"cmd\":\"stats\"}".to_vec())));
+        assert_eq!(lines.next_line(), Ok(None));
+        lines.push(b"\"sessions\"}\n");
+        assert_eq!(
+            lines.next_line(),
+            Ok(Some(b"{\"cmd\":\"sessions\"}".to_vec()))
+        );
+        assert!(lines.is_empty());
+
+        // A line of exactly the limit passes; one byte more is refused before its newline.
+        let mut lines = LineBuf::default();
+        lines.push(&vec![b' '; MAX_REQUEST]);
+        assert_eq!(lines.next_line(), Ok(None));
+        lines.push(b"\n");
+        assert_eq!(
+            lines.next_line().map(|l| l.map(|l| l.len())),
+            Ok(Some(MAX_REQUEST))
+        );
+        let mut lines = LineBuf::default();
+        lines.push(&vec![b'x'; MAX_REQUEST + 1]);
+        assert_eq!(lines.next_line(), Err(TooLong));
+
+        // A flood without newlines is held up to the cap (MAX_REQUEST * 2 + 2 bytes), no more.
+        let mut lines = LineBuf::default();
+        for _ in 0..100 {
+            lines.push(&[b'y'; 4096]);
+        }
+        assert!(lines.len() <= LineBuf::CAP);
+        assert_eq!(lines.next_line(), Err(TooLong));
+    }
+
+    #[test]
+    fn bad_requests_get_a_short_error_naming_the_expected_form() {
+        let e = parse_request(b"garbage").err().unwrap_or_default();
+        assert!(
+            e.starts_with("bad request:") && e.contains("{\"cmd\":\"stats\"}"),
+            "{e}"
+        );
+        let huge = format!("{{\"cmd\":\"{}\"}}", "z".repeat(60_000));
+        let e = parse_request(huge.as_bytes()).err().unwrap_or_default();
+        assert!(
+            e.len() <= MAX_ERROR + 4,
+            "an error echoes {} bytes of the request (limit {MAX_ERROR})",
+            e.len()
+        );
+        assert!(parse_request(b" {\"cmd\":\"stats\"}\r").is_ok());
+        assert!(parse_request(&[0xff, 0xfe, b'\n']).is_err());
+    }
+
+    #[test]
+    fn only_the_servers_user_and_root_are_allowed() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(65534, 0));
+    }
+
+    #[test]
+    fn the_socket_is_private_when_it_appears_and_no_staging_is_left() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(SOCKET_FILE);
+        let listener = bind_private(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok();
+        assert_eq!(mode, Some(0o600));
+        // The listener still accepts at its new name.
+        let _client = UnixStream::connect(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(listener.accept().is_ok());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, vec![std::ffi::OsString::from(SOCKET_FILE)]);
+    }
+
+    #[test]
+    fn control_corpus() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/control");
+        let n = alknet_proto::fuzzing::replay_corpus(&dir, crate::fuzzing::fuzz_control_request)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0, "the control corpus is empty");
     }
 }
