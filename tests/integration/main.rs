@@ -12,4 +12,5 @@ mod cli;
 mod dispatch;
 mod identity;
 mod quic;
+mod revocation;
 mod support;

@@ -173,6 +173,9 @@ fn serve_one(
                         if let Some(peer) = admin.closes_peer() {
                             handle.close_peer(peer);
                         }
+                        if let Some(peer) = admin.changes_peer() {
+                            handle.recheck_peer(peer);
+                        }
                         Response::ok(Some(v))
                     }
                     Err(e) => Response::err(e),
