@@ -57,6 +57,9 @@ pub(crate) enum PeerCmd {
         display_name: Option<String>,
     },
     /// Refuse the peer (and close its live connections) until it is enabled again.
+    ///
+    /// Peers of the config file's `[[peers]]` are changed in the file (`enabled = false`)
+    /// followed by a restart; these commands refuse them and name the file and line.
     Disable {
         /// Peer id.
         name: String,
@@ -124,7 +127,11 @@ fn print_peers(peers: &[PeerView]) {
             .join(",");
         println!(
             "{:<20} {:<8} {:<24} {:<24}",
-            p.id,
+            if p.config.is_some() {
+                format!("{} (config)", p.id)
+            } else {
+                p.id.clone()
+            },
             if p.enabled { "yes" } else { "no" },
             p.scopes.join(","),
             keys
@@ -138,6 +145,9 @@ fn print_peer(p: &PeerView) {
         println!("display name  {d}");
     }
     println!("enabled       {}", if p.enabled { "yes" } else { "no" });
+    if let Some(origin) = &p.config {
+        println!("defined in    {origin} (change it there and restart alknet)");
+    }
     println!("scopes        {}", p.scopes.join(", "));
     if !p.resources.is_empty() {
         println!("resources     {}", p.resources.join(", "));

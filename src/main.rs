@@ -270,6 +270,7 @@ fn serve(
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
     )?);
+    store.set_file_peers(alknet_core::identity::file_peers(&config)?)?;
     registry.set_peer_store(store.clone());
     if registry.is_empty() {
         tracing::warn!(

@@ -476,7 +476,11 @@ impl Config {
             ));
         }
         let mut ids = std::collections::HashSet::new();
-        for p in &self.peers {
+        // Each key authenticates one peer: with a key under two peers, which one a
+        // handshake finds would depend on hash order, and could change between restarts.
+        let mut keys: std::collections::HashMap<Fingerprint, (usize, &str)> =
+            std::collections::HashMap::new();
+        for (index, p) in self.peers.iter().enumerate() {
             if p.id.is_empty() || p.id.len() > 128 {
                 return Err(err(
                     "peers.id",
@@ -492,12 +496,42 @@ impl Config {
                 ));
             }
             for f in &p.fingerprints {
-                if let Err(e) = f.parse::<Fingerprint>() {
-                    return Err(err("peers.fingerprints", f, e.to_string()));
+                let fp = match f.parse::<Fingerprint>() {
+                    Ok(fp) => fp,
+                    Err(e) => return Err(err("peers.fingerprints", f, e.to_string())),
+                };
+                match keys.get(&fp) {
+                    Some(&(first, owner)) if owner != p.id => {
+                        return Err(ConfigError::Invalid {
+                            path: path.to_owned(),
+                            line: peer_line_in(text, index, f).unwrap_or(1),
+                            key: "peers.fingerprints".into(),
+                            message: format!(
+                                "key {fp} is listed under peer `{owner}` (line {}) and peer `{}`; a key authenticates one peer: remove it from one of them",
+                                peer_line_in(text, first, f).unwrap_or(1),
+                                p.id
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        keys.insert(fp, (index, p.id.as_str()));
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Where `[[peers]]` entry `index` is written: `path:line` of its `id`, for messages
+    /// that send an operator to the file.
+    pub fn peer_origin(&self, index: usize) -> String {
+        let line = self
+            .peers
+            .get(index)
+            .and_then(|p| peer_line_in(&self.source.text, index, &format!("\"{}\"", p.id)))
+            .unwrap_or(1);
+        format!("{}:{line}", self.source.path.display())
     }
 
     /// Number of workers to start: the configured count, or one per online core.
@@ -799,6 +833,30 @@ fn find_line(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
 
+/// The line of the `index`-th `[[peers]]` table that contains `needle`: the tables are
+/// told apart by their headers, so the same key under two peers names the second one's line.
+/// `None` when the peers are not written as `[[peers]]` tables.
+fn peer_line_in(text: &str, index: usize, needle: &str) -> Option<usize> {
+    let mut table = None;
+    let mut seen = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let head = line.trim_start();
+        if head.starts_with('[') {
+            table = if head.starts_with("[[peers]]") {
+                seen += 1;
+                Some(seen - 1)
+            } else {
+                None
+            };
+            continue;
+        }
+        if table == Some(index) && line.contains(needle) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// serde names the offending key in "unknown field `x`" and "missing field `x`".
 fn key_from_message(message: &str) -> Option<String> {
     for prefix in ["unknown field `", "missing field `"] {
@@ -902,6 +960,30 @@ scopes = ["echo"]
             msg.starts_with("alknet.toml:3: key `peers.fingerprints`"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn one_key_under_two_peers_names_both_and_the_second_line() {
+        let fp = "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+        let text = format!(
+            "[[peers]]\nid = \"laptop\"\nfingerprints = [\"{fp}\"]\n[services.echo]\nenabled = true\n[[peers]]\nid = \"phone\"\nscopes = [\"*\"]\nfingerprints = [\"{fp}\"]\n"
+        );
+        let msg = parse(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.starts_with("alknet.toml:9: key `peers.fingerprints`: key ed25519:3b6a"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("peer `laptop` (line 3) and peer `phone`"),
+            "{msg}"
+        );
+        // The same key twice under one peer is harmless.
+        let text = format!("[[peers]]\nid = \"a\"\nfingerprints = [\"{fp}\", \"{fp}\"]\n");
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.peer_origin(0), "alknet.toml:2");
     }
 
     #[test]

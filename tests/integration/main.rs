@@ -14,4 +14,5 @@ mod dispatch;
 mod identity;
 mod quic;
 mod restart;
+mod revocation;
 mod support;

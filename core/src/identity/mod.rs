@@ -166,6 +166,9 @@ pub enum IdentityError {
     /// A stored record could not be decoded or encoded.
     #[error("bad identity record: {0}")]
     Serialization(String),
+    /// One key under two peers: which one a handshake finds would be a matter of order.
+    #[error("{0}")]
+    DuplicateKey(String),
 }
 
 /// Synchronous reads used at handshake time.
@@ -330,6 +333,22 @@ impl IdentityStore for MemoryIdentities {
         all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         Ok(all)
     }
+}
+
+/// The config file's peers as the store is told about them ([`store::RedbStore::set_file_peers`]),
+/// each with the file and line it is written at.
+pub fn file_peers(config: &crate::config::Config) -> Result<Vec<store::FilePeer>, IdentityError> {
+    config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Ok(store::FilePeer {
+                entry: Arc::new(PeerEntry::from_config(p)?),
+                origin: config.peer_origin(i),
+            })
+        })
+        .collect()
 }
 
 /// Several providers asked in order; the first that knows a key or token answers. The

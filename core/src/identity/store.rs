@@ -268,6 +268,18 @@ pub struct RedbStore {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     read_only: Arc<AtomicBool>,
     shared: Arc<RwLock<Arc<Snapshot>>>,
+    file_peers: RwLock<Arc<[FilePeer]>>,
+}
+
+/// A peer of the config file's `[[peers]]`, which a server tells its store about so that
+/// `alknet peer` can list and show it, refuse to give its keys to another peer, and send
+/// the operator to the file to change it. Never written to the store.
+#[derive(Clone, Debug)]
+pub struct FilePeer {
+    /// The peer as the file defines it.
+    pub entry: Arc<PeerEntry>,
+    /// Where: `path:line` of its `id`.
+    pub origin: String,
 }
 
 fn backend(e: impl std::fmt::Display) -> IdentityError {
@@ -414,6 +426,7 @@ impl RedbStore {
             thread: Mutex::new(Some(thread)),
             read_only,
             shared,
+            file_peers: RwLock::new(Arc::from(Vec::new())),
         })
     }
 
@@ -474,6 +487,55 @@ impl RedbStore {
     /// Number of peers.
     pub fn peer_count(&self) -> usize {
         self.snap().model.peers.len()
+    }
+
+    /// Tells the store which peers the config file defines, after checking that no key
+    /// authenticates two peers across the file and the store (nor within the store). The
+    /// error names both peers and where each is written, and how to fix it.
+    pub fn set_file_peers(&self, peers: Vec<FilePeer>) -> Result<(), IdentityError> {
+        let store = self.path.display();
+        let mut owners: BTreeMap<Fingerprint, String> = BTreeMap::new();
+        for p in &peers {
+            for f in &p.entry.fingerprints {
+                owners
+                    .entry(*f)
+                    .or_insert_with(|| format!("peer `{}` ({})", p.entry.peer_id, p.origin));
+            }
+        }
+        for p in self.snap().model.peers.values() {
+            if let Some(f) = peers.iter().find(|f| f.entry.peer_id == p.peer_id) {
+                return Err(IdentityError::DuplicateKey(format!(
+                    "peer id `{}` is defined in {} and in the identity store {store}; rename one of them",
+                    p.peer_id, f.origin
+                )));
+            }
+            let here = format!("peer `{}` (identity store {store})", p.peer_id);
+            for f in &p.fingerprints {
+                if let Some(other) = owners.get(f) {
+                    return Err(IdentityError::DuplicateKey(format!(
+                        "key {f} authenticates {other} and {here}; a key authenticates one peer: remove it from one of them (`alknet peer update {} --remove-fingerprint {f}` with the server stopped, or edit the file)",
+                        p.peer_id
+                    )));
+                }
+            }
+            for f in &p.fingerprints {
+                owners.insert(*f, here.clone());
+            }
+        }
+        let mut guard = match self.file_peers.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Arc::from(peers);
+        Ok(())
+    }
+
+    /// The config file's peers, as the server gave them.
+    pub fn file_peers(&self) -> Arc<[FilePeer]> {
+        match self.file_peers.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 }
 

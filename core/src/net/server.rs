@@ -208,6 +208,14 @@ impl ControlHandle {
         }
     }
 
+    /// Has every shard check the live sessions of `peer` against its current record and
+    /// close those it no longer authorises (after a key or scope was removed).
+    pub fn recheck_peer(&self, peer: &str) {
+        for tx in &self.senders {
+            let _ = tx.send(ShardMsg::Recheck(peer.to_owned()));
+        }
+    }
+
     /// The authenticated connections of every shard.
     pub fn sessions(&self) -> Vec<crate::shard::SessionInfo> {
         crate::shard::sessions_of(&self.boards)

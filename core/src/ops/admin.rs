@@ -3,8 +3,15 @@
 //! They run inside a live server (through the control socket, which then also closes the
 //! connections of disabled or revoked peers) or directly on the store file when no server
 //! runs. Requests and answers are serde types so both paths share one definition.
+//!
+//! Peers of the config file's `[[peers]]` are listed and shown, and their keys are never
+//! given to another peer, but they are changed only in the file: the file is what the
+//! operator (or their configuration management) declared, the server only reads it, and a
+//! change made at run time would be undone by the next restart, silently re-admitting a
+//! peer someone disabled. So `peer disable`/`update`/`revoke` of such a peer say where it is
+//! written and what to edit.
 
-use crate::identity::store::{Mutation, RedbStore};
+use crate::identity::store::{FilePeer, Mutation, RedbStore};
 use crate::identity::{
     ApiKeyEntry, IdentityError, IdentityProvider, IdentityStore, PeerEntry, new_token, token_hash,
 };
@@ -107,6 +114,19 @@ impl AdminOp {
             _ => None,
         }
     }
+
+    /// The peer whose record this operation changes: after it succeeds, each live session
+    /// of that peer is checked against the new record (a removed key or scope cuts the
+    /// sessions that depended on it).
+    pub fn changes_peer(&self) -> Option<&str> {
+        match self {
+            AdminOp::PeerUpdate { id, .. }
+            | AdminOp::PeerDisable { id }
+            | AdminOp::PeerEnable { id }
+            | AdminOp::PeerRevoke { id } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// A peer as shown to operators.
@@ -124,6 +144,10 @@ pub struct PeerView {
     pub display_name: Option<String>,
     /// Enabled.
     pub enabled: bool,
+    /// Where the peer is written when the config file defines it (`path:line`); such a
+    /// peer is changed in that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl From<&PeerEntry> for PeerView {
@@ -135,6 +159,16 @@ impl From<&PeerEntry> for PeerView {
             resources: p.resources.clone(),
             display_name: p.display_name.clone(),
             enabled: p.enabled,
+            config: None,
+        }
+    }
+}
+
+impl From<&FilePeer> for PeerView {
+    fn from(p: &FilePeer) -> Self {
+        Self {
+            config: Some(p.origin.clone()),
+            ..Self::from(&*p.entry)
         }
     }
 }
@@ -187,24 +221,54 @@ fn store_err(e: IdentityError, what: &str) -> String {
     }
 }
 
-fn get_peer(store: &RedbStore, id: &str) -> Result<PeerEntry, String> {
+fn file_peer(store: &RedbStore, id: &str) -> Option<FilePeer> {
     store
-        .peer(id)
-        .map(|p| (*p).clone())
-        .ok_or_else(|| format!("peer `{id}` not found; `alknet peer list` shows the peers"))
+        .file_peers()
+        .iter()
+        .find(|p| p.entry.peer_id == id)
+        .cloned()
 }
 
-/// Which peer already owns one of these keys, other than `except`.
+/// The refusal to change a peer of the config file, saying where it is and what to edit.
+fn written_in_file(p: &FilePeer) -> String {
+    format!(
+        "peer `{}` is defined in {}, which the server only reads; edit it there (`enabled = false` refuses it, or change its `fingerprints` or `scopes`, or delete its [[peers]] table) and restart alknet (`systemctl restart alknet`)",
+        p.entry.peer_id, p.origin
+    )
+}
+
+/// A peer of the store, to change; a peer of the config file is refused with where to
+/// change it instead.
+fn get_peer(store: &RedbStore, id: &str) -> Result<PeerEntry, String> {
+    if let Some(p) = file_peer(store, id) {
+        return Err(written_in_file(&p));
+    }
+    store.peer(id).map(|p| (*p).clone()).ok_or_else(|| {
+        format!(
+            "peer `{id}` not found; `alknet peer list` shows the peers (those of a config file's [[peers]] only while the server runs)"
+        )
+    })
+}
+
+/// Which peer, of the store or the config file, already owns one of these keys, other than
+/// `except`.
 fn key_owner(
     store: &RedbStore,
     fps: &[Fingerprint],
     except: &str,
 ) -> Result<Option<String>, String> {
+    let file = store.file_peers();
     for fp in fps {
+        if let Some(p) = file
+            .iter()
+            .find(|p| p.entry.peer_id != except && p.entry.fingerprints.contains(fp))
+        {
+            return Ok(Some(format!("peer `{}` ({})", p.entry.peer_id, p.origin)));
+        }
         if let Some(p) = store.by_fingerprint(fp).map_err(|e| e.to_string())?
             && p.peer_id != except
         {
-            return Ok(Some(p.peer_id.clone()));
+            return Ok(Some(format!("peer `{}`", p.peer_id)));
         }
     }
     Ok(None)
@@ -235,13 +299,21 @@ pub fn execute(
                 return Err("give 1..=64 --fingerprint ed25519:… keys".into());
             }
             let fps = parse_fps(fingerprints)?;
+            if let Some(p) = file_peer(store, id) {
+                return Err(format!(
+                    "peer `{id}` exists in {}; choose another id",
+                    p.origin
+                ));
+            }
             if get_peer(store, id).is_ok() {
                 return Err(format!(
                     "peer `{id}` exists; change it with `alknet peer update`"
                 ));
             }
             if let Some(owner) = key_owner(store, &fps, id)? {
-                return Err(format!("that key already belongs to peer `{owner}`"));
+                return Err(format!(
+                    "that key already belongs to {owner}; a key authenticates one peer: remove it from that peer first"
+                ));
             }
             let peer = PeerEntry {
                 peer_id: id.clone(),
@@ -256,15 +328,20 @@ pub fn execute(
             Ok(json(&PeerView::from(&peer)))
         }
         AdminOp::PeerList => {
-            let peers: Vec<PeerView> = store
+            let mut peers: Vec<PeerView> = store
                 .list_peers()
                 .map_err(|e| e.to_string())?
                 .iter()
                 .map(|p| PeerView::from(&**p))
+                .chain(store.file_peers().iter().map(PeerView::from))
                 .collect();
+            peers.sort_by(|a, b| a.id.cmp(&b.id));
             Ok(json(&peers))
         }
-        AdminOp::PeerShow { id } => Ok(json(&PeerView::from(&get_peer(store, id)?))),
+        AdminOp::PeerShow { id } => match file_peer(store, id) {
+            Some(p) => Ok(json(&PeerView::from(&p))),
+            None => Ok(json(&PeerView::from(&get_peer(store, id)?))),
+        },
         AdminOp::PeerUpdate {
             id,
             add_fingerprints,
@@ -277,7 +354,9 @@ pub fn execute(
             let add = parse_fps(add_fingerprints)?;
             let remove = parse_fps(remove_fingerprints)?;
             if let Some(owner) = key_owner(store, &add, id)? {
-                return Err(format!("that key already belongs to peer `{owner}`"));
+                return Err(format!(
+                    "that key already belongs to {owner}; a key authenticates one peer: remove it from that peer first"
+                ));
             }
             check_list("scope", add_scopes)?;
             p.fingerprints.retain(|f| !remove.contains(f));
@@ -308,6 +387,9 @@ pub fn execute(
             Ok(json(&PeerView::from(&p)))
         }
         AdminOp::PeerRevoke { id } => {
+            if let Some(p) = file_peer(store, id) {
+                return Err(written_in_file(&p));
+            }
             let p = store
                 .remove_peer(id)
                 .map_err(|e| store_err(e, &format!("peer `{id}`")))?;

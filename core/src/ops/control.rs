@@ -415,6 +415,9 @@ fn execute(request: Request, shared: &Shared) -> Response {
                     if let Some(peer) = admin.closes_peer() {
                         handle.close_peer(peer);
                     }
+                    if let Some(peer) = admin.changes_peer() {
+                        handle.recheck_peer(peer);
+                    }
                     Response::ok(Some(v))
                 }
                 Err(e) => Response::err(e),

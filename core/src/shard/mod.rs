@@ -65,6 +65,9 @@ pub enum ShardMsg {
     Shutdown,
     /// Close every connection of this peer (revoked or disabled).
     ClosePeer(String),
+    /// This peer's record changed (a key or scope removed): check each of its live sessions
+    /// against the current record and close those it no longer authorises.
+    Recheck(String),
     /// The process crossed its memory budget (`true`: now above it).
     MemoryPressure(bool),
 }

@@ -343,6 +343,61 @@ impl ShardState {
                 }
             }
             ShardMsg::MemoryPressure(over) => self.set_pressure(over),
+            ShardMsg::Recheck(peer) => self.recheck_peer(now, &peer),
+        }
+    }
+
+    /// Runs [`authorize`] again for every live session of `peer`, with the key it presented
+    /// and the service it uses, against the peer's current record; closes those it refuses
+    /// with the failure's code and remedy, as at the handshake, and those whose key now
+    /// authenticates someone else (or no one, on an anonymous service) as revoked. Not
+    /// penalised, and logged as withdrawn rather than failed: the operator acted, not the
+    /// source, and fail2ban must not ban a host for it.
+    fn recheck_peer(&mut self, now: Instant, peer: &str) {
+        let Role::Server(server) = &self.role else {
+            return;
+        };
+        for c in self.conns.iter().flatten() {
+            let (alpn, fingerprint, remote) = {
+                let inner = c.inner.borrow();
+                if inner.peer.as_deref() != Some(peer) || inner.lost.is_some() {
+                    continue;
+                }
+                let fp = crate::identity::tls::peer_fingerprint(
+                    inner.proto.crypto_session().peer_identity(),
+                );
+                (inner.alpn, fp, inner.proto.remote_address())
+            };
+            let Some(service) = alpn.and_then(|a| find_service(&server.router, a)) else {
+                continue;
+            };
+            let alpn_str = String::from_utf8_lossy(service.info.alpn).into_owned();
+            let current =
+                fingerprint.and_then(|fp| server.identities.by_fingerprint(&fp).ok().flatten());
+            let rule = ServiceRule {
+                alpn: &alpn_str,
+                scope: service.info.scope,
+                anonymous: service.info.anonymous,
+            };
+            let (code, reason, remedy) = match authorize(current.as_deref(), fingerprint, rule) {
+                Ok(Some(p)) if p.peer_id == peer => continue,
+                Ok(_) => (
+                    close_code::REVOKED,
+                    "key reassigned",
+                    format!("key no longer authenticates peer {peer}"),
+                ),
+                Err(f) => (f.close_code(), f.log_reason(), f.remedy()),
+            };
+            warn!(
+                target: "alknet::auth",
+                %remote,
+                alpn = %alpn_str,
+                fingerprint = %fingerprint.map(|f| f.to_string()).unwrap_or_else(|| "none".into()),
+                peer,
+                reason,
+                "authorization withdrawn"
+            );
+            close_at(c, now, code, remedy.as_bytes());
         }
     }
 
