@@ -10,6 +10,7 @@
 //! | `auth.rs`     | whom a finished handshake serves, or the typed reason it is refused  |
 //! | `timers.rs`   | every connection's next deadline, and the earliest of them           |
 //! | `penalty.rs`  | per-source penalties for repeated authentication failures            |
+//! | `forward.rs`  | the byte budget of each shard's inbox of forwarded datagrams         |
 //! | `driver.rs`   | the monoio tasks: socket, inbox and wake-ups in; transmits, forwards and handler tasks out |
 //!
 //! The state never reads a clock, touches a socket or spawns a task; the driver reads the
@@ -22,6 +23,7 @@
 mod admit;
 mod auth;
 pub(crate) mod driver;
+mod forward;
 pub mod penalty;
 pub(crate) mod state;
 mod timers;
@@ -30,6 +32,8 @@ mod timers;
 mod tests;
 
 pub use auth::AuthFailure;
+pub use forward::ForwardBatch;
+pub(crate) use forward::ForwardBudget;
 
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
@@ -55,8 +59,8 @@ pub struct Forwarded {
 /// Messages between shards and from the control plane.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Datagrams owned by the receiving shard.
-    Datagrams(Vec<Forwarded>),
+    /// Datagrams owned by the receiving shard, holding their bytes of its inbox budget.
+    Datagrams(ForwardBatch),
     /// Stop accepting, drain, close everything, exit.
     Shutdown,
     /// Close every connection of this peer (revoked or disabled).

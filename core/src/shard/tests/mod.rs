@@ -12,6 +12,7 @@
 //! * Knobs: `latency` (one way), `ingress` (the shard the kernel hands client datagrams
 //!   to), `client_budget` (client datagrams let through before the client falls silent).
 
+mod forward;
 mod scenarios;
 
 use crate::config::Config;
@@ -23,7 +24,7 @@ use crate::service::{
     Handler, NoConfig, NodeFacts, Registry, Service, ServiceContext, ServiceInfo, ShardSetup,
 };
 use crate::shard::state::{Role, ServerRole, ShardConfig, ShardEvent, ShardState, WallClock};
-use crate::shard::{AuthFailure, ShardMsg};
+use crate::shard::{AuthFailure, ForwardBudget, ShardMsg};
 use crate::{Connection, ConnectionError};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event};
@@ -135,6 +136,8 @@ pub(super) struct Pair {
     pub(super) client_budget: Option<usize>,
     /// Datagrams handed from one shard to another.
     pub(super) forwarded: usize,
+    /// The shards' inbox byte budgets.
+    pub(super) forward_budget: ForwardBudget,
     server_addr: SocketAddr,
     client_addr: SocketAddr,
     to_server: VecDeque<(Instant, Bytes)>,
@@ -167,6 +170,7 @@ impl Pair {
             None,
         ));
         let epoch = Instant::now();
+        let forward_budget = ForwardBudget::new(setup.shards, config.udp.recv_buffer);
         let shards = (0..setup.shards)
             .map(|i| {
                 let ep_cfg = crate::net::endpoint::endpoint_config(&node, &codec, i as u8);
@@ -184,6 +188,7 @@ impl Pair {
                         at: epoch,
                         unix: 1_800_000_000,
                     },
+                    forward_budget: forward_budget.clone(),
                     role: Role::Server(Box::new(ServerRole {
                         server_config: server_config.clone(),
                         router: registry.instantiate(&ShardSetup::new(
@@ -212,6 +217,7 @@ impl Pair {
             ingress: 0,
             client_budget: None,
             forwarded: 0,
+            forward_budget,
             server_addr: "[::1]:4433".parse().unwrap(),
             client_addr: "[::1]:50000".parse().unwrap(),
             to_server: VecDeque::new(),
