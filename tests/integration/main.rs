@@ -8,6 +8,7 @@
 )]
 
 mod abuse;
+mod abuse_quic;
 mod cli;
 mod dispatch;
 mod identity;
