@@ -196,9 +196,112 @@ pub fn route_datagram(codec: &CidCodec, data: &[u8], local: usize, shards: usize
     }
 }
 
+/// The smallest UDP payload that may carry a client's Initial (RFC 9000 §14.1).
+pub const MIN_INITIAL_SIZE: usize = 1200;
+
+/// What a shard does with a datagram [`route_datagram`] sent to another shard, decided from
+/// its invariant header before it is handed over (see [`screen_handover`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// Hand it to the owning shard.
+    Forward,
+    /// Answer it on the shard that received it: a version this server does not speak, in a
+    /// datagram large enough to deserve version negotiation, which needs no connection.
+    AnswerHere,
+    /// No connection on any shard can use it; drop it without a reply.
+    Drop,
+}
+
+/// Screens a datagram routed to another shard, so a flood of packets that no connection
+/// can use never costs a cross-shard queue slot or the owner's time. Short headers are
+/// always forwarded (their owner decides); the check reads four header fields and is only
+/// made for datagrams that leave their shard.
+///
+/// `versions` are the QUIC versions the endpoints speak. Packet types are read as QUIC v1
+/// numbers them (RFC 9000 §17.2), as its drafts do; a version that numbers them otherwise
+/// (QUIC v2) needs its own rule here before an endpoint may speak it.
+pub fn screen_handover(data: &[u8], versions: &[u32]) -> Handover {
+    let Some(&first) = data.first() else {
+        return Handover::Drop;
+    };
+    if first & 0x80 == 0 {
+        return Handover::Forward;
+    }
+    let Some(&[a, b, c, d]) = data.get(1..5) else {
+        return Handover::Drop;
+    };
+    let version = u32::from_be_bytes([a, b, c, d]);
+    if version == 0 {
+        // Version negotiation is sent by servers only: a server has no use for one.
+        return Handover::Drop;
+    }
+    if !versions.contains(&version) {
+        //= https://www.rfc-editor.org/rfc/rfc9000#section-5.2.2
+        //# Servers MUST drop smaller packets that specify unsupported versions.
+        return if data.len() >= MIN_INITIAL_SIZE {
+            Handover::AnswerHere
+        } else {
+            Handover::Drop
+        };
+    }
+    match (first & 0x30) >> 4 {
+        //= https://www.rfc-editor.org/rfc/rfc9000#section-14.1
+        //# A server MUST discard an Initial packet that is carried in a UDP datagram
+        //# with a payload that is smaller than the smallest allowed maximum datagram
+        //# size of 1200 bytes.
+        0 if data.len() < MIN_INITIAL_SIZE => Handover::Drop,
+        // Retry packets are sent by servers only.
+        3 => Handover::Drop,
+        _ => Handover::Forward,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const V1: &[u32] = &[1];
+
+    fn long(first: u8, version: u32, len: usize) -> Vec<u8> {
+        let mut d = vec![first];
+        d.extend_from_slice(&version.to_be_bytes());
+        d.push(8);
+        d.extend_from_slice(&[0xaa; 8]);
+        d.resize(len, 0);
+        d
+    }
+
+    #[test]
+    fn handover_drops_what_no_connection_can_use() {
+        // An Initial under 1 200 bytes, at 1 199 and below.
+        assert_eq!(screen_handover(&long(0xc0, 1, 1199), V1), Handover::Drop);
+        assert_eq!(screen_handover(&long(0xc0, 1, 40), V1), Handover::Drop);
+        // Version negotiation and Retry reach a server only from an attacker.
+        assert_eq!(screen_handover(&long(0x80, 0, 1200), V1), Handover::Drop);
+        assert_eq!(screen_handover(&long(0xf0, 1, 1200), V1), Handover::Drop);
+        // An unknown version: dropped when small, answered here when it may be a probe.
+        assert_eq!(
+            screen_handover(&long(0xc0, 0x1a2a_3a4a, 1199), V1),
+            Handover::Drop
+        );
+        assert_eq!(
+            screen_handover(&long(0xc0, 0x1a2a_3a4a, 1200), V1),
+            Handover::AnswerHere
+        );
+        // Truncated before the version.
+        assert_eq!(screen_handover(&[0xc0, 0, 0], V1), Handover::Drop);
+        assert_eq!(screen_handover(&[], V1), Handover::Drop);
+    }
+
+    #[test]
+    fn handover_forwards_what_a_connection_may_use() {
+        assert_eq!(screen_handover(&long(0xc0, 1, 1200), V1), Handover::Forward);
+        // Handshake and 0-RTT packets may be small (an ACK, a short request).
+        assert_eq!(screen_handover(&long(0xe0, 1, 50), V1), Handover::Forward);
+        assert_eq!(screen_handover(&long(0xd0, 1, 50), V1), Handover::Forward);
+        // Short headers: the owner decides.
+        assert_eq!(screen_handover(&[0x40; 30], V1), Handover::Forward);
+    }
 
     fn codec() -> CidCodec {
         CidCodec::new(*b"0123456789abcdef", 7)

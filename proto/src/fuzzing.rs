@@ -3,7 +3,7 @@
 //! Each function takes arbitrary bytes, must never panic, and asserts an oracle where one
 //! exists (a round trip, a bound on the output).
 
-use crate::cid::{CID_LEN, CidCodec, Route, route_datagram};
+use crate::cid::{CID_LEN, CidCodec, Handover, Route, route_datagram, screen_handover};
 use crate::fingerprint::Fingerprint;
 
 /// Decodes arbitrary bytes as a stream of call frames and checks the oracles: no panic;
@@ -22,6 +22,12 @@ pub fn fuzz_route(data: &[u8]) {
             Route::Forward(s) => assert!(s < shards && s != local),
             Route::Local | Route::Drop => {}
         }
+    }
+    // What is handed to another shard is never an Initial under 1 200 bytes.
+    if screen_handover(data, &[1]) == Handover::Forward
+        && data.first().is_some_and(|b| b & 0xb0 == 0x80)
+    {
+        assert!(data.len() >= crate::cid::MIN_INITIAL_SIZE);
     }
     if let Some(cid) = data.get(..CID_LEN)
         && let Some(f) = codec.decode(cid)

@@ -30,7 +30,7 @@ pub(crate) fn real_initial(server: SocketAddr) -> Vec<u8> {
 }
 
 /// Datagrams received on `sock` within `wait`.
-fn replies(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+pub(crate) fn replies(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
     sock.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let until = Instant::now() + wait;
@@ -51,7 +51,7 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
-fn echo_server(key: &ClientKey, extra: &str) -> Server {
+pub(crate) fn echo_server(key: &ClientKey, extra: &str) -> Server {
     Server::start(&format!(
         "workers = 2\n{extra}\n[services.echo]\nenabled = true\n{}",
         peer_toml("tester", key, &["echo"])
@@ -304,7 +304,7 @@ async fn a_thousand_unknown_keys_are_refused_without_touching_a_handler() {
     assert_eq!(echo(&live, b"still alive").await.unwrap(), b"still alive");
 }
 
-fn rss_of(pid: u32) -> u64 {
+pub(crate) fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
@@ -364,16 +364,16 @@ async fn streams_to_the_cap_never_read_stay_within_the_connection_bound() {
 }
 
 /// A bare quinn-proto client over a real UDP socket: it can send what quinn never would.
-struct RawClient {
-    ep: qp::Endpoint,
-    ch: qp::ConnectionHandle,
-    conn: qp::Connection,
-    sock: UdpSocket,
-    server: SocketAddr,
+pub(crate) struct RawClient {
+    pub(crate) ep: qp::Endpoint,
+    pub(crate) ch: qp::ConnectionHandle,
+    pub(crate) conn: qp::Connection,
+    pub(crate) sock: UdpSocket,
+    pub(crate) server: SocketAddr,
 }
 
 impl RawClient {
-    fn connect(server: SocketAddr, key: &alknet_core::identity::tls::NodeKey) -> Self {
+    pub(crate) fn connect(server: SocketAddr, key: &alknet_core::identity::tls::NodeKey) -> Self {
         let config = alknet_core::config::Config::default();
         let (mut cc, _) = alknet_core::net::endpoint::client_config(
             &config,
@@ -409,7 +409,7 @@ impl RawClient {
     }
 
     /// Sends what is pending, takes what arrived, runs timers.
-    fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         let mut buf = Vec::new();
         while let Some(t) = self.conn.poll_transmit(Instant::now(), 1, &mut buf) {
             self.sock.send_to(&buf[..t.size], self.server).unwrap();

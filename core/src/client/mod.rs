@@ -122,6 +122,8 @@ impl ClientEndpoint {
                 at: Instant::now(),
                 unix: crate::ops::control::unix_now(),
             },
+            // One shard: nothing is ever forwarded.
+            forward_budget: crate::shard::ForwardBudget::new(1, 0),
             role: Role::Client,
         });
         let driver = Driver::new(state, io, vec![tx]);

@@ -300,6 +300,8 @@ pub fn start(
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| flume::bounded::<ShardMsg>(4096))
         .unzip();
+    // Forwarded datagrams waiting for a shard are bounded like those waiting in its socket.
+    let forward_budget = crate::shard::ForwardBudget::new(workers, config.udp.recv_buffer);
     let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -325,6 +327,7 @@ pub fn start(
             socket,
             rx,
             peers: senders.clone(),
+            forward_budget: forward_budget.clone(),
             stats: stats[shard].clone(),
             codec: codec.clone(),
             registry: registry.clone(),
@@ -445,6 +448,7 @@ struct WorkerCtx {
     socket: socket2::Socket,
     rx: flume::Receiver<ShardMsg>,
     peers: Vec<flume::Sender<ShardMsg>>,
+    forward_budget: crate::shard::ForwardBudget,
     stats: Arc<ShardStats>,
     codec: alknet_proto::CidCodec,
     registry: Registry,
@@ -536,6 +540,7 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
                 at: std::time::Instant::now(),
                 unix: crate::ops::control::unix_now(),
             },
+            forward_budget: ctx.forward_budget,
             role: Role::Server(Box::new(ServerRole {
                 server_config: ctx.server_config,
                 router,

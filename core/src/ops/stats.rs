@@ -53,7 +53,8 @@ counters! {
     forwarded_out,
     /// Datagrams received from another shard.
     forwarded_in,
-    /// Datagrams dropped because the owning shard's queue was full.
+    /// Datagrams for another shard dropped because its inbox was full (its byte budget,
+    /// `udp.recv_buffer`, or its message queue).
     forward_dropped,
     /// Datagrams dropped before QUIC processing (malformed, unroutable).
     dropped_malformed,
@@ -101,6 +102,10 @@ counters! {
     send_blocked,
     /// Send errors other than a full buffer.
     send_errors,
+    /// Long-header datagrams for another shard that no connection can use (an Initial
+    /// under 1 200 bytes, an unknown version under 1 200 bytes, a Retry or version
+    /// negotiation sent to a server), dropped before forwarding.
+    dropped_unforwardable,
 }
 
 /// Sums the counters of several shards.

@@ -5,7 +5,9 @@
 //! * the receiver waits for the socket to be readable (one poll on the ring), reads whole
 //!   batches with quinn-udp, splits GRO batches and feeds each datagram to the state, then
 //!   flushes, so every connection the batch touched is driven once;
-//! * the inbox takes messages from other shards and the control plane;
+//! * the inbox takes messages from other shards and the control plane, a bounded number per
+//!   turn, and lets the runtime park between turns so a flooded inbox cannot starve the
+//!   socket or the timers;
 //! * the waker sleeps until the state's next deadline or until a handler queues a
 //!   connection, fires what is due, and waits for a full socket to drain.
 //!
@@ -19,7 +21,7 @@ use crate::identity::AuthContext;
 use crate::net::udp::UdpIo;
 use crate::ops::stats::{self, ShardStats};
 use crate::shard::state::{ShardEvent, ShardState};
-use crate::shard::{Forwarded, Service, ShardMsg};
+use crate::shard::{ForwardBatch, Service, ShardMsg};
 use bytes::BytesMut;
 use quinn_proto::{EcnCodepoint, Transmit};
 use std::cell::{Cell, RefCell};
@@ -150,7 +152,15 @@ impl Driver {
         }
     }
 
-    /// The inbox task: forwarded datagrams and control messages.
+    /// The inbox task: forwarded datagrams and control messages, [`RECV_BUDGET`] messages
+    /// per turn.
+    ///
+    /// A receive from a non-empty queue completes without yielding, so an inbox kept full
+    /// by another shard would hold this thread: no socket reads, no timers. After each
+    /// turn that left messages queued, the task therefore waits for the runtime to park
+    /// once. A plain yield would not do: monoio fires timers only when it parks, and parks
+    /// only when no task is runnable, so a task that wakes itself starves every timer of
+    /// the shard.
     pub(crate) async fn run_inbox(self: Rc<Self>, rx: flume::Receiver<ShardMsg>) {
         while let Ok(msg) = rx.recv_async().await {
             let now = Instant::now();
@@ -167,6 +177,11 @@ impl Driver {
             self.flush(now);
             if self.exit.get() {
                 return;
+            }
+            if !rx.is_empty() {
+                // A timer due now: it fires when the runtime next parks (within 1 ms,
+                // monoio's timer tick), after every other runnable task had its turn.
+                monoio::time::sleep(Duration::ZERO).await;
             }
         }
     }
@@ -240,12 +255,14 @@ impl Driver {
             // Wake the other tasks so they notice.
             self.signal.notify();
             if let Some(tx) = self.peers.get(self.id) {
-                let _ = tx.try_send(ShardMsg::Datagrams(Vec::new()));
+                let _ = tx.try_send(ShardMsg::Datagrams(ForwardBatch::default()));
             }
         }
     }
 
-    fn send_forward(&self, owner: usize, batch: Vec<Forwarded>) {
+    /// Queues a batch in its owner's inbox. A full or closed inbox drops it (counted); its
+    /// bytes go back to the owner's budget with it.
+    fn send_forward(&self, owner: usize, batch: ForwardBatch) {
         let n = batch.len() as u64;
         match self.peers.get(owner) {
             Some(tx) => match tx.try_send(ShardMsg::Datagrams(batch)) {

@@ -11,6 +11,7 @@
 //! | `timers.rs`   | every connection's next deadline, and the earliest of them           |
 //! | `penalty.rs`  | per-source penalties for repeated failed handshakes and authentication |
 //! | `sources.rs`  | what all shards share per source and peer: handshakes in flight, connection counts, used Retry tokens |
+//! | `forward.rs`  | the byte budget of each shard's inbox of forwarded datagrams         |
 //! | `driver.rs`   | the monoio tasks: socket, inbox and wake-ups in; transmits, forwards and handler tasks out |
 //!
 //! The state never reads a clock, touches a socket or spawns a task; the driver reads the
@@ -25,6 +26,7 @@
 mod admit;
 mod auth;
 pub(crate) mod driver;
+mod forward;
 pub mod penalty;
 pub(crate) mod sources;
 pub(crate) mod state;
@@ -34,6 +36,8 @@ mod timers;
 mod tests;
 
 pub use auth::AuthFailure;
+pub use forward::ForwardBatch;
+pub(crate) use forward::ForwardBudget;
 
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
@@ -59,8 +63,8 @@ pub struct Forwarded {
 /// Messages between shards and from the control plane.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Datagrams owned by the receiving shard.
-    Datagrams(Vec<Forwarded>),
+    /// Datagrams owned by the receiving shard, holding their bytes of its inbox budget.
+    Datagrams(ForwardBatch),
     /// Stop accepting, drain, close everything, exit.
     Shutdown,
     /// Close every connection of this peer (revoked or disabled).

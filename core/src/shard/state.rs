@@ -28,7 +28,10 @@ use crate::shard::admit::{Admission, IncomingFacts, Load, admit};
 use crate::shard::auth::{AuthFailure, ServiceRule, authorize};
 use crate::shard::sources::{Held, SharedAdmission};
 use crate::shard::timers::TimerHeap;
-use crate::shard::{Forwarded, Service, SessionBoard, SessionInfo, ShardMsg};
+use crate::shard::{
+    ForwardBatch, ForwardBudget, Forwarded, Service, SessionBoard, SessionInfo, ShardMsg,
+};
+use alknet_proto::cid::{Handover, screen_handover};
 use alknet_proto::{CidCodec, Route, route_datagram};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
@@ -113,6 +116,8 @@ pub(crate) struct ShardConfig {
     pub(crate) segments: SegmentLimit,
     /// The wall clock at start.
     pub(crate) wall: WallClock,
+    /// The inbox byte budgets of every shard, shared by all of them.
+    pub(crate) forward_budget: ForwardBudget,
     /// Server or client.
     pub(crate) role: Role,
 }
@@ -185,7 +190,8 @@ pub(crate) struct ShardState {
     responses: VecDeque<(Transmit, Vec<u8>)>,
     spare: Vec<Vec<u8>>,
     forward: Vec<Vec<Forwarded>>,
-    forward_ready: VecDeque<(usize, Vec<Forwarded>)>,
+    forward_ready: VecDeque<(usize, ForwardBatch)>,
+    forward_budget: ForwardBudget,
     events: VecDeque<ShardEvent>,
     /// Connections being driven this round (taken from the signal's queue), and the next.
     work: Vec<ConnRef>,
@@ -226,6 +232,7 @@ impl ShardState {
             spare: Vec::new(),
             forward: (0..cfg.shards).map(|_| Vec::new()).collect(),
             forward_ready: VecDeque::new(),
+            forward_budget: cfg.forward_budget,
             events: VecDeque::new(),
             work: Vec::new(),
             work_pos: 0,
@@ -297,6 +304,18 @@ impl ShardState {
         match route_datagram(&self.codec, &data, self.id, self.shards) {
             Route::Drop => stats::bump(&self.stats.dropped_malformed),
             Route::Forward(owner) => {
+                match screen_handover(&data, quinn_proto::DEFAULT_SUPPORTED_VERSIONS) {
+                    Handover::Forward => {}
+                    Handover::AnswerHere => {
+                        // Version negotiation is stateless: any shard answers it.
+                        self.handle_local(now, remote, local_ip, ecn, data);
+                        return;
+                    }
+                    Handover::Drop => {
+                        stats::bump(&self.stats.dropped_unforwardable);
+                        return;
+                    }
+                }
                 if let Some(q) = self.forward.get_mut(owner) {
                     q.push(Forwarded {
                         remote,
@@ -306,7 +325,7 @@ impl ShardState {
                     });
                     if q.len() >= FORWARD_BATCH {
                         let batch = std::mem::take(q);
-                        self.forward_ready.push_back((owner, batch));
+                        self.seal_forward(owner, batch);
                     }
                 }
             }
@@ -317,12 +336,17 @@ impl ShardState {
     /// A message from another shard or the control plane.
     pub(crate) fn handle_message(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
-            ShardMsg::Datagrams(batch) => {
+            ShardMsg::Datagrams(mut batch) => {
                 stats::add(&self.stats.forwarded_in, batch.len() as u64);
-                for d in batch {
-                    let data = BytesMut::from(&d.data[..]);
+                for d in batch.take() {
+                    // The sender's copy is unique: the endpoint takes it without another.
+                    let data = d
+                        .data
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
                     self.handle_local(now, d.remote, d.local_ip, d.ecn, data);
                 }
+                // Dropping the batch gives its bytes back to this shard's inbox budget.
             }
             ShardMsg::Shutdown => {
                 if !std::mem::replace(&mut self.shutting_down, true) {
@@ -515,17 +539,32 @@ impl ShardState {
         }
     }
 
-    /// Datagrams collected for another shard: `(owner, batch)`.
-    pub(crate) fn poll_forward(&mut self) -> Option<(usize, Vec<Forwarded>)> {
-        if let Some(b) = self.forward_ready.pop_front() {
-            return Some(b);
+    /// Datagrams collected for another shard: `(owner, batch)`, their bytes reserved in
+    /// the owner's inbox budget (what did not fit was dropped and counted).
+    pub(crate) fn poll_forward(&mut self) -> Option<(usize, ForwardBatch)> {
+        loop {
+            if let Some(b) = self.forward_ready.pop_front() {
+                return Some(b);
+            }
+            let (owner, q) = self
+                .forward
+                .iter_mut()
+                .enumerate()
+                .find(|(_, q)| !q.is_empty())?;
+            let batch = std::mem::take(q);
+            self.seal_forward(owner, batch);
         }
-        let (owner, q) = self
-            .forward
-            .iter_mut()
-            .enumerate()
-            .find(|(_, q)| !q.is_empty())?;
-        Some((owner, std::mem::take(q)))
+    }
+
+    /// Reserves a batch's bytes in its owner's inbox budget and queues what fits for
+    /// [`ShardState::poll_forward`]; the rest is dropped and counted. Sealing as each
+    /// batch fills keeps what waits here within the budget too.
+    fn seal_forward(&mut self, owner: usize, batch: Vec<Forwarded>) {
+        let (sealed, dropped) = self.forward_budget.seal(owner, batch);
+        stats::add(&self.stats.forward_dropped, dropped as u64);
+        if let Some(b) = sealed {
+            self.forward_ready.push_back((owner, b));
+        }
     }
 
     /// The next event.

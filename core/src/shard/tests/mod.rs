@@ -13,6 +13,7 @@
 //!   to), `client_budget` (client datagrams let through before the client falls silent).
 
 mod admission;
+mod forward;
 mod scenarios;
 
 use crate::config::Config;
@@ -24,7 +25,7 @@ use crate::service::{
     Handler, NoConfig, NodeFacts, Registry, Service, ServiceContext, ServiceInfo, ShardSetup,
 };
 use crate::shard::state::{Role, ServerRole, ShardConfig, ShardEvent, ShardState, WallClock};
-use crate::shard::{AuthFailure, ShardMsg};
+use crate::shard::{AuthFailure, ForwardBudget, ShardMsg};
 use crate::{Connection, ConnectionError};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event};
@@ -140,6 +141,8 @@ pub(super) struct Pair {
     pub(super) admission: Arc<crate::shard::sources::SharedAdmission>,
     /// The non-empty tokens of the client Initials delivered so far, in order.
     pub(super) tokens_seen: Vec<Bytes>,
+    /// The shards' inbox byte budgets.
+    pub(super) forward_budget: ForwardBudget,
     server_addr: SocketAddr,
     client_addr: SocketAddr,
     to_server: VecDeque<(Instant, Bytes)>,
@@ -175,6 +178,7 @@ impl Pair {
             Vec::new(),
             None,
         ));
+        let forward_budget = ForwardBudget::new(setup.shards, config.udp.recv_buffer);
         let shards = (0..setup.shards)
             .map(|i| {
                 let ep_cfg = crate::net::endpoint::endpoint_config(&node, &codec, i as u8);
@@ -192,6 +196,7 @@ impl Pair {
                         at: epoch,
                         unix: 1_800_000_000,
                     },
+                    forward_budget: forward_budget.clone(),
                     role: Role::Server(Box::new(ServerRole {
                         server_config: server_config.clone(),
                         router: registry.instantiate(&ShardSetup::new(
@@ -222,6 +227,7 @@ impl Pair {
             forwarded: 0,
             admission,
             tokens_seen: Vec::new(),
+            forward_budget,
             server_addr: "[::1]:4433".parse().unwrap(),
             client_addr: "[::1]:50000".parse().unwrap(),
             to_server: VecDeque::new(),
