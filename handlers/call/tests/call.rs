@@ -714,3 +714,45 @@ async fn raw_abort_stops_the_call() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(got.last().map(|m| &m.body), Some(&Body::Aborted), "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quote_peer_names_only_in_part() {
+    let key = ClientKey::generate().unwrap();
+    let node = start(
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
+        Duration::from_secs(30),
+    );
+    let (_ep, conn) = quinn_connect(node.addr(), &key).await;
+    // An unknown operation with a 100 KiB name: the answer quotes 64 bytes of it.
+    let name = format!("/nope/{}\n{}", "x".repeat(10), "y".repeat(100 << 10));
+    let got = raw_call(&conn, &name, Value::Null).await;
+    let e = got
+        .iter()
+        .find_map(|m| match &m.body {
+            Body::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(
+        e.message.len() < 100,
+        "error message of {} bytes echoes the peer's name (limit: 64 bytes quoted)",
+        e.message.len()
+    );
+    assert!(e.message.contains("`/nope/xxxxxxxxxx\\ny"), "{}", e.message);
+    // A serde message quoting a long input is cut too.
+    let got = raw_call(&conn, "/test/sleep", json!({"ms": "z".repeat(100 << 10)})).await;
+    let e = got
+        .iter()
+        .find_map(|m| match &m.body {
+            Body::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(e.code, ErrorCode::InvalidInput);
+    assert!(
+        e.message.len() <= 512 + '…'.len_utf8(),
+        "error message of {} bytes (limit 512)",
+        e.message.len()
+    );
+}
