@@ -8,6 +8,7 @@
 )]
 
 mod abuse;
+mod abuse_call;
 mod cli;
 mod dispatch;
 mod identity;
