@@ -12,7 +12,7 @@ const CALL: &[u8] = b"alknet/call";
 /// Growth of the server's resident and committed memory the attacks may cause. What they
 /// may hold by design: the connection's send queue (4 MiB), QUIC's windows (4 MiB each way),
 /// the calls in flight and the allocator's slack.
-const MEMORY_BOUND_KIB: u64 = 32 << 10;
+const MEMORY_BOUND_KIB: u64 = 40 << 10;
 
 fn call_server(key: &ClientKey) -> Server {
     Server::start(&format!(

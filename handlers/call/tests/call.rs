@@ -92,6 +92,13 @@ fn server_ops() -> Operations {
         },
     )
     .unwrap();
+    ops.unary("/test/panic", "panics", None, |_c, _: NoInput| async move {
+        if std::hint::black_box(true) {
+            panic!("operation panicked on purpose");
+        }
+        Ok(())
+    })
+    .unwrap();
     ops.unary(
         "/test/relay",
         "calls the caller's /client/hang",
@@ -754,5 +761,38 @@ async fn errors_quote_peer_names_only_in_part() {
         e.message.len() <= 512 + '…'.len_utf8(),
         "error message of {} bytes (limit 512)",
         e.message.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_operation_costs_only_its_call() {
+    let key = ClientKey::generate().unwrap();
+    let node = start(
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
+        Duration::from_secs(30),
+    );
+    let (_ep, conn) = quinn_connect(node.addr(), &key).await;
+    for _ in 0..3 {
+        let got = raw_call(&conn, "/test/panic", Value::Null).await;
+        assert_eq!(
+            error_of(&got).map(|(_, c)| c),
+            Some(ErrorCode::Internal),
+            "{got:?}"
+        );
+    }
+    // The connection, and the shard under it, still serve calls.
+    let ok = raw_call(&conn, "/test/echo", json!("alive")).await;
+    assert!(
+        ok.iter().any(|m| m.body
+            == Body::Responded {
+                output: json!("alive")
+            }),
+        "{ok:?}"
+    );
+    let (_ep2, conn2) = quinn_connect(node.addr(), &key).await;
+    let ok = raw_call(&conn2, "/test/echo", json!(1)).await;
+    assert!(
+        ok.iter()
+            .any(|m| m.body == Body::Responded { output: json!(1) })
     );
 }
