@@ -3,6 +3,7 @@
 
 mod admin_cli;
 mod connect;
+mod logfmt;
 mod node;
 mod vault_cli;
 
@@ -152,7 +153,8 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        // Peer text cannot break a line: see `logfmt`.
+        LogFormat::Text => builder.fmt_fields(logfmt::EscapedFields).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }

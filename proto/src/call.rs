@@ -26,6 +26,12 @@ pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 pub const MAX_FRAME_CAP: usize = 64 << 20;
 /// Longest unknown `type` string quoted back in an error.
 const MAX_QUOTED_TYPE: usize = 64;
+/// Capacity a [`Decoder`] keeps after a poll whatever it holds: enough for the small frames
+/// of ordinary calls without an allocation per read; above it, the buffer shrinks once it
+/// holds under a quarter of its capacity.
+pub const KEEP_CAPACITY: usize = 16 << 10;
+/// Smallest allocation the decoder makes when it first needs room.
+const MIN_CAPACITY: usize = 256;
 
 /// Wire name of [`Body::Requested`].
 pub const TYPE_REQUESTED: &str = "call.requested";
@@ -540,6 +546,13 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Feed it what each read returned, then call [`Decoder::poll`] until it returns `Ok(None)`
 /// (more bytes needed). A frame is buffered only after its length header passed the limit,
 /// so the buffer never holds more than one frame plus the last input fed.
+///
+/// Memory follows the bytes that arrived, never the length a header announces: the buffer
+/// grows as bytes are fed (doubling, and never past the end of the frame being assembled),
+/// and after a poll its capacity is at most [`KEEP_CAPACITY`] or four times the bytes
+/// still held, so a large frame's allocation is given back once it is decoded. A peer that
+/// sends a 16 MiB header and stops costs a few bytes, not 16 MiB. [`Decoder::capacity`] is
+/// what the buffer costs; account that, not [`Decoder::buffered`].
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
@@ -580,6 +593,11 @@ impl Decoder {
         self.buf.len() - self.start
     }
 
+    /// Bytes the buffer has allocated: what this decoder costs in memory.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Appends bytes read from the stream. Ignored after a fatal error.
     pub fn feed(&mut self, data: &[u8]) {
         if self.fatal.is_some() {
@@ -593,7 +611,50 @@ impl Decoder {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        self.grow_for(data.len());
         self.buf.extend_from_slice(data);
+    }
+
+    /// Makes room for `extra` more bytes: doubling keeps appends amortised O(1), and the end
+    /// of the frame being assembled (when its header is buffered) caps the doubling, so no
+    /// allocation runs ahead of the bytes of the frame that are yet to come.
+    fn grow_for(&mut self, extra: usize) {
+        let need = self.buf.len().saturating_add(extra);
+        let cap = self.buf.capacity();
+        if need <= cap {
+            return;
+        }
+        let mut target = cap.saturating_mul(2).max(MIN_CAPACITY);
+        if let Some(end) = self.frame_end() {
+            target = target.min(end);
+        }
+        let target = target.max(need);
+        self.buf.reserve_exact(target - self.buf.len());
+    }
+
+    /// Where the frame at the front ends in `buf`, once its header is buffered and under the
+    /// limit.
+    fn frame_end(&self) -> Option<usize> {
+        let header = self.buf.get(self.start..self.start + HEADER_LEN)?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        (len <= self.max).then_some(self.start + HEADER_LEN + len)
+    }
+
+    /// Gives capacity back once it is more than [`KEEP_CAPACITY`] and four times what is
+    /// held: after a large frame is decoded, its buffer does not stay allocated.
+    fn compact(&mut self) {
+        let cap = self.buf.capacity();
+        let held = self.buffered();
+        if cap <= KEEP_CAPACITY || held.saturating_mul(4) >= cap {
+            return;
+        }
+        if held == 0 {
+            self.buf = Vec::new();
+        } else {
+            self.buf.drain(..self.start);
+            self.buf.shrink_to(held.max(KEEP_CAPACITY.min(cap / 2)));
+        }
+        self.start = 0;
     }
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
@@ -601,6 +662,12 @@ impl Decoder {
     /// After a recoverable error (any but [`DecodeError::is_fatal`]) the offending frame has
     /// been consumed and polling may continue; after a fatal one every poll repeats it.
     pub fn poll(&mut self) -> Result<Option<Message>, DecodeError> {
+        let res = self.poll_frame();
+        self.compact();
+        res
+    }
+
+    fn poll_frame(&mut self) -> Result<Option<Message>, DecodeError> {
         if let Some(e) = &self.fatal {
             return Err(e.clone());
         }
@@ -622,9 +689,8 @@ impl Decoder {
             return Err(e);
         }
         let Some(body) = avail.get(HEADER_LEN..HEADER_LEN + body_len) else {
-            // Reserve the whole frame once the header is known: one allocation per frame.
-            let missing = HEADER_LEN + body_len - avail.len();
-            self.buf.reserve(missing);
+            // Nothing is reserved for the rest of the frame: `feed` grows the buffer as its
+            // bytes arrive (the announced length is only a promise).
             return Ok(None);
         };
         let res = decode_message(body);
@@ -687,6 +753,13 @@ fn decode_all(data: &[u8], sizes: &[usize]) -> Vec<Result<Message, DecodeError>>
             dec.buffered() <= data.len(),
             "decoder holds more than it was fed"
         );
+        // Memory follows the bytes fed, never an announced length.
+        assert!(
+            dec.capacity() <= KEEP_CAPACITY.max(2 * data.len()).max(MIN_CAPACITY),
+            "decoder allocated {} bytes for {} fed",
+            dec.capacity(),
+            data.len()
+        );
         // Each poll that returns something consumes at least a header, so this is bounded.
         for _ in 0..=data.len() / HEADER_LEN + 1 {
             match dec.poll() {
@@ -701,6 +774,12 @@ fn decode_all(data: &[u8], sizes: &[usize]) -> Vec<Result<Message, DecodeError>>
                 }
             }
         }
+        assert!(
+            dec.capacity() <= KEEP_CAPACITY.max(4 * dec.buffered()),
+            "decoder kept {} bytes of capacity for {} held (limit KEEP_CAPACITY or 4x held)",
+            dec.capacity(),
+            dec.buffered()
+        );
         if rest.is_empty() {
             return out;
         }
@@ -1031,6 +1110,84 @@ mod tests {
                 assert_eq!(r.auth_token, None);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn announced_length_is_not_reserved() {
+        // A 16 MiB header and nothing more costs a few bytes, not 16 MiB.
+        let mut d = Decoder::new();
+        d.feed(&(16u32 << 20).to_be_bytes());
+        assert_eq!(d.poll(), Ok(None));
+        assert!(d.capacity() <= MIN_CAPACITY, "capacity {}", d.capacity());
+        // Bytes of the body grow the buffer as they come, by doubling.
+        d.feed(&[b' '; 1000]);
+        assert_eq!(d.poll(), Ok(None));
+        assert!(
+            d.capacity() <= 2048,
+            "capacity {} for 1004 bytes",
+            d.capacity()
+        );
+    }
+
+    #[test]
+    fn growth_stops_at_the_end_of_the_frame() {
+        let msg = Message {
+            id: id(),
+            body: Body::Responded {
+                output: json!("y".repeat(3 << 20)),
+            },
+        };
+        let bytes = encode(&msg).unwrap();
+        let mut d = Decoder::new();
+        let mut max_cap = 0;
+        for piece in bytes.chunks(64 << 10) {
+            d.feed(piece);
+            max_cap = max_cap.max(d.capacity());
+            if d.buffered() < bytes.len() {
+                assert_eq!(d.poll(), Ok(None));
+            }
+        }
+        // Doubling would have reached 4 MiB; the frame's end caps it.
+        assert_eq!(
+            max_cap,
+            bytes.len(),
+            "capacity beyond the frame being assembled"
+        );
+        assert_eq!(d.poll(), Ok(Some(msg)));
+        assert!(
+            d.capacity() <= KEEP_CAPACITY,
+            "capacity {} kept after a {}-byte frame (limit KEEP_CAPACITY)",
+            d.capacity(),
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn capacity_is_given_back_with_a_partial_frame_behind() {
+        let big = encode(&Message {
+            id: id(),
+            body: Body::Responded {
+                output: json!("z".repeat(1 << 20)),
+            },
+        })
+        .unwrap();
+        let small = encode(&samples()[2]).unwrap();
+        let mut d = Decoder::new();
+        d.feed(&big);
+        d.feed(&small[..small.len() - 1]);
+        assert!(d.capacity() >= big.len());
+        assert!(matches!(d.poll(), Ok(Some(_))));
+        // What is left is the partial small frame: the megabyte is returned.
+        assert_eq!(d.buffered(), small.len() - 1);
+        assert!(d.capacity() <= KEEP_CAPACITY, "capacity {}", d.capacity());
+        d.feed(&small[small.len() - 1..]);
+        assert_eq!(d.poll(), Ok(Some(samples()[2].clone())));
+        // Small frames keep a small buffer across polls (no allocation per read).
+        for _ in 0..3 {
+            d.feed(&small);
+            assert!(matches!(d.poll(), Ok(Some(_))));
+            assert!(d.capacity() > 0 && d.capacity() <= KEEP_CAPACITY);
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod abuse;
 mod abuse_admission;
+mod abuse_call;
 mod abuse_quic;
 mod cli;
 mod dispatch;

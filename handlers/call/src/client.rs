@@ -80,15 +80,18 @@ impl CallClient {
             Some(c) => c.clone(),
             None => self.session.shared_channel().await?,
         };
-        let (id, pending) = self.session.start_call(
-            &chan,
-            Request {
-                operation_id: operation.to_owned(),
-                input,
-                auth_token: options.auth_token,
-                forwarded_for: options.forwarded_for,
-            },
-        )?;
+        let (id, pending) = self
+            .session
+            .start_call(
+                &chan,
+                Request {
+                    operation_id: operation.to_owned(),
+                    input,
+                    auth_token: options.auth_token,
+                    forwarded_for: options.forwarded_for,
+                },
+            )
+            .await?;
         let timeout = options
             .timeout
             .unwrap_or(self.session.limits().call_timeout);

@@ -10,6 +10,9 @@
 mod builtins;
 pub mod cli;
 mod client;
+#[doc(hidden)]
+pub mod fuzzing;
+mod inbound;
 mod ops;
 mod session;
 mod sync;

@@ -2,18 +2,25 @@
 //! channel carrying frames both ways, calls are correlated by id, and each side may serve
 //! calls and make them.
 //!
-//! Bounds: a per-connection cap on calls being served, on bytes held by the frame decoders
-//! (beyond QUIC's flow control, which stops counting once bytes are read), on results queued
-//! for a caller that does not read them, and on queued outgoing frames per stream. A peer's
-//! protocol violation costs it the stream (answered with `call.error` where possible); after
-//! [`Limits::max_violations`] the connection is closed with `PROTOCOL_ERROR`.
+//! Bounds: a per-connection cap on calls being served, on the memory the frame decoders
+//! hold (their capacity, beyond QUIC's flow control, which stops counting once bytes are
+//! read), on results queued for a caller that does not read them, and on queued outgoing
+//! frames per stream and per connection. Every frame this side answers with (results,
+//! completions, errors, refusals) waits for room in that send queue, and the stream's reader
+//! waits with it: a peer that sends calls but never reads the answers stops being read, and
+//! QUIC flow control stops it in turn. The one frame queued without waiting is the
+//! `call.aborted` a dropped call handle sends (at most one per call this side started, and
+//! starting a call waits for room). Error messages quote what the peer sent only in part
+//! ([`MAX_QUOTED`] bytes of an operation id, [`MAX_ERROR_MESSAGE`] bytes of any message).
+//! A peer's protocol violation costs it the stream (answered with `call.error` where
+//! possible); after [`Limits::max_violations`] the connection is closed with
+//! `PROTOCOL_ERROR`.
 
+use crate::inbound::{Admit, Inbound, READ_CHUNK, admit};
 use crate::ops::{Call, CallError, OpInfo, Operations, RawSink};
 use crate::sync::{Abort, Notify, Outcome, run_guarded};
 use alknet_core::{AuthContext, Connection, RecvStream, SendStream, close_code};
-use alknet_proto::call::{
-    Body, CallId, DecodeError, Decoder, ErrorCode, Message, Request, encode_into,
-};
+use alknet_proto::call::{Body, CallId, DecodeError, ErrorCode, Message, Request, encode_into};
 use bytes::Bytes;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
@@ -22,10 +29,13 @@ use std::rc::Rc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// Largest chunk read from a stream at once.
-const READ_CHUNK: usize = 64 * 1024;
 /// Stream error code sent with `STOP_SENDING` after a protocol violation.
 const STOP_PROTOCOL: u32 = 0x107;
+/// Bytes of a peer-chosen name (an operation id) quoted in an error or a log line.
+pub(crate) const MAX_QUOTED: usize = 64;
+/// Bytes of an error message sent to the peer; longer ones (a serde message quoting the
+/// peer's input, say) are cut.
+pub(crate) const MAX_ERROR_MESSAGE: usize = 512;
 
 /// Per-connection limits of the call service.
 #[derive(Clone, Debug)]
@@ -38,8 +48,12 @@ pub struct Limits {
     pub max_buffered: usize,
     /// Bytes of results queued for one outgoing call before the stream stops being read.
     pub max_pending_output: usize,
-    /// Bytes of frames queued for sending per stream before senders wait.
+    /// Bytes of frames queued for sending per stream before senders (and the stream's
+    /// reader) wait.
     pub max_send_queue: usize,
+    /// Bytes of frames queued for sending across the connection's streams before senders
+    /// (and readers) wait.
+    pub max_connection_send_queue: usize,
     /// Time a call may take, served or made.
     pub call_timeout: Duration,
     /// Protocol violations after which the connection is closed.
@@ -54,6 +68,7 @@ impl Default for Limits {
             max_buffered: 32 << 20,
             max_pending_output: 1 << 20,
             max_send_queue: 1 << 20,
+            max_connection_send_queue: 4 << 20,
             call_timeout: Duration::from_secs(30),
             max_violations: 8,
         }
@@ -68,10 +83,19 @@ pub(crate) enum Authority {
     Trusted,
 }
 
+/// The bytes queued for sending on all of a connection's streams, shared by their channels.
+#[derive(Default)]
+struct SendBudget {
+    queued: Cell<usize>,
+    /// Woken whenever a writer sends or a channel breaks: senders waiting for room re-check.
+    notify: Notify,
+}
+
 /// One bidirectional stream: a queue of frames its writer task drains, and the calls on it.
 pub(crate) struct Channel {
     queue: RefCell<VecDeque<Bytes>>,
     queued: Cell<usize>,
+    budget: Rc<SendBudget>,
     closing: Cell<bool>,
     broken: Cell<bool>,
     notify: Notify,
@@ -80,10 +104,11 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    fn new() -> Rc<Self> {
+    fn new(budget: Rc<SendBudget>) -> Rc<Self> {
         Rc::new(Self {
             queue: RefCell::default(),
             queued: Cell::new(0),
+            budget,
             closing: Cell::new(false),
             broken: Cell::new(false),
             notify: Notify::default(),
@@ -96,26 +121,46 @@ impl Channel {
         !self.closing.get() && !self.broken.get()
     }
 
-    /// Queues a frame without waiting (control frames: small and bounded by calls).
-    fn push(&self, frame: Bytes) {
+    /// Queues a frame without waiting. Only for `call.aborted` from a dropped call handle
+    /// (small, one per call started, and starting a call waits for room).
+    fn push_now(&self, frame: Bytes) {
         if self.broken.get() {
             return;
         }
-        self.queued.set(self.queued.get() + frame.len());
+        let len = frame.len();
+        self.queued.set(self.queued.get() + len);
+        self.budget.queued.set(self.budget.queued.get() + len);
         self.queue.borrow_mut().push_back(frame);
         self.notify.notify();
     }
 
-    /// Queues a frame once the queue has room.
-    async fn push_wait(&self, frame: Bytes, limit: usize) -> Result<(), CallError> {
-        self.notify
-            .wait_until(|| self.broken.get() || self.queued.get() < limit)
+    /// Queues a frame once this stream's queue and the connection's have room (each may be
+    /// passed by the one frame that finds room). Waiting here is the back-pressure that stops
+    /// a reader whose peer does not read.
+    async fn push(&self, frame: Bytes, limits: &Limits) -> Result<(), CallError> {
+        self.budget
+            .notify
+            .wait_until(|| {
+                self.broken.get()
+                    || (self.queued.get() < limits.max_send_queue
+                        && self.budget.queued.get() < limits.max_connection_send_queue)
+            })
             .await;
         if self.broken.get() {
             return Err(CallError::unavailable("stream closed"));
         }
-        self.push(frame);
+        self.push_now(frame);
         Ok(())
+    }
+
+    /// Bytes taken off the queue: gives them back to both budgets and wakes senders.
+    fn sent(&self, len: usize) {
+        self.queued.set(self.queued.get().saturating_sub(len));
+        self.budget
+            .queued
+            .set(self.budget.queued.get().saturating_sub(len));
+        self.notify.notify();
+        self.budget.notify.notify();
     }
 
     fn close(&self) {
@@ -134,13 +179,11 @@ async fn run_writer(chan: Rc<Channel>, mut send: SendStream) {
             Some(frame) => {
                 let len = frame.len();
                 let res = send.write_chunk(frame).await;
-                chan.queued.set(chan.queued.get().saturating_sub(len));
-                chan.notify.notify();
+                chan.sent(len);
                 if res.is_err() {
                     chan.broken.set(true);
-                    chan.queue.borrow_mut().clear();
-                    chan.queued.set(0);
-                    chan.notify.notify();
+                    let left: usize = chan.queue.borrow_mut().drain(..).map(|f| f.len()).sum();
+                    chan.sent(left);
                     return;
                 }
             }
@@ -170,7 +213,9 @@ pub(crate) struct Session {
     limits: Limits,
     served: RefCell<HashMap<CallId, Rc<Abort>>>,
     outgoing: RefCell<HashMap<CallId, Rc<Pending>>>,
-    buffered: Cell<usize>,
+    /// Capacity of the frame decoders of all streams.
+    buffered: Rc<Cell<usize>>,
+    budget: Rc<SendBudget>,
     violations: Cell<u32>,
     shared: RefCell<Option<Rc<Channel>>>,
     opening: Cell<bool>,
@@ -191,7 +236,8 @@ impl Session {
             limits,
             served: RefCell::default(),
             outgoing: RefCell::default(),
-            buffered: Cell::new(0),
+            buffered: Rc::default(),
+            budget: Rc::default(),
             violations: Cell::new(0),
             shared: RefCell::new(None),
             opening: Cell::new(false),
@@ -243,7 +289,7 @@ impl Session {
     }
 
     fn start_channel(self: Rc<Self>, send: SendStream, recv: RecvStream) -> Rc<Channel> {
-        let chan = Channel::new();
+        let chan = Channel::new(self.budget.clone());
         self.conn.spawn(run_writer(chan.clone(), send));
         self.conn.spawn(self.clone().run_reader(chan.clone(), recv));
         chan
@@ -292,14 +338,24 @@ impl Session {
         }
     }
 
-    fn push(&self, chan: &Channel, id: CallId, body: Body) {
+    /// Queues a frame once there is room (see [`Channel::push`]); a frame that cannot be
+    /// encoded is logged and dropped.
+    async fn push(&self, chan: &Channel, id: CallId, body: Body) {
         if let Some(f) = self.frame(&Message { id, body }) {
-            chan.push(f);
+            // A closed stream has no one to answer.
+            let _ = chan.push(f, &self.limits).await;
         }
     }
 
-    fn push_error(&self, chan: &Channel, id: CallId, e: &CallError) {
-        self.push(chan, id, Body::Error(e.to_body()));
+    /// Queues `call.error`, its message cut to [`MAX_ERROR_MESSAGE`] bytes.
+    async fn push_error(&self, chan: &Channel, id: CallId, e: &CallError) {
+        let mut body = e.to_body();
+        if body.message.len() > MAX_ERROR_MESSAGE {
+            let cut = truncate(&body.message, MAX_ERROR_MESSAGE).len();
+            body.message.truncate(cut);
+            body.message.push('…');
+        }
+        self.push(chan, id, Body::Error(body)).await;
     }
 
     pub(crate) async fn send_output(
@@ -315,12 +371,11 @@ impl Session {
         let mut out = Vec::new();
         encode_into(&msg, self.limits.max_frame, &mut out)
             .map_err(|e| CallError::internal(e.to_string()))?;
-        chan.push_wait(Bytes::from(out), self.limits.max_send_queue)
-            .await
+        chan.push(Bytes::from(out), &self.limits).await
     }
 
-    /// Starts a call on `chan`; results arrive in the returned queue.
-    pub(crate) fn start_call(
+    /// Starts a call on `chan` once its queue has room; results arrive in the returned queue.
+    pub(crate) async fn start_call(
         &self,
         chan: &Rc<Channel>,
         req: Request,
@@ -335,6 +390,8 @@ impl Session {
                 body: Body::Requested(req),
             })
             .ok_or_else(|| CallError::invalid_input("input too large for one frame"))?;
+        chan.push(frame, &self.limits).await?;
+        // Registered in the same poll as the frame is queued: no answer can come between.
         let pending = Rc::new(Pending {
             items: RefCell::default(),
             bytes: Cell::new(0),
@@ -342,7 +399,6 @@ impl Session {
         });
         self.outgoing.borrow_mut().insert(id, pending.clone());
         chan.outgoing.borrow_mut().insert(id);
-        chan.push(frame);
         Ok((id, pending))
     }
 
@@ -355,74 +411,89 @@ impl Session {
             // Wakes a reader waiting for this call's queue to drain.
             p.notify.notify();
         }
-        if abort && was.is_some() {
-            self.push(chan, id, Body::Aborted);
+        if abort
+            && was.is_some()
+            && let Some(f) = self.frame(&Message {
+                id,
+                body: Body::Aborted,
+            })
+        {
+            // Called from `Drop`, so it cannot wait: one small frame per call started.
+            chan.push_now(f);
         }
     }
 
-    fn violation(&self, chan: &Channel, id: Option<CallId>, code: ErrorCode, message: String) {
+    async fn violation(
+        &self,
+        chan: &Channel,
+        id: Option<CallId>,
+        code: ErrorCode,
+        message: String,
+    ) {
         let n = self.violations.get() + 1;
         self.violations.set(n);
         let remote = self.conn.remote_address();
+        let message = if message.len() > MAX_ERROR_MESSAGE {
+            format!("{}…", truncate(&message, MAX_ERROR_MESSAGE))
+        } else {
+            message
+        };
         info!(%remote, violations = n, error = %message, "call protocol violation");
-        self.push_error(
-            chan,
-            id.unwrap_or(CallId::NIL),
-            &CallError::new(code, message),
-        );
         if n >= self.limits.max_violations {
             warn!(%remote, violations = n, "closing connection after repeated call protocol violations");
             self.conn.close(
                 close_code::PROTOCOL_ERROR,
                 b"repeated call protocol violations",
             );
+            return;
         }
+        self.push_error(
+            chan,
+            id.unwrap_or(CallId::NIL),
+            &CallError::new(code, message),
+        )
+        .await;
     }
 
     async fn run_reader(self: Rc<Self>, chan: Rc<Channel>, mut recv: RecvStream) {
-        let mut dec = Decoder::with_max(self.limits.max_frame);
-        let mut held = 0usize;
+        let mut inbound = Inbound::new(self.limits.max_frame, self.buffered.clone());
         let clean_end = 'read: loop {
             loop {
-                let before = dec.buffered();
-                let res = dec.poll();
-                let frame_len = before - dec.buffered();
-                match res {
+                match inbound.poll() {
                     Ok(None) => break,
-                    Ok(Some(msg)) => {
+                    Ok(Some((msg, frame_len))) => {
                         if let Err((id, message)) = self.dispatch(&chan, msg, frame_len).await {
-                            self.violation(&chan, Some(id), ErrorCode::InvalidInput, message);
+                            self.violation(&chan, Some(id), ErrorCode::InvalidInput, message)
+                                .await;
                             break 'read false;
                         }
                     }
                     Err(e) => {
-                        self.violation(&chan, e.id(), ErrorCode::InvalidInput, describe(&e));
+                        self.violation(&chan, e.id(), ErrorCode::InvalidInput, describe(&e))
+                            .await;
                         break 'read false;
                     }
                 }
             }
-            let now = dec.buffered();
-            self.buffered.set(self.buffered.get() - held + now);
-            held = now;
-            if self.buffered.get() + READ_CHUNK > self.limits.max_buffered {
+            if !inbound.may_read(self.limits.max_buffered) {
                 self.push_error(
                     &chan,
                     CallId::NIL,
                     &CallError::unavailable("connection receive buffer full; use fewer streams"),
-                );
+                )
+                .await;
                 break false;
             }
             match recv.read_chunk(READ_CHUNK).await {
-                Ok(Some(chunk)) => dec.feed(&chunk),
-                Ok(None) => break dec.buffered() == 0,
+                Ok(Some(chunk)) => inbound.feed(&chunk),
+                Ok(None) => break inbound.is_empty(),
                 Err(e) => {
                     debug!(error = %e, "call stream ended");
                     break false;
                 }
             }
         };
-        self.buffered.set(self.buffered.get() - held);
-        drop(dec);
+        drop(inbound);
         let outgoing: Vec<CallId> = chan.outgoing.borrow_mut().drain().collect();
         for id in outgoing {
             if let Some(p) = self.outgoing.borrow_mut().remove(&id) {
@@ -459,13 +530,16 @@ impl Session {
         let id = msg.id;
         match msg.body {
             Body::Requested(req) => {
-                if self.served.borrow().contains_key(&id) {
+                let admitted = admit(&self.served.borrow(), id, self.limits.max_concurrent_calls);
+                if admitted == Admit::Duplicate {
                     return Err((
                         id,
                         format!("duplicate call id {id}: a call with this id is in flight"),
                     ));
                 }
-                if self.served.borrow().len() >= self.limits.max_concurrent_calls {
+                if admitted == Admit::Busy {
+                    // Waits for room like any answer: a flood of refused calls stops the
+                    // reader too.
                     self.push_error(
                         chan,
                         id,
@@ -473,7 +547,8 @@ impl Session {
                             "too many calls in flight (limit {}); retry later",
                             self.limits.max_concurrent_calls
                         )),
-                    );
+                    )
+                    .await;
                     return Ok(());
                 }
                 let abort = Rc::new(Abort::default());
@@ -523,15 +598,25 @@ impl Session {
     }
 
     async fn serve(self: Rc<Self>, chan: Rc<Channel>, id: CallId, req: Request, abort: Rc<Abort>) {
-        let op_id = req.operation_id.clone();
-        if req.auth_token.is_some() {
+        let Request {
+            operation_id,
+            input,
+            auth_token,
+            forwarded_for,
+        } = req;
+        // The peer's name for the operation, quoted and cut: what errors and logs show.
+        let op_id = quote(&operation_id);
+        if auth_token.is_some() {
             // Access follows the connection's key; a token cannot widen it (yet).
             debug!(call = %id, operation = %op_id, "call carries a bearer token; ignored");
         }
-        if let Some(f) = &req.forwarded_for {
-            debug!(call = %id, operation = %op_id, forwarded_for = %f, "call forwarded");
+        drop(auth_token);
+        if let Some(f) = &forwarded_for {
+            debug!(call = %id, operation = %op_id, forwarded_for = %quote(f), "call forwarded");
         }
-        let result = match self.ops.entry(&op_id) {
+        let entry = self.ops.entry(&operation_id);
+        drop(operation_id);
+        let result = match entry {
             None => Some(Err(CallError::not_found(format!("no operation {op_id}")))),
             Some(entry) if !self.may_call(&entry.info) => Some(Err(CallError::forbidden(format!(
                 "{op_id} needs scope `{}`",
@@ -542,7 +627,7 @@ impl Session {
                     session: self.clone(),
                     id,
                     operation: entry.info.clone(),
-                    forwarded_for: req.forwarded_for,
+                    forwarded_for,
                     abort: abort.clone(),
                 };
                 let sink = RawSink {
@@ -551,7 +636,7 @@ impl Session {
                     id,
                     abort: abort.clone(),
                 };
-                let work = (entry.handler)(call, req.input, sink);
+                let work = (entry.handler)(call, input, sink);
                 match run_guarded(work, &abort, self.limits.call_timeout).await {
                     Outcome::Done(r) => Some(r),
                     Outcome::Aborted => None,
@@ -569,17 +654,55 @@ impl Session {
                 }
             }
         };
+        // The call keeps its slot until its last frame is queued: a peer that does not read
+        // runs out of slots, and its reader then waits to refuse the next call.
+        match result {
+            Some(Ok(())) => self.push(&chan, id, Body::Completed).await,
+            Some(Err(e)) => self.push_error(&chan, id, &e).await,
+            None => self.push(&chan, id, Body::Aborted).await,
+        }
         self.served.borrow_mut().remove(&id);
         chan.served.borrow_mut().remove(&id);
-        match result {
-            Some(Ok(())) => self.push(&chan, id, Body::Completed),
-            Some(Err(e)) => self.push_error(&chan, id, &e),
-            None => self.push(&chan, id, Body::Aborted),
-        }
         chan.notify.notify();
     }
 }
 
 fn describe(e: &DecodeError) -> String {
     e.to_string()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+/// A peer-chosen name as errors and logs show it: in backquotes, control and other
+/// invisible characters escaped, cut to [`MAX_QUOTED`] bytes (`…` marks the cut).
+pub(crate) fn quote(s: &str) -> String {
+    let cut = truncate(s, MAX_QUOTED);
+    let mut out = String::with_capacity(cut.len() + 4);
+    out.push('`');
+    for c in cut.chars() {
+        let invisible = c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c == '`' {
+            out.push_str("\\`");
+        } else if invisible {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut.len() < s.len() {
+        out.push('…');
+    }
+    out.push('`');
+    out
 }

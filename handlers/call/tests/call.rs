@@ -92,6 +92,13 @@ fn server_ops() -> Operations {
         },
     )
     .unwrap();
+    ops.unary("/test/panic", "panics", None, |_c, _: NoInput| async move {
+        if std::hint::black_box(true) {
+            panic!("operation panicked on purpose");
+        }
+        Ok(())
+    })
+    .unwrap();
     ops.unary(
         "/test/relay",
         "calls the caller's /client/hang",
@@ -713,4 +720,79 @@ async fn raw_abort_stops_the_call() {
     let got = read_frames(&mut recv, finished(id)).await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(got.last().map(|m| &m.body), Some(&Body::Aborted), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quote_peer_names_only_in_part() {
+    let key = ClientKey::generate().unwrap();
+    let node = start(
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
+        Duration::from_secs(30),
+    );
+    let (_ep, conn) = quinn_connect(node.addr(), &key).await;
+    // An unknown operation with a 100 KiB name: the answer quotes 64 bytes of it.
+    let name = format!("/nope/{}\n{}", "x".repeat(10), "y".repeat(100 << 10));
+    let got = raw_call(&conn, &name, Value::Null).await;
+    let e = got
+        .iter()
+        .find_map(|m| match &m.body {
+            Body::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(
+        e.message.len() < 100,
+        "error message of {} bytes echoes the peer's name (limit: 64 bytes quoted)",
+        e.message.len()
+    );
+    assert!(e.message.contains("`/nope/xxxxxxxxxx\\ny"), "{}", e.message);
+    // A serde message quoting a long input is cut too.
+    let got = raw_call(&conn, "/test/sleep", json!({"ms": "z".repeat(100 << 10)})).await;
+    let e = got
+        .iter()
+        .find_map(|m| match &m.body {
+            Body::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(e.code, ErrorCode::InvalidInput);
+    assert!(
+        e.message.len() <= 512 + '…'.len_utf8(),
+        "error message of {} bytes (limit 512)",
+        e.message.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_operation_costs_only_its_call() {
+    let key = ClientKey::generate().unwrap();
+    let node = start(
+        vec![peer("p1", key.fingerprint.parse().unwrap(), &["call"])],
+        Duration::from_secs(30),
+    );
+    let (_ep, conn) = quinn_connect(node.addr(), &key).await;
+    for _ in 0..3 {
+        let got = raw_call(&conn, "/test/panic", Value::Null).await;
+        assert_eq!(
+            error_of(&got).map(|(_, c)| c),
+            Some(ErrorCode::Internal),
+            "{got:?}"
+        );
+    }
+    // The connection, and the shard under it, still serve calls.
+    let ok = raw_call(&conn, "/test/echo", json!("alive")).await;
+    assert!(
+        ok.iter().any(|m| m.body
+            == Body::Responded {
+                output: json!("alive")
+            }),
+        "{ok:?}"
+    );
+    let (_ep2, conn2) = quinn_connect(node.addr(), &key).await;
+    let ok = raw_call(&conn2, "/test/echo", json!(1)).await;
+    assert!(
+        ok.iter()
+            .any(|m| m.body == Body::Responded { output: json!(1) })
+    );
 }
