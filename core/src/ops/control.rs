@@ -597,6 +597,42 @@ mod tests {
     }
 
     #[test]
+    fn mutated_requests_keep_the_oracle() {
+        // A few thousand cheap mutations of the seeds, through the fuzz target's oracle.
+        let seeds: [&[u8]; 4] = [
+            b"{\"cmd\":\"stats\"}\n",
+            b"{\"cmd\":\"close_peer\",\"peer\":\"a\"}\n{\"cmd\":\"sessions\"}\n",
+            b"{\"cmd\":\"admin\",\"admin\":{\"op\":\"peer_show\",\"id\":\"x\"}}\n",
+            b"{\"cmd\":\"debug_panic_shard\",\"shard\":99}\n",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..4000usize {
+            let mut data = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(round % 5) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % data.len().max(1);
+                match x % 3 {
+                    0 => data.insert(at, (x >> 8) as u8),
+                    1 => {
+                        data.remove(at.min(data.len().saturating_sub(1)));
+                    }
+                    _ => {
+                        if let Some(b) = data.get_mut(at) {
+                            *b = (x >> 16) as u8;
+                        }
+                    }
+                }
+                if data.is_empty() {
+                    data.push(b'\n');
+                }
+            }
+            fuzz_client_bytes(&data);
+        }
+    }
+
+    #[test]
     fn control_corpus() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/control");
         let n = alknet_proto::fuzzing::replay_corpus(&dir, crate::fuzzing::fuzz_control_request)
