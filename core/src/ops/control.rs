@@ -500,10 +500,16 @@ pub fn request(data_dir: &Path, req: &Request) -> Result<serde_json::Value, Stri
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(|e| e.to_string())?;
+    // A server that refuses a client answers and closes without reading: the write may then
+    // fail while the answer waits to be read, so read it either way.
+    let written = (&stream).write_all(&line);
     let mut reader = BufReader::new((&stream).take(MAX_RESPONSE));
     let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(|e| e.to_string())?;
+    let read = reader.read_line(&mut answer);
+    if answer.is_empty() {
+        written.map_err(|e| e.to_string())?;
+        read.map_err(|e| e.to_string())?;
+    }
     let resp: Response =
         serde_json::from_str(&answer).map_err(|e| format!("bad answer from server: {e}"))?;
     if resp.ok {
