@@ -333,7 +333,7 @@ fn serve(
         Stop::Signal(sig, more) => {
             tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
             handle.shutdown();
-            // A second signal while draining exits at once.
+            // A second signal (or a shard that dies) while draining exits at once, non-zero.
             std::thread::spawn(move || {
                 if more.recv().is_ok() {
                     std::process::exit(1);

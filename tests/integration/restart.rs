@@ -255,3 +255,43 @@ fn the_store_is_0600_under_any_umask_and_a_loose_data_dir_is_warned_about() {
         "{err}"
     );
 }
+
+#[test]
+fn a_control_client_of_another_user_is_refused_even_through_open_modes() {
+    // Needs root to run a client as another user; `alknet serve` in CI containers runs as
+    // root, so this is where the check matters (root itself is allowed).
+    if alknet_core::net::sys::effective_uid() != 0 {
+        eprintln!("not root: the other-user half of this test cannot run here");
+        return;
+    }
+    let key = ClientKey::generate().unwrap();
+    let server = Server::start(&config(free_udp_port(), &key));
+    let sock = control::socket_path(&server.data_dir());
+    // An operator opened every mode on the way: only SO_PEERCRED still stands.
+    for (p, mode) in [
+        (server.dir.path().to_path_buf(), 0o755),
+        (server.data_dir(), 0o755),
+        (sock.clone(), 0o666),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            ALKNET,
+        ])
+        .args(["stats", "--data-dir"])
+        .arg(server.data_dir())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uid 65534 read the stats");
+    assert!(err.contains("only the server's own user and root"), "{err}");
+    // Root (this test) is still served.
+    assert!(server.stats()["counters"].is_object());
+}

@@ -252,7 +252,10 @@ impl std::fmt::Display for PortHolder {
         match self {
             PortHolder::Process { pid, name } => write!(f, "process {pid} ({name})"),
             PortHolder::OtherUser { uid } => write!(f, "a process of uid {uid}"),
-            PortHolder::Releasing => f.write_str("a stopped process (sockets being released)"),
+            // Shown only once the release wait is over.
+            PortHolder::Releasing => {
+                f.write_str("no process this user can inspect, and not released in time")
+            }
         }
     }
 }
