@@ -11,6 +11,7 @@
 //! | `timers.rs`   | every connection's next deadline, and the earliest of them           |
 //! | `penalty.rs`  | per-source penalties for repeated authentication failures            |
 //! | `forward.rs`  | the byte budget of each shard's inbox of forwarded datagrams         |
+//! | `migrate.rs`  | how often a connection may move to an address it has not used      |
 //! | `driver.rs`   | the monoio tasks: socket, inbox and wake-ups in; transmits, forwards and handler tasks out |
 //!
 //! The state never reads a clock, touches a socket or spawns a task; the driver reads the
@@ -24,6 +25,7 @@ mod admit;
 mod auth;
 pub(crate) mod driver;
 mod forward;
+mod migrate;
 pub mod penalty;
 pub(crate) mod state;
 mod timers;
@@ -34,6 +36,7 @@ mod tests;
 pub use auth::AuthFailure;
 pub use forward::ForwardBatch;
 pub(crate) use forward::ForwardBudget;
+pub(crate) use migrate::MigrationGate;
 
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
