@@ -541,3 +541,63 @@ async fn spoofed_migrations_get_three_times_their_bytes_at_most_and_the_path_com
     );
     assert_eq!(echo(&live, b"unharmed").await.unwrap(), b"unharmed");
 }
+
+/// Unidirectional streams on a service that never accepts them (echo): a client may open
+/// only the advertised `max_concurrent_uni_streams` (8), the server never raises the limit
+/// for streams nobody accepts, and what it holds for them is bounded by the connection's
+/// receive window (`connection_receive_window`, 4 MiB), whatever is written.
+///
+/// Flow-control and stream-limit violations themselves (STREAM data past MAX_STREAM_DATA
+/// or MAX_DATA, a stream id past MAX_STREAMS) cannot be produced with quinn-proto: it
+/// never sends past a limit the peer advertised, and the packets are encrypted, so they
+/// cannot be patched on the wire. quinn-proto's server closes them with
+/// FLOW_CONTROL_ERROR / STREAM_LIMIT_ERROR; what a real client can do is fill every limit
+/// and stop, which this test and `abuse::streams_to_the_cap_never_read_stay_within_the_
+/// connection_bound` do. ACKs for packets never sent are out of reach for the same
+/// reason (quinn-proto acknowledges only packets it received).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uni_streams_echo_never_accepts_stay_within_the_limits() {
+    const HOGS: usize = 10;
+    let key = ClientKey::generate().unwrap();
+    let server = echo_server(&key, "");
+    let pid = server.child.id();
+    let ep = quinn_endpoint();
+    let live = connect_kept_alive(&ep, server.addr, &key, ECHO).await;
+    assert_eq!(echo(&live, b"before").await.unwrap(), b"before");
+    let baseline = rss_of(pid);
+    let chunk = pattern(7, 1 << 20);
+    let mut hogs = Vec::new();
+    for _ in 0..HOGS {
+        let conn = connect(&ep, server.addr, Some(&key), ECHO).await.unwrap();
+        let mut streams = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), conn.open_uni()).await {
+                Ok(Ok(s)) => streams.push(s),
+                Ok(Err(e)) => panic!("connection failed while opening streams: {e}"),
+                Err(_) => break,
+            }
+            assert!(
+                streams.len() <= 8,
+                "opened more uni streams than advertised"
+            );
+        }
+        assert_eq!(streams.len(), 8, "max_concurrent_uni_streams is 8");
+        for s in &mut streams {
+            // Blocked by flow control once the connection window is full.
+            let _ = tokio::time::timeout(Duration::from_millis(150), s.write_all(&chunk)).await;
+        }
+        hogs.push((conn, streams));
+    }
+    let grown = rss_of(pid).saturating_sub(baseline);
+    let per_conn = grown / HOGS as u64;
+    eprintln!(
+        "unaccepted uni streams: {HOGS} connections x 8 streams, server rss +{grown} bytes ({per_conn} per connection)"
+    );
+    // The connection window (4 MiB) plus allocator slack.
+    assert!(
+        per_conn < 6 << 20,
+        "{per_conn} bytes held per connection of unaccepted uni streams"
+    );
+    assert_eq!(echo(&live, b"unharmed").await.unwrap(), b"unharmed");
+    drop(hogs);
+}
