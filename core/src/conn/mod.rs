@@ -377,6 +377,8 @@ pub(crate) struct ConnInner {
     pub(crate) since: Instant,
     /// Key of this connection on the shard's session board, once authenticated.
     pub(crate) session: Option<u64>,
+    /// How often the connection may move to an address it has not used.
+    pub(crate) migration: crate::shard::MigrationGate,
 }
 
 impl ConnInner {
@@ -386,6 +388,7 @@ impl ConnInner {
         now: Instant,
     ) -> Self {
         Self {
+            migration: crate::shard::MigrationGate::new(proto.remote_address()),
             proto,
             handle,
             dirty: false,

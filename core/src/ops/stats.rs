@@ -106,6 +106,9 @@ counters! {
     /// under 1 200 bytes, an unknown version under 1 200 bytes, a Retry or version
     /// negotiation sent to a server), dropped before forwarding.
     dropped_unforwardable,
+    /// Datagrams of a live connection from an address it has not used, dropped because it
+    /// moved to another such address less than a second before (spoofed migrations).
+    migrations_refused,
 }
 
 /// Sums the counters of several shards.

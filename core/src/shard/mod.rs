@@ -12,6 +12,7 @@
 //! | `penalty.rs`  | per-source penalties for repeated failed handshakes and authentication |
 //! | `sources.rs`  | what all shards share per source and peer: handshakes in flight, connection counts, used Retry tokens |
 //! | `forward.rs`  | the byte budget of each shard's inbox of forwarded datagrams         |
+//! | `migrate.rs`  | how often a connection may move to an address it has not used      |
 //! | `driver.rs`   | the monoio tasks: socket, inbox and wake-ups in; transmits, forwards and handler tasks out |
 //!
 //! The state never reads a clock, touches a socket or spawns a task; the driver reads the
@@ -27,6 +28,7 @@ mod admit;
 mod auth;
 pub(crate) mod driver;
 mod forward;
+mod migrate;
 pub mod penalty;
 pub(crate) mod sources;
 pub(crate) mod state;
@@ -38,6 +40,7 @@ mod tests;
 pub use auth::AuthFailure;
 pub use forward::ForwardBatch;
 pub(crate) use forward::ForwardBudget;
+pub(crate) use migrate::MigrationGate;
 
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};

@@ -626,7 +626,16 @@ impl ShardState {
             None => {}
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(Some(cell)) = self.conns.get(ch.0) {
-                    cell.inner.borrow_mut().proto.handle_event(ev);
+                    {
+                        let mut inner = cell.inner.borrow_mut();
+                        let current = inner.proto.remote_address();
+                        if !inner.migration.admit(now, current, remote) {
+                            // A move to an unused address too soon after the last one.
+                            stats::bump(&self.stats.migrations_refused);
+                            return;
+                        }
+                        inner.proto.handle_event(ev);
+                    }
                     queue_dirty(cell);
                 }
             }
