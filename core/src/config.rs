@@ -115,7 +115,8 @@ pub struct UdpConfig {
     /// BPF program on the reuseport group). Off, a datagram that lands on the wrong shard is
     /// forwarded between threads instead.
     pub steer_by_cid: bool,
-    /// Socket receive buffer in bytes (the kernel caps it at `net.core.rmem_max`).
+    /// Socket receive buffer in bytes (the kernel caps it at `net.core.rmem_max`); also the
+    /// byte budget of each shard's inbox of datagrams forwarded by the other shards.
     pub recv_buffer: usize,
     /// Socket send buffer in bytes (capped at `net.core.wmem_max`).
     pub send_buffer: usize,
