@@ -38,6 +38,18 @@ pub fn fuzz_config(data: &[u8]) {
     }
 }
 
+/// Arbitrary bytes as the data directory's `node.key`: a key that parses writes back to a
+/// file that parses to the same key, in one canonical form.
+pub fn fuzz_node_key(data: &[u8]) {
+    crate::identity::tls::fuzz_node_key(data);
+}
+
+/// Arbitrary bytes as the client's `known_servers` file: lookups never panic, and a key
+/// remembered after the bytes is the one found.
+pub fn fuzz_known_servers(data: &[u8]) {
+    crate::client::fuzz_known_servers(data);
+}
+
 /// A server and a client quinn-proto endpoint configured exactly as Alknet configures them,
 /// connected in memory with a virtual clock: the harness behind [`fuzz_endpoint`].
 pub struct EndpointPair {

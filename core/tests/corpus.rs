@@ -1,5 +1,5 @@
-//! Replays the committed fuzz corpora of core (config, endpoint, store_record) through the
-//! entry points cargo-fuzz uses.
+//! Replays the committed fuzz corpora of core (config, endpoint, store_record, node_key,
+//! known_servers) through the entry points cargo-fuzz uses.
 
 #[test]
 fn config_corpus() {
@@ -52,4 +52,40 @@ fn store_record_corpus() {
     let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::fuzzing::fuzz_store_record)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 4);
+}
+
+#[test]
+fn node_key_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/node_key");
+    let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::fuzzing::fuzz_node_key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 5);
+    // The seeds reach both sides of the oracle: genuine keys load, other keys are refused.
+    let load = |seed: &str| {
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(dir.join(seed), data.path().join("node.key"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        alknet_core::identity::tls::NodeKey::load_or_create(data.path()).map(|k| k.fingerprint())
+    };
+    let genuine = load("openssl-ed25519.pem").unwrap_or_else(|e| panic!("{e}"));
+    for same in ["comment-before-key.pem", "crlf.pem", "two-keys.pem"] {
+        assert_eq!(load(same).ok(), Some(genuine), "{same}");
+    }
+    for refused in [
+        "p256-not-ed25519.pem",
+        "x25519-not-ed25519.pem",
+        "certificate-only.pem",
+        "truncated.pem",
+        "empty",
+    ] {
+        assert!(load(refused).is_err(), "{refused} loaded as a node key");
+    }
+}
+
+#[test]
+fn known_servers_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/known_servers");
+    let n = alknet_proto::fuzzing::replay_corpus(&dir, alknet_core::fuzzing::fuzz_known_servers)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 5);
 }

@@ -27,3 +27,10 @@ pub fn fuzz_vault_file(data: &[u8]) {
 pub fn fuzz_blob(data: &[u8]) {
     crate::blob::fuzz(data);
 }
+
+/// Arbitrary bytes as the words a user types or puts in a `--words-file`. Oracles: never
+/// panics; the error names a position inside the input, never a word; a mnemonic that
+/// parses has a BIP39 word count and re-parses from its normalised phrase to the same words.
+pub fn fuzz_mnemonic(data: &[u8]) {
+    crate::secret::fuzz_mnemonic(data);
+}

@@ -146,6 +146,36 @@ impl Mnemonic {
     }
 }
 
+/// See [`crate::fuzzing::fuzz_mnemonic`].
+pub(crate) fn fuzz_mnemonic(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let count = text.split_whitespace().count();
+    match Mnemonic::parse(text) {
+        Ok(m) => {
+            assert!(WORD_COUNTS.contains(&m.word_count()));
+            assert_eq!(m.word_count(), count);
+            let again = Mnemonic::parse(m.phrase())
+                .unwrap_or_else(|e| panic!("a normalised phrase must parse: {e}"));
+            assert_eq!(again.phrase(), m.phrase());
+            assert!(
+                m.words()
+                    .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+            );
+        }
+        Err(Error::UnknownWord { position }) => {
+            assert!(
+                (1..=count).contains(&position),
+                "position {position} of {count}"
+            );
+        }
+        Err(Error::WordCount { count: c }) => assert_eq!(c, count),
+        Err(Error::Checksum) => assert!(WORD_COUNTS.contains(&count)),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
 /// Reads a secret text file: bounded, UTF-8, one trailing newline (`\n` or `\r\n`) removed.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;

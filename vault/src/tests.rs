@@ -359,6 +359,7 @@ fn replay(target: &str, fuzz: fn(&[u8])) -> usize {
 fn fuzz_corpus_replays() {
     assert!(replay("vault_file", fuzzing::fuzz_vault_file) >= 5);
     assert!(replay("blob", fuzzing::fuzz_blob) >= 4);
+    assert!(replay("mnemonic", fuzzing::fuzz_mnemonic) >= 8);
 }
 
 /// The committed fuzz seeds: every kind named here must be in the corpus, and each freshly

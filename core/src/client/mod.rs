@@ -19,6 +19,7 @@ use thiserror::Error;
 
 mod trust;
 
+pub(crate) use trust::fuzz_known_servers;
 pub use trust::{KnownServers, TrustedConnect, connect_trusted};
 
 /// File in the data directory remembering servers' keys.

@@ -97,20 +97,82 @@ impl KnownServers {
         &self.path
     }
 
-    /// The remembered key for `server`, if any. Malformed lines are skipped.
+    /// The remembered key for `server`, if any (see [`lookup`]).
     pub fn get(&self, server: &str) -> Option<Fingerprint> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        text.lines().rev().find_map(|line| {
-            let mut parts = line.split_whitespace();
-            let host = parts.next()?;
-            let fp = parts.next()?;
-            (host == server).then(|| fp.parse().ok()).flatten()
-        })
+        lookup(&self.read().ok()?, server)
     }
 
     /// Remembers `fp` for `server`.
     pub fn add(&self, server: &str, fp: &Fingerprint) -> std::io::Result<()> {
-        crate::fsutil::append_private(&self.path, &format!("{server} {fp}\n"))
+        let existing = match self.read() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        crate::fsutil::append_private(&self.path, &entry_line(&existing, server, fp))
+    }
+
+    /// The file's first [`MAX_KNOWN_SERVERS`] bytes.
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        std::fs::File::open(&self.path)?
+            .take(MAX_KNOWN_SERVERS)
+            .read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Most bytes of the known-servers file read (about 50 000 servers): the file is the user's,
+/// but a link to a device must not be read without end.
+const MAX_KNOWN_SERVERS: u64 = 8 << 20;
+
+/// The key remembered for `server` in the known-servers file's bytes: the last line
+/// `server ed25519:…` that parses. Lines are read one by one, so a malformed line, or bytes
+/// that are not UTF-8 elsewhere in the file, never make the other servers forgotten (which
+/// would silently trust whatever key they present next).
+pub(crate) fn lookup(text: &[u8], server: &str) -> Option<Fingerprint> {
+    text.split(|&b| b == b'\n').rev().find_map(|line| {
+        let line = std::str::from_utf8(line).ok()?;
+        let mut parts = line.split_whitespace();
+        let host = parts.next()?;
+        let fp = parts.next()?;
+        (host == server).then(|| fp.parse().ok()).flatten()
+    })
+}
+
+/// The line that remembers `fp` for `server`, appended after `existing` bytes: it starts on a
+/// line of its own even when the file's last line has no newline (a hand-edited file), so
+/// the new entry is never glued to the end of another.
+pub(crate) fn entry_line(existing: &[u8], server: &str, fp: &Fingerprint) -> String {
+    let sep = if existing.is_empty() || existing.ends_with(b"\n") {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{sep}{server} {fp}\n")
+}
+
+/// Arbitrary bytes as a known-servers file: looking any of its names up never panics, and a
+/// key remembered after them (as `add` writes it) is the one found.
+pub(crate) fn fuzz_known_servers(data: &[u8]) {
+    for line in data.split(|&b| b == b'\n').take(64) {
+        if let Some(name) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split_whitespace().next())
+        {
+            let _ = lookup(data, name);
+        }
+    }
+    let fp = Fingerprint::from_key([7; 32]);
+    for server in ["fuzz.example:4433", "[::1]:4433"] {
+        let mut text = data.to_vec();
+        text.extend_from_slice(entry_line(data, server, &fp).as_bytes());
+        assert_eq!(
+            lookup(&text, server),
+            Some(fp),
+            "a remembered key must be found"
+        );
     }
 }
 
@@ -160,4 +222,50 @@ pub(crate) fn explain_failure(
         };
     }
     ClientError::Failed { addr, reason: err }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(b: u8) -> Fingerprint {
+        Fingerprint::from_key([b; 32])
+    }
+
+    #[test]
+    fn bytes_not_utf8_forget_no_other_server() {
+        let mut text = format!("a.example:4433 {}\n", fp(1)).into_bytes();
+        text.extend_from_slice(b"\xff\xfe garbage\n");
+        assert_eq!(lookup(&text, "a.example:4433"), Some(fp(1)));
+    }
+
+    #[test]
+    fn a_last_line_without_newline_does_not_swallow_the_next_entry() {
+        let existing = format!("a.example:4433 {}", fp(1)).into_bytes();
+        let mut text = existing.clone();
+        text.extend_from_slice(entry_line(&existing, "b.example:4433", &fp(2)).as_bytes());
+        assert_eq!(lookup(&text, "b.example:4433"), Some(fp(2)));
+        assert_eq!(lookup(&text, "a.example:4433"), Some(fp(1)));
+    }
+
+    #[test]
+    fn the_last_entry_wins_and_malformed_lines_are_skipped() {
+        let text = format!("s:1 {}\ns:1 {}\ns:1 ed25519:zz\n\n  \ns:1\n", fp(1), fp(2));
+        assert_eq!(lookup(text.as_bytes(), "s:1"), Some(fp(2)));
+        assert_eq!(lookup(text.as_bytes(), "s:2"), None);
+    }
+
+    #[test]
+    fn known_servers_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(crate::client::KNOWN_SERVERS_FILE);
+        // A line that is not UTF-8, and a last line without its newline (a hand edit).
+        let mut text = b"\xff junk\n".to_vec();
+        text.extend_from_slice(format!("a:1 {}", fp(1)).as_bytes());
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let known = KnownServers::in_dir(dir.path());
+        known.add("b:1", &fp(2)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(known.get("b:1"), Some(fp(2)));
+        assert_eq!(known.get("a:1"), Some(fp(1)));
+    }
 }

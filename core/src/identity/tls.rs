@@ -22,6 +22,9 @@ use zeroize::Zeroizing;
 
 /// File name of the node key inside the data directory.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// Largest node key file read: a PEM Ed25519 key is 119 bytes; room for comments and other
+/// PEM sections, but a file (or a link to a device) is never read without end.
+const MAX_KEY_FILE: u64 = 64 << 10;
 
 const PKCS8_ED25519_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
@@ -55,6 +58,39 @@ pub enum TlsError {
     Certificate(String),
 }
 
+/// Reads at most [`MAX_KEY_FILE`] bytes of `path` (one more, to tell a larger file, which
+/// [`NodeKey::from_pem`] refuses).
+fn read_bounded(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut buf = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)?
+        .take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// A node key file's bytes: a key that parses writes back to a file that parses to the same
+/// key, and the written form is canonical (written again, byte for byte the same).
+pub(crate) fn fuzz_node_key(data: &[u8]) {
+    let Some(key) = NodeKey::from_pem(data) else {
+        return;
+    };
+    let pem = key
+        .to_pem()
+        .unwrap_or_else(|e| panic!("a parsed key must encode: {e}"));
+    let again = NodeKey::from_pem(pem.as_bytes())
+        .unwrap_or_else(|| panic!("the written node key must parse"));
+    assert_eq!(
+        again.fingerprint(),
+        key.fingerprint(),
+        "round trip changed the key"
+    );
+    let pem2 = again
+        .to_pem()
+        .unwrap_or_else(|e| panic!("a parsed key must encode: {e}"));
+    assert_eq!(pem.as_str(), pem2.as_str(), "written form is not canonical");
+}
+
 /// The node's Ed25519 key pair. The seed is zeroized on drop and never printed.
 pub struct NodeKey {
     seed: Zeroizing<[u8; 32]>,
@@ -84,7 +120,7 @@ impl NodeKey {
     /// Loads `<dir>/node.key`, creating it (mode 0600) when absent.
     pub fn load_or_create(dir: &Path) -> Result<Self, TlsError> {
         let path = dir.join(NODE_KEY_FILE);
-        match std::fs::read_to_string(&path) {
+        match read_bounded(&path) {
             Ok(text) => Self::from_pem(&text).ok_or_else(|| TlsError::BadKeyFile {
                 path: path.display().to_string(),
             }),
@@ -107,9 +143,14 @@ impl NodeKey {
         der
     }
 
-    fn from_pem(text: &str) -> Option<Self> {
+    /// The key in a node key file's bytes: the first `PRIVATE KEY` PEM section, which must
+    /// be an Ed25519 PKCS#8 v1 key. `None` for anything else.
+    pub(crate) fn from_pem(text: &[u8]) -> Option<Self> {
         use rustls::pki_types::pem::PemObject;
-        let der = PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes()).ok()?;
+        if text.len() as u64 > MAX_KEY_FILE {
+            return None;
+        }
+        let der = PrivatePkcs8KeyDer::from_pem_slice(text).ok()?;
         let seed = der
             .secret_pkcs8_der()
             .strip_prefix(&PKCS8_ED25519_PREFIX[..])?;
@@ -122,12 +163,17 @@ impl NodeKey {
             path: path.display().to_string(),
             source,
         };
+        let pem = self.to_pem()?;
+        crate::fsutil::write_private_atomic(path, pem.as_bytes()).map_err(io)
+    }
+
+    /// The key as a node key file holds it (PKCS#8 PEM).
+    pub(crate) fn to_pem(&self) -> Result<Zeroizing<String>, TlsError> {
         let pkcs8 = self.pkcs8();
         let der = PrivatePkcs8KeyDer::from(pkcs8.as_slice());
         let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
             .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        let pem = Zeroizing::new(kp.serialize_pem());
-        crate::fsutil::write_private_atomic(path, pem.as_bytes()).map_err(io)
+        Ok(Zeroizing::new(kp.serialize_pem()))
     }
 
     /// A 32-byte key for `purpose`, derived from the seed (HMAC-SHA-256 keyed by the seed).
@@ -409,6 +455,34 @@ mod tests {
             err.unwrap_or_default()
                 .contains("not an Ed25519 private key")
         );
+    }
+
+    #[test]
+    fn key_files_bounded_and_not_utf8_are_refused_not_read_without_end() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = NodeKey::load_or_create(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(NODE_KEY_FILE);
+        let pem = std::fs::read(&path).unwrap_or_default();
+        // A comment line before the key is fine; padding past MAX_KEY_FILE is not.
+        let mut text = b"# node key\n".to_vec();
+        text.extend_from_slice(&pem);
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let again = NodeKey::load_or_create(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.fingerprint(), key.fingerprint());
+        text.resize(MAX_KEY_FILE as usize + 1, b'\n');
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(
+                NodeKey::load_or_create(dir.path()),
+                Err(TlsError::BadKeyFile { .. })
+            ),
+            "a key file above MAX_KEY_FILE is refused"
+        );
+        std::fs::write(&path, [0xff, 0xfe, 0x00]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            NodeKey::load_or_create(dir.path()),
+            Err(TlsError::BadKeyFile { .. })
+        ));
     }
 
     #[test]
