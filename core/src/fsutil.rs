@@ -96,7 +96,7 @@ pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Creates `.NAME.tmp.PID.RANDOM` in `dir`: `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600, so
 /// a file or symlink planted at a predicted name is neither followed nor truncated.
-fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+pub(crate) fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
     let mut last = None;
     for _ in 0..TEMP_TRIES {
         let tmp = dir.join(format!(
@@ -117,6 +117,13 @@ fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs::Fil
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no temporary name")))
+}
+
+/// Moves a file made by [`create_temp`] to `path` and syncs the directory, so a crash leaves
+/// either no file at `path` or the whole one.
+pub(crate) fn publish_temp(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Appends a line to a file, creating it with mode 0600 (never through a symlink), and

@@ -345,68 +345,74 @@ impl RedbStore {
             other => other,
         };
         let (db, model) = guarded("opening the store", || {
-            // 0600 whatever the umask, before redb opens it by path.
-            drop(crate::fsutil::create_private(path).map_err(backend)?);
-            let db = Database::create(path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => IdentityError::Backend(
-                    "the store is open in another process (a running server?); use the control socket or stop it"
-                        .into(),
-                ),
-                other => backend(other),
-            })?;
-            let version = {
-                let txn = db.begin_read().map_err(backend)?;
-                match txn.open_table(META) {
-                    Ok(t) => t
-                        .get("schema_version")
-                        .map_err(backend)?
-                        .map(|v| v.value()),
-                    Err(redb::TableError::TableDoesNotExist(_)) => None,
-                    Err(e) => return Err(backend(e)),
-                }
+            // A new store is made under a temporary name and moved into place once its
+            // schema is committed: a crash while redb writes its first header must not leave
+            // a file that is not a database at the store's name. 0600 whatever the umask,
+            // before redb opens it by path.
+            let fresh = matches!(
+                std::fs::symlink_metadata(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            );
+            let creating = if fresh {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let (tmp, f) = crate::fsutil::create_temp(dir, STORE_FILE).map_err(backend)?;
+                drop(f);
+                Some(tmp)
+            } else {
+                drop(crate::fsutil::create_private(path).map_err(backend)?);
+                None
             };
-            match version {
-                None => {
-                    let txn = db.begin_write().map_err(backend)?;
-                    {
-                        let mut meta = txn.open_table(META).map_err(backend)?;
-                        meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
-                        txn.open_table(PEERS).map_err(backend)?;
-                        txn.open_table(API_KEYS).map_err(backend)?;
-                        txn.open_table(CREDENTIALS).map_err(backend)?;
-                    }
-                    txn.commit().map_err(backend)?;
-                }
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(IdentityError::Backend(format!(
-                        "schema version {v} is newer than this Alknet ({SCHEMA_VERSION}); upgrade Alknet"
-                    )));
-                }
-                Some(v) => migrate(&db, v)?,
+            let result = open_db(creating.as_deref().unwrap_or(path));
+            match (&creating, &result) {
+                (Some(tmp), Ok(_)) => crate::fsutil::publish_temp(tmp, path).map_err(backend)?,
+                (Some(tmp), Err(_)) => drop(std::fs::remove_file(tmp)),
+                (None, _) => {}
             }
+            let db = result?;
             let mut model = Model::default();
             let txn = db.begin_read().map_err(backend)?;
-            load_table(&txn, PEERS, "peer", PeerRecord::into_entry, |k, p: PeerEntry| {
-                if k != p.peer_id || k.is_empty() {
-                    return Err(ser(format!("peer record `{k}` holds peer `{}`", p.peer_id)));
-                }
-                model.peers.insert(k, Arc::new(p));
-                Ok(())
-            })?;
-            load_table(&txn, API_KEYS, "api key", ApiKeyRecord::into_entry, |k, a| {
-                if k != a.prefix {
-                    return Err(ser(format!("api key record `{k}` holds key `{}`", a.prefix)));
-                }
-                model.api_keys.insert(k, a);
-                Ok(())
-            })?;
-            load_table(&txn, CREDENTIALS, "credential", BlobRecord::into_blob, |k, (name, b)| {
-                if k != name {
-                    return Err(ser(format!("credential record `{k}` holds `{name}`")));
-                }
-                model.credentials.insert(k, b);
-                Ok(())
-            })?;
+            load_table(
+                &txn,
+                PEERS,
+                "peer",
+                PeerRecord::into_entry,
+                |k, p: PeerEntry| {
+                    if k != p.peer_id || k.is_empty() {
+                        return Err(ser(format!("peer record `{k}` holds peer `{}`", p.peer_id)));
+                    }
+                    model.peers.insert(k, Arc::new(p));
+                    Ok(())
+                },
+            )?;
+            load_table(
+                &txn,
+                API_KEYS,
+                "api key",
+                ApiKeyRecord::into_entry,
+                |k, a| {
+                    if k != a.prefix {
+                        return Err(ser(format!(
+                            "api key record `{k}` holds key `{}`",
+                            a.prefix
+                        )));
+                    }
+                    model.api_keys.insert(k, a);
+                    Ok(())
+                },
+            )?;
+            load_table(
+                &txn,
+                CREDENTIALS,
+                "credential",
+                BlobRecord::into_blob,
+                |k, (name, b)| {
+                    if k != name {
+                        return Err(ser(format!("credential record `{k}` holds `{name}`")));
+                    }
+                    model.credentials.insert(k, b);
+                    Ok(())
+                },
+            )?;
             Ok((db, model))
         })
         .map_err(label)?;
@@ -552,6 +558,46 @@ impl Drop for RedbStore {
             let _ = t.join();
         }
     }
+}
+
+/// Opens (or creates) the redb file at `path` and brings its schema to this version.
+fn open_db(path: &Path) -> Result<Database, IdentityError> {
+    let db = Database::create(path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => IdentityError::Backend(
+                    "the store is open in another process (a running server?); use the control socket or stop it"
+                        .into(),
+                ),
+                other => backend(other),
+            })?;
+    let version = {
+        let txn = db.begin_read().map_err(backend)?;
+        match txn.open_table(META) {
+            Ok(t) => t.get("schema_version").map_err(backend)?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(backend(e)),
+        }
+    };
+    match version {
+        None => {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(backend)?;
+                txn.open_table(PEERS).map_err(backend)?;
+                txn.open_table(API_KEYS).map_err(backend)?;
+                txn.open_table(CREDENTIALS).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(IdentityError::Backend(format!(
+                "schema version {v} is newer than this Alknet ({SCHEMA_VERSION}); upgrade Alknet"
+            )));
+        }
+        Some(v) => migrate(&db, v)?,
+    }
+    Ok(db)
 }
 
 /// Upgrades an older schema in place. Version 1 is the first; later versions add arms here.
