@@ -530,7 +530,8 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
     Ok(Message { id, body })
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// At most `max` bytes of `s`, cut at a character boundary (for peer text in errors).
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

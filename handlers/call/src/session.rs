@@ -20,7 +20,9 @@ use crate::inbound::{Admit, Inbound, READ_CHUNK, admit};
 use crate::ops::{Call, CallError, OpInfo, Operations, RawSink};
 use crate::sync::{Abort, Notify, Outcome, run_guarded};
 use alknet_core::{AuthContext, Connection, RecvStream, SendStream, close_code};
-use alknet_proto::call::{Body, CallId, DecodeError, ErrorCode, Message, Request, encode_into};
+use alknet_proto::call::{
+    Body, CallId, DecodeError, ErrorCode, Message, Request, encode_into, truncate,
+};
 use bytes::Bytes;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
@@ -669,18 +671,6 @@ impl Session {
 
 fn describe(e: &DecodeError) -> String {
     e.to_string()
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or_default()
 }
 
 /// A peer-chosen name as errors and logs show it: in backquotes, control and other
