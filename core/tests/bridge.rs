@@ -69,6 +69,7 @@ impl Service for Bridged {
             alpn: self.alpn,
             scope: None,
             anonymous: true,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Bridged {

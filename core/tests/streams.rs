@@ -77,6 +77,7 @@ impl Service for PollService {
             alpn: ALPN,
             scope: None,
             anonymous: false,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> PollService {

@@ -573,10 +573,11 @@ async fn spoofed_migrations_get_three_times_their_bytes_at_most_and_the_path_com
     assert_eq!(echo(&live, b"unharmed").await.unwrap(), b"unharmed");
 }
 
-/// Unidirectional streams on a service that never accepts them (echo): a client may open
-/// only the advertised `max_concurrent_uni_streams` (8), the server never raises the limit
-/// for streams nobody accepts, and what it holds for them is bounded by the connection's
-/// receive window (`connection_receive_window`, 4 MiB), whatever is written.
+/// Unidirectional streams on a service that never accepts them (echo, `uni_streams: false`):
+/// a client may open only the initial `max_concurrent_uni_streams` (8) of the transport
+/// parameters, the server grants no more once the connection is served, and stops each one
+/// (STOP_SENDING, code 0x7) so their data is discarded, not parked up to the connection's
+/// receive window.
 ///
 /// Flow-control and stream-limit violations themselves (STREAM data past MAX_STREAM_DATA
 /// or MAX_DATA, a stream id past MAX_STREAMS) cannot be produced with quinn-proto: it
@@ -614,8 +615,13 @@ async fn uni_streams_echo_never_accepts_stay_within_the_limits() {
         }
         assert_eq!(streams.len(), 8, "max_concurrent_uni_streams is 8");
         for s in &mut streams {
-            // Blocked by flow control once the connection window is full.
+            // The server stops the stream: the write fails instead of filling the window.
             let _ = tokio::time::timeout(Duration::from_millis(150), s.write_all(&chunk)).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(5), s.stopped()).await;
+            assert!(
+                matches!(stopped, Ok(Ok(Some(code))) if code.into_inner() == 0x7),
+                "a uni stream on echo was not stopped with 0x7 within 5 s: {stopped:?}"
+            );
         }
         hogs.push((conn, streams));
     }
@@ -624,9 +630,10 @@ async fn uni_streams_echo_never_accepts_stay_within_the_limits() {
     eprintln!(
         "unaccepted uni streams: {HOGS} connections x 8 streams, server rss +{grown} bytes ({per_conn} per connection)"
     );
-    // The connection window (4 MiB) plus allocator slack.
+    // Stopped streams hold nothing; allowance for the connections themselves and slack (a
+    // parked window would be 4 MiB each).
     assert!(
-        per_conn < 6 << 20,
+        per_conn < 1 << 20,
         "{per_conn} bytes held per connection of unaccepted uni streams"
     );
     assert_eq!(echo(&live, b"unharmed").await.unwrap(), b"unharmed");

@@ -29,6 +29,7 @@ impl Service for Named {
             alpn: self.alpn,
             scope: self.scope,
             anonymous: false,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Named {
@@ -70,6 +71,7 @@ impl Service for SpawnPanics {
             alpn: self.alpn,
             scope: None,
             anonymous: false,
+            uni_streams: false,
         }
     }
     fn build(&self, ctx: &ServiceContext<'_, NoConfig>) -> SpawnPanicsHandler {
@@ -112,6 +114,7 @@ impl Service for DrainWatch {
             alpn: b"test/drain",
             scope: None,
             anonymous: false,
+            uni_streams: false,
         }
     }
     fn build(&self, ctx: &ServiceContext<'_, NoConfig>) -> DrainWatchHandler {

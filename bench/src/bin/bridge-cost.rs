@@ -77,6 +77,7 @@ impl Service for Sink {
             alpn: self.alpn,
             scope: None,
             anonymous: true,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Sink {

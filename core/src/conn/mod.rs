@@ -379,6 +379,8 @@ pub(crate) struct ConnInner {
     pub(crate) session: Option<u64>,
     /// How often the connection may move to an address it has not used.
     pub(crate) migration: crate::shard::MigrationGate,
+    /// The service takes no uni streams: the client's are stopped as they open.
+    pub(crate) refuse_uni: bool,
 }
 
 impl ConnInner {
@@ -397,6 +399,7 @@ impl ConnInner {
             wakers: Wakers::default(),
             handshake_deadline: None,
             counts_as_handshake: false,
+            refuse_uni: false,
             handler_done: false,
             unacked: HashSet::new(),
             alpn: None,

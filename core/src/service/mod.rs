@@ -22,7 +22,7 @@
 //!     type Config = NoConfig;
 //!     type Handler = Hello;
 //!     fn info(&self, _: &NoConfig) -> ServiceInfo {
-//!         ServiceInfo { alpn: b"alknet/hello", scope: Some("hello"), anonymous: false }
+//!         ServiceInfo { alpn: b"alknet/hello", scope: Some("hello"), anonymous: false, uni_streams: false }
 //!     }
 //!     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Hello { Hello }
 //! }
@@ -102,6 +102,11 @@ pub struct ServiceInfo {
     /// server makes client certificates optional for every ALPN, and the other services
     /// still refuse unknown keys.
     pub anonymous: bool,
+    /// Whether its handler accepts unidirectional streams from the client. When not, the
+    /// shard grants a served connection no uni stream credit and stops (STOP_SENDING,
+    /// [`close_code::PROTOCOL_ERROR`]) any the client opened with its initial credit, so
+    /// their data is discarded instead of parked up to the connection window.
+    pub uni_streams: bool,
 }
 
 /// A service: declared once, configured from `[services.NAME]`, built on every shard.

@@ -35,6 +35,7 @@ impl Service for Test {
             alpn: self.alpn,
             scope: Some("test"),
             anonymous: config.anonymous,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, TestConfig>) -> Nop {
@@ -54,6 +55,7 @@ impl Service for Other {
             alpn: b"alknet/other",
             scope: None,
             anonymous: false,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Nop {
@@ -143,7 +145,8 @@ fn tls_and_routing_read_the_one_declaration() {
                 ServiceInfo {
                     alpn: b"alknet/other",
                     scope: None,
-                    anonymous: false
+                    anonymous: false,
+                    uni_streams: false,
                 }
             ),
             (
@@ -151,7 +154,8 @@ fn tls_and_routing_read_the_one_declaration() {
                 ServiceInfo {
                     alpn: b"alknet/test",
                     scope: Some("test"),
-                    anonymous: true
+                    anonymous: true,
+                    uni_streams: false,
                 }
             ),
         ]

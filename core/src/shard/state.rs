@@ -830,6 +830,7 @@ impl ShardState {
         for c in self.conns.iter().flatten() {
             {
                 let mut inner = c.inner.borrow_mut();
+                let uni = if inner.refuse_uni { 0 } else { uni };
                 inner
                     .proto
                     .set_max_concurrent_streams(quinn_proto::Dir::Bi, VarInt::from_u32(bi));
@@ -1101,6 +1102,13 @@ impl ShardState {
             inner.peer = peer_id;
             inner.since = now;
             inner.session = Some(id);
+            if !service.info.uni_streams {
+                inner.refuse_uni = true;
+                inner
+                    .proto
+                    .set_max_concurrent_streams(quinn_proto::Dir::Uni, VarInt::from_u32(0));
+                stop_uni_streams(&mut inner);
+            }
         }
         let info = SessionInfo {
             peer: auth
@@ -1185,8 +1193,22 @@ fn queue_dirty(cell: &ConnRef) {
     }
 }
 
+/// Stops every uni stream the client opened on a connection whose service takes none: the
+/// data is discarded (and its flow-control credit given back) instead of parked.
+fn stop_uni_streams(inner: &mut ConnInner) {
+    while let Some(id) = inner.proto.streams().accept(quinn_proto::Dir::Uni) {
+        let _ = inner
+            .proto
+            .recv_stream(id)
+            .stop(VarInt::from_u32(close_code::PROTOCOL_ERROR));
+    }
+}
+
 fn on_stream_event(inner: &mut ConnInner, ev: StreamEvent) {
     match ev {
+        StreamEvent::Opened {
+            dir: quinn_proto::Dir::Uni,
+        } if inner.refuse_uni => stop_uni_streams(inner),
         StreamEvent::Opened { dir } => inner.wakers.wake_accept(dir),
         StreamEvent::Readable { id } => inner.wakers.wake_read(id),
         StreamEvent::Writable { id } => inner.wakers.wake_write(id),

@@ -80,6 +80,7 @@ impl Service for CallService {
             alpn: ALPN,
             scope: Some(SCOPE),
             anonymous: false,
+            uni_streams: false,
         }
     }
 

@@ -39,6 +39,7 @@ impl Service for Echo {
             alpn: ALPN,
             scope: Some(SCOPE),
             anonymous: false,
+            uni_streams: false,
         }
     }
 

@@ -75,6 +75,7 @@ impl Service for Perf {
             alpn: ALPN,
             scope: Some(SCOPE),
             anonymous: config.anonymous,
+            uni_streams: false,
         }
     }
 

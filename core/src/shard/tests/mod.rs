@@ -59,6 +59,7 @@ impl Service for TestService {
             alpn: ALPN,
             scope: self.scope,
             anonymous: self.anonymous,
+            uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> TestService {
