@@ -52,6 +52,14 @@ pub(crate) enum PeerCmd {
         /// Remove a scope (repeatable).
         #[arg(long = "remove-scope", value_name = "SCOPE")]
         remove_scopes: Vec<String>,
+        /// Register an SSH public key, the whole line of a .pub file (repeatable), e.g.
+        /// "ssh-ed25519 AAAA… me@laptop". Under `auth = "peer+key"` the SSH service accepts
+        /// only the peer's registered keys. The comment is dropped.
+        #[arg(long = "add-ssh-key", value_name = "KEY")]
+        add_ssh_keys: Vec<String>,
+        /// Remove a registered SSH public key (repeatable; the comment is ignored).
+        #[arg(long = "remove-ssh-key", value_name = "KEY")]
+        remove_ssh_keys: Vec<String>,
         /// New display name.
         #[arg(long)]
         display_name: Option<String>,
@@ -155,6 +163,9 @@ fn print_peer(p: &PeerView) {
     for f in &p.fingerprints {
         println!("key           {f}");
     }
+    for k in &p.ssh_keys {
+        println!("ssh key       {k}");
+    }
 }
 
 pub(crate) fn peer(data_dir: &Path, cmd: PeerCmd, json: bool) -> Result<()> {
@@ -180,15 +191,26 @@ pub(crate) fn peer(data_dir: &Path, cmd: PeerCmd, json: bool) -> Result<()> {
             remove_fingerprints,
             add_scopes,
             remove_scopes,
+            add_ssh_keys,
+            remove_ssh_keys,
             display_name,
-        } => AdminOp::PeerUpdate {
-            id: name,
-            add_fingerprints,
-            remove_fingerprints,
-            add_scopes,
-            remove_scopes,
-            display_name,
-        },
+        } => {
+            // Checked here too, so a typo is refused before the server is asked.
+            for k in add_ssh_keys.iter().chain(&remove_ssh_keys) {
+                alknet_core::identity::normalize_ssh_key(k)
+                    .map_err(|e| anyhow::anyhow!("--add-ssh-key/--remove-ssh-key {k:?}: {e}"))?;
+            }
+            AdminOp::PeerUpdate {
+                id: name,
+                add_fingerprints,
+                remove_fingerprints,
+                add_scopes,
+                remove_scopes,
+                add_ssh_keys,
+                remove_ssh_keys,
+                display_name,
+            }
+        }
         PeerCmd::Disable { name } => AdminOp::PeerDisable { id: name },
         PeerCmd::Enable { name } => AdminOp::PeerEnable { id: name },
         PeerCmd::Revoke { name } => AdminOp::PeerRevoke { id: name },

@@ -5,6 +5,8 @@ mod admin_cli;
 mod connect;
 mod logfmt;
 mod node;
+#[cfg(feature = "ssh")]
+mod ssh_cli;
 mod vault_cli;
 
 use alknet_core::config::Config;
@@ -136,6 +138,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The SSH service's host key.
+    #[cfg(feature = "ssh")]
+    Ssh {
+        #[command(subcommand)]
+        cmd: ssh_cli::SshCmd,
+    },
+    /// Print the ~/.ssh/config block that makes `ssh NAME` reach this node's SSH service.
+    ///
+    /// Run it on the server (it reads this node's key and SSH host key) and paste the output
+    /// into the client's ~/.ssh/config. The block uses `alknet connect` as ProxyCommand with
+    /// the server key pinned (--fingerprint), and a KnownHostsCommand that vouches for the
+    /// SSH host key under the alias alknet-NAME, so nothing is trusted on first use.
+    #[cfg(feature = "ssh")]
+    SshConfig {
+        /// The server as clients reach it: HOST or HOST:PORT (default port 4433; IPv6 as
+        /// [ADDR]:PORT).
+        #[arg(value_name = "HOST[:PORT]")]
+        target: String,
+        /// The name to type after `ssh` (the `Host` line); default: HOST.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The client's Alknet data directory (its key), passed to `alknet connect` as
+        /// --data-dir; default: the client's own default.
+        #[arg(long, value_name = "DIR")]
+        client_data_dir: Option<PathBuf>,
+        /// The alknet program on the client, as the ProxyCommand runs it.
+        #[arg(long, value_name = "PATH", default_value = "alknet")]
+        alknet: String,
+        /// File holding the vault passphrase, when the keys live in a vault.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat, filter: Option<&str>) {
@@ -224,13 +258,41 @@ fn run(cli: Cli) -> Result<()> {
             let key = node::load(&data_dir, args.passphrase_file.as_deref())?;
             alknet_call::cli::run(args, &data_dir, key.key)
         }
+        #[cfg(feature = "ssh")]
+        Command::Ssh { cmd } => ssh_cli::run(&data_dir, cmd),
+        #[cfg(feature = "ssh")]
+        Command::SshConfig {
+            target,
+            name,
+            client_data_dir,
+            alknet,
+            passphrase_file,
+        } => {
+            let block = ssh_cli::config_block(
+                &data_dir,
+                &ssh_cli::ConfigArgs {
+                    target: &target,
+                    name: name.as_deref(),
+                    client_data_dir: client_data_dir.as_deref(),
+                    program: &alknet,
+                    passphrase_file: passphrase_file.as_deref(),
+                },
+            )?;
+            print!("{block}");
+            Ok(())
+        }
     }
 }
 
 /// The services compiled into this build, one entry per service behind its cargo feature,
 /// in the order their ALPNs are offered. `[services.NAME]` in the config turns each on.
-fn services() -> Vec<Offer> {
+/// `keys` are the node's loaded keys; without them (the configuration check before any key
+/// is opened) services that need a key get none and are never built.
+fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
+    let _ = keys;
     vec![
+        #[cfg(feature = "ssh")]
+        Offer::new(alknet_ssh::Ssh::new(keys.and_then(|k| k.ssh_host.clone()))),
         #[cfg(feature = "echo")]
         Offer::new(alknet_echo::Echo),
         #[cfg(feature = "perf")]
@@ -238,6 +300,28 @@ fn services() -> Vec<Offer> {
         #[cfg(feature = "call")]
         Offer::new(alknet_call::CallService::new()),
     ]
+}
+
+/// Keys services get at construction, derived once the node key (or vault) is loaded.
+#[derive(Default)]
+struct ServiceKeys {
+    /// The SSH host key, when the SSH service is enabled.
+    #[cfg(feature = "ssh")]
+    ssh_host: Option<alknet_ssh::hostkey::PrivateKey>,
+}
+
+impl ServiceKeys {
+    fn load(data_dir: &Path, config: &Config, node: &node::LoadedKey) -> Result<Self> {
+        let _ = (data_dir, config, node);
+        Ok(Self {
+            #[cfg(feature = "ssh")]
+            ssh_host: if config.service_enabled("ssh") {
+                Some(ssh_cli::host_key(data_dir, node)?)
+            } else {
+                None
+            },
+        })
+    }
 }
 
 fn serve(
@@ -262,12 +346,14 @@ fn serve(
     }
     // Every config problem, the services' sections included, is reported before any key or
     // store is opened.
-    let mut registry = alknet_core::Registry::from_config(&config, services())?;
+    alknet_core::Registry::from_config(&config, services(None))?;
     if let Err(e) = alknet_core::net::sys::harden_process() {
         tracing::warn!(error = %e, "cannot disable core dumps");
     }
     let node = node::load(data_dir, passphrase_file)?;
     tracing::info!(source = node.source, "node key loaded");
+    let keys = ServiceKeys::load(data_dir, &config, &node)?;
+    let mut registry = alknet_core::Registry::from_config(&config, services(Some(&keys)))?;
 
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
@@ -441,11 +527,11 @@ mod tests {
     fn example_config_is_valid_for_every_service_of_this_build() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alknet.toml");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let registry = alknet_core::Registry::from_config(&config, services())
+        let registry = alknet_core::Registry::from_config(&config, services(None))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(registry.is_empty(), "the example enables nothing");
         let documented: Vec<&str> = config.services.keys().map(String::as_str).collect();
-        for offer in services() {
+        for offer in services(None) {
             assert!(
                 documented.contains(&offer.name()),
                 "deploy/alknet.toml does not document [services.{}]",

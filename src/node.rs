@@ -9,6 +9,10 @@ use std::path::Path;
 pub(crate) struct LoadedKey {
     pub(crate) key: NodeKey,
     pub(crate) source: &'static str,
+    /// The SSH host key's seed (`m/74'/0'/1'/0'`) when the key came from the vault; without
+    /// a vault the SSH host key lives in its own file.
+    #[cfg_attr(not(feature = "ssh"), allow(dead_code))]
+    pub(crate) ssh_host_seed: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 pub(crate) fn load(data_dir: &Path, passphrase_file: Option<&Path>) -> Result<LoadedKey> {
@@ -21,11 +25,13 @@ pub(crate) fn load(data_dir: &Path, passphrase_file: Option<&Path>) -> Result<Lo
         return Ok(LoadedKey {
             key: NodeKey::from_seed(vault.node_identity_seed()),
             source: "vault",
+            ssh_host_seed: Some(vault.ssh_host_seed()),
         });
     }
     let key = NodeKey::load_or_create(data_dir)?;
     Ok(LoadedKey {
         key,
+        ssh_host_seed: None,
         source: "key file (no vault; `alknet vault init` makes the identity recoverable from words)",
     })
 }

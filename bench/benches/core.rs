@@ -70,6 +70,7 @@ fn identity(c: &mut Criterion) {
         scopes: vec!["perf".into()],
         resources: vec![],
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     };
     let ids = MemoryIdentities::with_peers((0..n).map(peer));

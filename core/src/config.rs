@@ -286,6 +286,10 @@ pub struct PeerConfig {
     /// A name for people.
     #[serde(default)]
     pub display_name: Option<String>,
+    /// SSH public keys (`ssh-ed25519 AAAA… [comment]`) the SSH service accepts from this
+    /// peer under `auth = "peer+key"`.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
     /// Disabled peers are refused.
     #[serde(default = "yes")]
     pub enabled: bool,

@@ -67,7 +67,7 @@ impl Service for Bridged {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: self.alpn,
-            scope: None,
+            scopes: &[],
             anonymous: true,
             uni_streams: false,
         }

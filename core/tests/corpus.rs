@@ -41,6 +41,7 @@ fn store_record_corpus() {
         scopes: vec!["echo".into()],
         resources: vec!["tcp:127.0.0.1:22".into()],
         display_name: Some("seed peer".into()),
+        ssh_keys: Vec::new(),
         enabled: true,
     };
     let genuine = alknet_core::fuzzing::encode_peer_record(&peer);

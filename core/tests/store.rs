@@ -27,6 +27,7 @@ fn peer(i: u64) -> PeerEntry {
         scopes: vec!["echo".into(), format!("s{}", i % 7)],
         resources: vec![],
         display_name: Some(format!("peer number {i}")),
+        ssh_keys: Vec::new(),
         enabled: i % 3 != 0,
     }
 }

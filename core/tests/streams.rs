@@ -55,6 +55,7 @@ fn start_server(known: &ClientKey) -> alknet_core::ServerHandle {
         scopes: vec![],
         resources: vec![],
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     }]);
     alknet_core::start(
@@ -75,7 +76,7 @@ impl Service for PollService {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: ALPN,
-            scope: None,
+            scopes: &[],
             anonymous: false,
             uni_streams: false,
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 #[derive(Clone, Copy)]
 struct Named {
     alpn: &'static [u8],
-    scope: Option<&'static str>,
+    scopes: &'static [&'static str],
     panics: bool,
 }
 
@@ -27,7 +27,7 @@ impl Service for Named {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: self.alpn,
-            scope: self.scope,
+            scopes: self.scopes,
             anonymous: false,
             uni_streams: false,
         }
@@ -69,7 +69,7 @@ impl Service for SpawnPanics {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: self.alpn,
-            scope: None,
+            scopes: &[],
             anonymous: false,
             uni_streams: false,
         }
@@ -112,7 +112,7 @@ impl Service for DrainWatch {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: b"test/drain",
-            scope: None,
+            scopes: &[],
             anonymous: false,
             uni_streams: false,
         }
@@ -139,10 +139,10 @@ impl Handler for DrainWatchHandler {
     }
 }
 
-fn named(alpn: &'static [u8], scope: Option<&'static str>, panics: bool) -> Named {
+fn named(alpn: &'static [u8], scopes: &'static [&'static str], panics: bool) -> Named {
     Named {
         alpn,
-        scope,
+        scopes,
         panics,
     }
 }
@@ -158,16 +158,16 @@ fn start(driver: DriverKind, key: &ClientKey) -> alknet_core::ServerHandle {
     let mut registry = Registry::new();
     let none = NoConfig {};
     registry
-        .register(named(b"test/a", None, false), none)
+        .register(named(b"test/a", &[], false), none)
         .unwrap();
     registry
-        .register(named(b"test/b", None, false), none)
+        .register(named(b"test/b", &[], false), none)
         .unwrap();
     registry
-        .register(named(b"test/panic", None, true), none)
+        .register(named(b"test/panic", &[], true), none)
         .unwrap();
     registry
-        .register(named(b"test/scoped", Some("secret"), false), none)
+        .register(named(b"test/scoped", &["secret"], false), none)
         .unwrap();
     registry.register(alknet_echo::Echo, none).unwrap();
     let spawn_panics = SpawnPanics {
@@ -186,6 +186,7 @@ fn start(driver: DriverKind, key: &ClientKey) -> alknet_core::ServerHandle {
         scopes: vec!["echo".into()],
         resources: vec![],
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     }]);
     alknet_core::start(

@@ -75,7 +75,7 @@ impl Service for Sink {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: self.alpn,
-            scope: None,
+            scopes: &[],
             anonymous: true,
             uni_streams: false,
         }

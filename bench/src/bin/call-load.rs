@@ -211,6 +211,7 @@ fn serve_alknet(args: &Args, lifetime: Duration) -> Result<()> {
         scopes: vec![alknet_call::SCOPE.into()],
         resources: vec![],
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     }];
     let handle = alknet_core::start(

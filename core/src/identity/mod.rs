@@ -30,6 +30,9 @@ pub struct PeerEntry {
     pub resources: Vec<String>,
     /// A name for people.
     pub display_name: Option<String>,
+    /// SSH public keys registered to the peer, normalised (`TYPE BASE64`, no comment; see
+    /// [`normalize_ssh_key`]): under `auth = "peer+key"` the SSH service accepts only these.
+    pub ssh_keys: Vec<String>,
     /// Disabled peers are refused.
     pub enabled: bool,
 }
@@ -57,9 +60,62 @@ impl PeerEntry {
             scopes: p.scopes.clone(),
             resources: p.resources.clone(),
             display_name: p.display_name.clone(),
+            ssh_keys: p
+                .ssh_keys
+                .iter()
+                .map(|k| {
+                    normalize_ssh_key(k)
+                        .map_err(|e| IdentityError::Serialization(format!("peer {}: {e}", p.id)))
+                })
+                .collect::<Result<_, _>>()?,
             enabled: p.enabled,
         })
     }
+}
+
+/// SSH public key types accepted for peers.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+];
+
+/// Longest SSH key line accepted (an RSA-16384 key is about 2.8 KB of base64).
+const MAX_SSH_KEY_LINE: usize = 8192;
+
+/// An SSH public key line as in `authorized_keys` (`TYPE BASE64 [comment]`, no options),
+/// normalised to `TYPE BASE64`: the comment dropped, the type known, the base64 valid and
+/// the key blob naming the same type.
+pub fn normalize_ssh_key(line: &str) -> Result<String, String> {
+    use base64ct::Encoding;
+    let hint = "paste the whole line of a .pub file, e.g. `ssh-ed25519 AAAA… me@laptop`";
+    if line.len() > MAX_SSH_KEY_LINE {
+        return Err(format!(
+            "SSH key longer than {MAX_SSH_KEY_LINE} bytes; {hint}"
+        ));
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+        return Err(format!("not an SSH public key; {hint}"));
+    };
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return Err(format!("unknown SSH key type {kind:?}; {hint}"));
+    }
+    let blob = base64ct::Base64::decode_vec(b64)
+        .map_err(|_| format!("the key part of the {kind} key is not valid base64; {hint}"))?;
+    let named = blob
+        .get(..4)
+        .and_then(|l| <[u8; 4]>::try_from(l).ok())
+        .map(|l| u32::from_be_bytes(l) as usize)
+        .and_then(|n| blob.get(4..4usize.checked_add(n)?));
+    if named != Some(kind.as_bytes()) {
+        return Err(format!("the key data is not a {kind} key; {hint}"));
+    }
+    Ok(format!("{kind} {b64}"))
 }
 
 /// An API key: a bearer token owned by a peer, with its own scopes and expiry. Only the
@@ -443,6 +499,7 @@ mod tests {
             scopes: vec!["echo".into()],
             resources: vec![],
             display_name: None,
+            ssh_keys: Vec::new(),
             enabled: true,
         }
     }

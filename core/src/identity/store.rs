@@ -63,6 +63,9 @@ struct PeerRecord {
     scopes: Vec<String>,
     resources: Vec<String>,
     display_name: Option<String>,
+    /// Absent in records written before SSH keys existed.
+    #[serde(default)]
+    ssh_keys: Vec<String>,
     enabled: bool,
 }
 
@@ -104,6 +107,7 @@ impl PeerRecord {
             scopes: p.scopes.clone(),
             resources: p.resources.clone(),
             display_name: p.display_name.clone(),
+            ssh_keys: p.ssh_keys.clone(),
             enabled: p.enabled,
         }
     }
@@ -121,6 +125,7 @@ impl PeerRecord {
             scopes: self.scopes,
             resources: self.resources,
             display_name: self.display_name,
+            ssh_keys: self.ssh_keys,
             enabled: self.enabled,
         })
     }
@@ -819,6 +824,7 @@ mod tests {
             scopes: vec!["echo".into()],
             resources: vec![],
             display_name: Some(format!("peer {id}")),
+            ssh_keys: Vec::new(),
             enabled: true,
         }
     }

@@ -174,6 +174,32 @@ pub struct PeerCredentials {
 /// Test support: passes a copy of `fd` over a connected Unix socket (`SCM_RIGHTS`) and
 /// leaves it unread, so the kernel holds a reference to the file that no process's
 /// descriptor table shows: the state of a socket an exited process's io_uring still holds.
+/// Makes the child `cmd` spawns run as `uid`/`gid` with exactly `groups` as its
+/// supplementary groups (what `initgroups` would set), switched just before `exec`.
+///
+/// std's `CommandExt::uid`/`gid` cannot set supplementary groups (and, when given a uid,
+/// clear them), so the whole switch happens here, in order: `setgroups`, `setgid`, `setuid`
+/// (groups and gid while still privileged). Leave the command's own `uid`/`gid` unset.
+pub fn switch_user_in_child(cmd: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<libc::gid_t> = groups;
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it makes three raw syscalls and, on failure, reads errno
+    // (`last_os_error` allocates nothing). The group list was allocated here, before the
+    // fork, and is only read in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn send_fd(via: &impl AsRawFd, fd: &impl AsRawFd) -> io::Result<()> {
     let raw: libc::c_int = fd.as_raw_fd();

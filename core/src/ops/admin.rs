@@ -65,6 +65,12 @@ pub enum AdminOp {
         /// Scopes to remove.
         #[serde(default)]
         remove_scopes: Vec<String>,
+        /// SSH public keys to register (`ssh-ed25519 AAAA… [comment]`).
+        #[serde(default)]
+        add_ssh_keys: Vec<String>,
+        /// SSH public keys to remove (compared without their comment).
+        #[serde(default)]
+        remove_ssh_keys: Vec<String>,
         /// New display name.
         #[serde(default)]
         display_name: Option<String>,
@@ -142,6 +148,9 @@ pub struct PeerView {
     pub resources: Vec<String>,
     /// Display name.
     pub display_name: Option<String>,
+    /// SSH public keys, normalised.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
     /// Enabled.
     pub enabled: bool,
     /// Where the peer is written when the config file defines it (`path:line`); such a
@@ -158,6 +167,7 @@ impl From<&PeerEntry> for PeerView {
             scopes: p.scopes.clone(),
             resources: p.resources.clone(),
             display_name: p.display_name.clone(),
+            ssh_keys: p.ssh_keys.clone(),
             enabled: p.enabled,
             config: None,
         }
@@ -322,6 +332,7 @@ pub fn execute(
                 scopes: scopes.clone(),
                 resources: resources.clone(),
                 display_name: display_name.clone(),
+                ssh_keys: Vec::new(),
                 enabled: true,
             };
             store.put_peer(peer.clone()).map_err(|e| e.to_string())?;
@@ -348,9 +359,19 @@ pub fn execute(
             remove_fingerprints,
             add_scopes,
             remove_scopes,
+            add_ssh_keys,
+            remove_ssh_keys,
             display_name,
         } => {
             let mut p = get_peer(store, id)?;
+            let add_ssh = add_ssh_keys
+                .iter()
+                .map(|k| crate::identity::normalize_ssh_key(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let remove_ssh = remove_ssh_keys
+                .iter()
+                .map(|k| crate::identity::normalize_ssh_key(k))
+                .collect::<Result<Vec<_>, _>>()?;
             let add = parse_fps(add_fingerprints)?;
             let remove = parse_fps(remove_fingerprints)?;
             if let Some(owner) = key_owner(store, &add, id)? {
@@ -371,8 +392,19 @@ pub fn execute(
                     p.scopes.push(s.clone());
                 }
             }
-            if p.fingerprints.len() > MAX_ITEMS || p.scopes.len() > MAX_ITEMS {
-                return Err(format!("at most {MAX_ITEMS} keys and scopes per peer"));
+            p.ssh_keys.retain(|k| !remove_ssh.contains(k));
+            for k in add_ssh {
+                if !p.ssh_keys.contains(&k) {
+                    p.ssh_keys.push(k);
+                }
+            }
+            if p.fingerprints.len() > MAX_ITEMS
+                || p.scopes.len() > MAX_ITEMS
+                || p.ssh_keys.len() > MAX_ITEMS
+            {
+                return Err(format!(
+                    "at most {MAX_ITEMS} keys, SSH keys and scopes per peer"
+                ));
             }
             if let Some(d) = display_name {
                 p.display_name = Some(d.clone());

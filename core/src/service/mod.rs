@@ -22,7 +22,7 @@
 //!     type Config = NoConfig;
 //!     type Handler = Hello;
 //!     fn info(&self, _: &NoConfig) -> ServiceInfo {
-//!         ServiceInfo { alpn: b"alknet/hello", scope: Some("hello"), anonymous: false, uni_streams: false }
+//!         ServiceInfo { alpn: b"alknet/hello", scopes: &["hello"], anonymous: false, uni_streams: false }
 //!     }
 //!     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Hello { Hello }
 //! }
@@ -96,8 +96,10 @@ pub mod close_code {
 pub struct ServiceInfo {
     /// The ALPN it serves, e.g. `b"alknet/echo"` (1..=255 bytes, unique in a registry).
     pub alpn: &'static [u8],
-    /// The scope a known peer needs to open it; `None` lets any known peer in.
-    pub scope: Option<&'static str>,
+    /// The scopes that open it: a known peer holding any one of them (or `"*"`) is let in;
+    /// empty lets any known peer in. A service that admits several scopes (`alknet/ssh`
+    /// takes `ssh`, `ssh-exec` and `git`) decides in its handler what each one may do.
+    pub scopes: &'static [&'static str],
     /// Whether clients with unknown keys are served too (benchmarks, public DNS). Then the
     /// server makes client certificates optional for every ALPN, and the other services
     /// still refuse unknown keys.

@@ -33,7 +33,7 @@ impl Service for Test {
     fn info(&self, config: &TestConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: self.alpn,
-            scope: Some("test"),
+            scopes: &["test"],
             anonymous: config.anonymous,
             uni_streams: false,
         }
@@ -53,7 +53,7 @@ impl Service for Other {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: b"alknet/other",
-            scope: None,
+            scopes: &[],
             anonymous: false,
             uni_streams: false,
         }
@@ -144,7 +144,7 @@ fn tls_and_routing_read_the_one_declaration() {
                 "other",
                 ServiceInfo {
                     alpn: b"alknet/other",
-                    scope: None,
+                    scopes: &[],
                     anonymous: false,
                     uni_streams: false,
                 }
@@ -153,7 +153,7 @@ fn tls_and_routing_read_the_one_declaration() {
                 "test",
                 ServiceInfo {
                     alpn: b"alknet/test",
-                    scope: Some("test"),
+                    scopes: &["test"],
                     anonymous: true,
                     uni_streams: false,
                 }
@@ -177,8 +177,8 @@ fn tls_and_routing_read_the_one_declaration() {
     );
     let router = r.instantiate(&setup);
     assert_eq!(
-        router.get(b"alknet/test").map(|r| r.info.scope),
-        Some(Some("test"))
+        router.get(b"alknet/test").map(|r| r.info.scopes),
+        Some(&["test"][..])
     );
     assert!(router.get(b"alknet/nope").is_none());
 }

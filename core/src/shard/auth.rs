@@ -18,8 +18,8 @@ use thiserror::Error;
 pub(crate) struct ServiceRule<'a> {
     /// The ALPN, for messages.
     pub(crate) alpn: &'a str,
-    /// The scope a peer must hold; `None` lets any known peer in.
-    pub(crate) scope: Option<&'a str>,
+    /// The scopes that admit a peer (any one of them); empty lets any known peer in.
+    pub(crate) scopes: &'a [&'a str],
     /// Strangers (unknown or disabled keys, no key) are served anonymously.
     pub(crate) anonymous: bool,
 }
@@ -48,7 +48,8 @@ pub enum AuthFailure {
     MissingScope {
         /// The peer id.
         peer: String,
-        /// The scope needed.
+        /// The scope needed (several joined as `` a` or `b ``, so the message reads
+        /// "lacks scope `a` or `b`").
         scope: String,
         /// The service.
         alpn: String,
@@ -106,14 +107,17 @@ pub(crate) fn authorize<'p>(
     service: ServiceRule<'_>,
 ) -> Result<Option<&'p PeerEntry>, AuthFailure> {
     match peer {
-        Some(p) if p.enabled => match service.scope {
-            Some(scope) if !p.has_scope(scope) => Err(AuthFailure::MissingScope {
-                peer: p.peer_id.clone(),
-                scope: scope.to_owned(),
-                alpn: service.alpn.to_owned(),
-            }),
-            _ => Ok(Some(p)),
-        },
+        Some(p) if p.enabled => {
+            if service.scopes.is_empty() || service.scopes.iter().any(|s| p.has_scope(s)) {
+                Ok(Some(p))
+            } else {
+                Err(AuthFailure::MissingScope {
+                    peer: p.peer_id.clone(),
+                    scope: service.scopes.join("` or `"),
+                    alpn: service.alpn.to_owned(),
+                })
+            }
+        }
         _ if service.anonymous => Ok(None),
         Some(p) => Err(AuthFailure::Disabled {
             peer: p.peer_id.clone(),
@@ -141,23 +145,24 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             resources: Vec::new(),
             display_name: None,
+            ssh_keys: Vec::new(),
             enabled,
         }
     }
 
     const OPEN: ServiceRule<'static> = ServiceRule {
         alpn: "alknet/echo",
-        scope: None,
+        scopes: &[],
         anonymous: false,
     };
     const SCOPED: ServiceRule<'static> = ServiceRule {
         alpn: "alknet/call",
-        scope: Some("call"),
+        scopes: &["call"],
         anonymous: false,
     };
     const ANON: ServiceRule<'static> = ServiceRule {
         alpn: "perf",
-        scope: Some("perf"),
+        scopes: &["perf"],
         anonymous: true,
     };
 

@@ -400,7 +400,7 @@ impl ShardState {
                 fingerprint.and_then(|fp| server.identities.by_fingerprint(&fp).ok().flatten());
             let rule = ServiceRule {
                 alpn: &alpn_str,
-                scope: service.info.scope,
+                scopes: service.info.scopes,
                 anonymous: service.info.anonymous,
             };
             let (code, reason, remedy) = match authorize(current.as_deref(), fingerprint, rule) {
@@ -1027,7 +1027,7 @@ impl ShardState {
         };
         let rule = ServiceRule {
             alpn: &alpn_str,
-            scope: service.info.scope,
+            scopes: service.info.scopes,
             anonymous: service.info.anonymous,
         };
         let identity = match authorize(peer.as_deref(), fingerprint, rule) {

@@ -78,7 +78,7 @@ impl Service for CallService {
     fn info(&self, _config: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: ALPN,
-            scope: Some(SCOPE),
+            scopes: &[SCOPE],
             anonymous: false,
             uni_streams: false,
         }

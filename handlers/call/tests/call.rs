@@ -138,6 +138,7 @@ fn peer(id: &str, fp: Fingerprint, scopes: &[&str]) -> PeerEntry {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         resources: vec![],
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     }
 }

@@ -37,7 +37,7 @@ impl Service for Echo {
     fn info(&self, _config: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: ALPN,
-            scope: Some(SCOPE),
+            scopes: &[SCOPE],
             anonymous: false,
             uni_streams: false,
         }

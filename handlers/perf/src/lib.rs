@@ -73,7 +73,7 @@ impl Service for Perf {
     fn info(&self, config: &PerfConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: ALPN,
-            scope: Some(SCOPE),
+            scopes: &[SCOPE],
             anonymous: config.anonymous,
             uni_streams: false,
         }

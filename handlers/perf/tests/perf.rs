@@ -41,6 +41,7 @@ fn start(anonymous: bool, known: &ClientKey) -> alknet_core::ServerHandle {
         scopes: vec![alknet_perf::SCOPE.into()],
         resources: vec![],
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     }]);
     alknet_core::start(

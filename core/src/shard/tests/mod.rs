@@ -46,7 +46,7 @@ const SEGMENTS: usize = 10;
 
 /// A service that records nothing and is never run: the harness reads `Serve` events.
 struct TestService {
-    scope: Option<&'static str>,
+    scopes: &'static [&'static str],
     anonymous: bool,
 }
 
@@ -57,14 +57,14 @@ impl Service for TestService {
     fn info(&self, _: &NoConfig) -> ServiceInfo {
         ServiceInfo {
             alpn: ALPN,
-            scope: self.scope,
+            scopes: self.scopes,
             anonymous: self.anonymous,
             uni_streams: false,
         }
     }
     fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> TestService {
         TestService {
-            scope: self.scope,
+            scopes: self.scopes,
             anonymous: self.anonymous,
         }
     }
@@ -81,7 +81,7 @@ pub(super) struct Setup {
     /// Known peers.
     pub(super) peers: Vec<PeerEntry>,
     /// The service's scope.
-    pub(super) scope: Option<&'static str>,
+    pub(super) scopes: &'static [&'static str],
     /// Whether the service serves strangers.
     pub(super) anonymous: bool,
     /// Limits and periods.
@@ -93,7 +93,7 @@ impl Default for Setup {
         Self {
             shards: 1,
             peers: Vec::new(),
-            scope: None,
+            scopes: &[],
             anonymous: false,
             config: Config::default(),
         }
@@ -109,6 +109,7 @@ pub(super) fn peer(id: &str, key: &NodeKey, scopes: &[&str]) -> PeerEntry {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         resources: Vec::new(),
         display_name: None,
+        ssh_keys: Vec::new(),
         enabled: true,
     }
 }
@@ -158,9 +159,9 @@ impl Pair {
         let config = Arc::new(setup.config);
         let node = NodeKey::generate();
         let mut registry = Registry::new();
-        let (scope, anonymous) = (setup.scope, setup.anonymous);
+        let (scopes, anonymous) = (setup.scopes, setup.anonymous);
         registry
-            .register(TestService { scope, anonymous }, NoConfig::default())
+            .register(TestService { scopes, anonymous }, NoConfig::default())
             .unwrap();
         let server_config = Arc::new(
             crate::net::endpoint::server_config(&config, &node, registry.alpns(), !anonymous)

@@ -222,7 +222,7 @@ fn missing_scope_refused_as_forbidden() {
     let alice = NodeKey::generate();
     let mut pair = Pair::new(Setup {
         peers: vec![peer("alice", &alice, &["other"])],
-        scope: Some("test"),
+        scopes: &["test"],
         ..Setup::default()
     });
     let ch = pair.connect(&alice);
