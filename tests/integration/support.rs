@@ -310,3 +310,129 @@ pub fn free_udp_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// An OpenSSH client set up as a user of `alknet ssh-config`: its own Alknet data directory
+/// (its QUIC key), the config block printed by the server pasted into its config file, and
+/// `ssh` run with `-F` on that file.
+pub struct SshClient {
+    pub dir: tempfile::TempDir,
+    /// The client's Alknet key, `ed25519:…`.
+    pub fingerprint: String,
+    /// The pasted ssh config file.
+    pub config: PathBuf,
+}
+
+impl SshClient {
+    /// A client with a fresh Alknet key and no config yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (code, out, err) = run_cli(&["id"], &dir.path().join("alknet"), b"");
+        assert_eq!(code, 0, "alknet id: {err}");
+        let config = dir.path().join("ssh_config");
+        Self {
+            fingerprint: out.trim().to_owned(),
+            dir,
+            config,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("alknet")
+    }
+
+    /// Asks `server` for its `alknet ssh-config` block for `name` and pastes it, alone, into
+    /// this client's config file. Returns the block.
+    pub fn paste_config(&self, server: &Server, name: &str) -> String {
+        let data = self.data_dir();
+        let (code, block, err) = run_cli(
+            &[
+                "ssh-config",
+                &server.addr.to_string(),
+                "--name",
+                name,
+                "--alknet",
+                ALKNET,
+                "--client-data-dir",
+                data.to_str().expect("utf-8 path"),
+            ],
+            &server.data_dir(),
+            b"",
+        );
+        assert_eq!(code, 0, "alknet ssh-config: {err}");
+        std::fs::write(&self.config, &block).expect("write ssh config");
+        block
+    }
+
+    /// An `ssh` command for `host` with the pasted config: batch mode (no prompt), no agent,
+    /// no keys but `identity` (if any), known hosts only from the config, this client's home
+    /// untouched.
+    pub fn ssh(&self, identity: Option<&Path>) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F")
+            .arg(&self.config)
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.dir.path().join("known_hosts").display()
+            ))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .env_remove("SSH_AUTH_SOCK")
+            .env("RUST_LOG", "warn");
+        match identity {
+            Some(k) => cmd.arg("-i").arg(k),
+            None => cmd.args(["-o", "IdentityFile=none"]),
+        };
+        cmd
+    }
+
+    /// Runs `ssh [extra…] gw COMMAND` with no stdin; returns (status, stdout, stderr).
+    pub fn run(
+        &self,
+        identity: Option<&Path>,
+        extra: &[&str],
+        command: &str,
+    ) -> (i32, String, String) {
+        let out = self
+            .ssh(identity)
+            .args(extra)
+            .arg("gw")
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh (Debian package openssh-client; .ci/test installs it)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A new SSH key pair (ssh-keygen) in this client's directory; returns the private key's
+    /// path and the public key line.
+    pub fn keygen(&self, name: &str) -> (PathBuf, String) {
+        let path = self.dir.path().join(name);
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test@alknet", "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen (Debian package openssh-client)");
+        assert!(status.success());
+        let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
+        (path, public.trim().to_owned())
+    }
+}
+
+/// Process ids whose command line matches `pattern` exactly-ish (`pgrep -f`), for checking
+/// that a session's children are gone.
+pub fn pgrep(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep (Debian package procps)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}

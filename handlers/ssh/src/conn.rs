@@ -176,7 +176,7 @@ impl SshConn {
         let Some(line) = crate::keys::normalized_public(key) else {
             return false;
         };
-        self.registered_keys().iter().any(|k| *k == line)
+        self.registered_keys().contains(&line)
     }
 
     fn only_publickey() -> Auth {
