@@ -489,6 +489,29 @@ impl AuthContext {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ssh_keys_are_normalised_and_garbage_refused() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        assert_eq!(
+            normalize_ssh_key(&format!("{key} ada@laptop")).unwrap(),
+            key
+        );
+        assert_eq!(normalize_ssh_key(&format!("  {key}\n")).unwrap(), key);
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-ed25519 !!!!",
+            "no-such-type AAAA",
+            // An ed25519 blob labelled as RSA.
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            "ssh-ed25519 AAAA",
+        ] {
+            let e = normalize_ssh_key(bad).unwrap_err();
+            assert!(e.contains(".pub"), "{bad:?}: {e}");
+        }
+    }
+
     use super::*;
 
     fn peer(id: &str, key: u8) -> PeerEntry {

@@ -212,6 +212,26 @@ mod tests {
     }
 
     #[test]
+    fn any_of_several_scopes_admits() {
+        const SSH: ServiceRule<'static> = ServiceRule {
+            alpn: "alknet/ssh",
+            scopes: &["ssh", "ssh-exec", "git"],
+            anonymous: false,
+        };
+        for s in ["ssh", "ssh-exec", "git", "*"] {
+            assert!(
+                authorize(Some(&peer(true, &[s])), Some(fp(1)), SSH).is_ok(),
+                "{s}"
+            );
+        }
+        let e = authorize(Some(&peer(true, &["echo"])), Some(fp(1)), SSH).unwrap_err();
+        assert_eq!(
+            e.remedy(),
+            "peer alice lacks scope `ssh` or `ssh-exec` or `git` for alknet/ssh"
+        );
+    }
+
+    #[test]
     fn failures_map_to_code_reason_and_remedy() {
         let unknown = AuthFailure::UnknownKey { fingerprint: fp(9) };
         assert_eq!(unknown.close_code(), close_code::UNAUTHORIZED);
