@@ -281,7 +281,8 @@ pub fn start(
         alpns.clone(),
         boards.clone(),
         registry.peer_store(),
-    ));
+    )
+    .with_invites(registry.invite_store()));
     let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,
         &node,
