@@ -13,6 +13,7 @@ mod abuse_call;
 mod abuse_quic;
 mod cli;
 mod dispatch;
+mod onboard;
 mod identity;
 mod quic;
 mod restart;

@@ -134,8 +134,11 @@ impl Handler for JoinHandler {
             }
             Err(reason) => {
                 if counts_as_failed_auth(reason) {
+                    // A root event (no connection span before the target), so the line has
+                    // the shape deploy/fail2ban/alknet.conf anchors on.
                     tracing::warn!(
                         target: "alknet::auth",
+                        parent: None,
                         %remote,
                         alpn = "alknet/join",
                         fingerprint = %auth.tls_client_fingerprint.map(|f| f.to_string()).unwrap_or_else(|| "none".into()),
