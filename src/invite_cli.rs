@@ -189,7 +189,10 @@ pub(crate) fn invite(data_dir: &Path, args: InviteArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    eprintln!("on the device: alknet join <code> --as NAME   (revoke: alknet invite revoke {})", view.id);
+    eprintln!(
+        "on the device: alknet join <code> --as NAME   (revoke: alknet invite revoke {})",
+        view.id
+    );
     Ok(())
 }
 
@@ -331,7 +334,12 @@ pub(crate) fn join(data_dir: &Path, args: JoinArgs) -> Result<()> {
             fingerprint: invite.fingerprint,
             addresses: addresses.clone(),
         })
-        .with_context(|| format!("joined, but cannot store the server in {}", data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "joined, but cannot store the server in {}",
+                data_dir.display()
+            )
+        })?;
     // host:port keeps working too, pinned to the same key.
     for a in &addresses {
         if known.get(a) != Some(invite.fingerprint) {

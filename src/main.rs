@@ -293,7 +293,12 @@ fn serve(
     store.set_file_peers(alknet_core::identity::file_peers(&config)?)?;
     registry.set_peer_store(store.clone());
     registry.set_invite_store(store.clone());
-    let file_peer_ids: Vec<String> = config.peers.iter().filter(|p| p.enabled).map(|p| p.id.clone()).collect();
+    let file_peer_ids: Vec<String> = config
+        .peers
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| p.id.clone())
+        .collect();
     if registry.is_empty() {
         tracing::warn!(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
@@ -408,9 +413,17 @@ fn who_can_connect(data_dir: &Path, file: &[String], store: &[String]) -> String
         );
     }
     const SHOWN: usize = 10;
-    let mut names = all.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    let mut names = all
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     if all.len() > SHOWN {
-        names.push_str(&format!(", … ({} more; `alknet peer list`)", all.len() - SHOWN));
+        names.push_str(&format!(
+            ", … ({} more; `alknet peer list`)",
+            all.len() - SHOWN
+        ));
     }
     format!("peers {} can connect: {names}", all.len())
 }
@@ -496,7 +509,13 @@ mod tests {
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let registry = alknet_core::Registry::from_config(&config, services())
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(registry.is_empty(), "the example enables nothing");
+        let none = alknet_core::Registry::from_config(&Config::default(), services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            registry.alpns(),
+            none.alpns(),
+            "the example enables what serving with no config enables"
+        );
         let documented: Vec<&str> = config.services.keys().map(String::as_str).collect();
         for offer in services() {
             assert!(

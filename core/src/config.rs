@@ -741,8 +741,7 @@ mod section {
                 map,
                 enabled: &mut enabled,
             }))?;
-            Ok(ServiceSection { enabled, config,
-            })
+            Ok(ServiceSection { enabled, config })
         }
     }
 

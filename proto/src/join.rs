@@ -64,8 +64,9 @@ pub const MAX_REQUEST: usize = 2 + SECRET_LEN + MAX_NAME;
 /// Longest answer on the wire.
 pub const MAX_RESPONSE: usize = 3 + MAX_ID + 1 + MAX_SCOPES * (1 + MAX_ID);
 /// Longest invite code text.
-pub const MAX_CODE: usize =
-    INVITE_PREFIX.len() + (32 + SECRET_LEN + 1 + MAX_ADDRESSES * (2 + MAX_HOST + 2) + 4) * 8 / 5 + 1;
+pub const MAX_CODE: usize = INVITE_PREFIX.len()
+    + (32 + SECRET_LEN + 1 + MAX_ADDRESSES * (2 + MAX_HOST + 2) + 4) * 8 / 5
+    + 1;
 
 const VERSION: u8 = 1;
 const CHECKSUM_KEY: (u64, u64) = (0x616c_6b6e_6574_2d69, 0x6e76_6974_652d_7631);
@@ -114,7 +115,9 @@ impl fmt::Debug for Invite {
 #[non_exhaustive]
 pub enum InviteError {
     /// The text does not start with `alkinv`.
-    #[error("not an invite code: it starts with `alkinv1_`; paste the whole line `alknet invite` printed")]
+    #[error(
+        "not an invite code: it starts with `alkinv1_`; paste the whole line `alknet invite` printed"
+    )]
     NotAnInvite,
     /// A code of a later version.
     #[error("invite code version {0} is newer than this alknet understands; upgrade alknet")]
@@ -158,7 +161,9 @@ pub fn encode_invite(invite: &Invite) -> Result<String, InviteError> {
             }
             InviteAddress::Host(h, port) => {
                 if !valid_host(h) {
-                    return Err(InviteError::Malformed("a host name of 1..=253 letters, digits, `-` and `.`"));
+                    return Err(InviteError::Malformed(
+                        "a host name of 1..=253 letters, digits, `-` and `.`",
+                    ));
                 }
                 payload.push(0x64);
                 payload.push(h.len() as u8);
@@ -187,11 +192,13 @@ pub fn decode_invite(text: &str) -> Result<Invite, InviteError> {
     };
     let (version, body) = rest.split_once('_').ok_or(InviteError::NotAnInvite)?;
     if version != "1" {
-        return Err(if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) {
-            InviteError::NewerVersion(version.to_owned())
-        } else {
-            InviteError::NotAnInvite
-        });
+        return Err(
+            if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) {
+                InviteError::NewerVersion(version.to_owned())
+            } else {
+                InviteError::NotAnInvite
+            },
+        );
     }
     let mut payload = base32_decode(body, INVITE_PREFIX.len())?;
     let split = payload
@@ -203,8 +210,11 @@ pub fn decode_invite(text: &str) -> Result<Invite, InviteError> {
         return Err(InviteError::Checksum);
     }
     let mut r = Reader(&payload);
-    let fingerprint = Fingerprint::from_key(r.array::<32>().ok_or(InviteError::Malformed("no key"))?);
-    let secret = r.array::<SECRET_LEN>().ok_or(InviteError::Malformed("no secret"))?;
+    let fingerprint =
+        Fingerprint::from_key(r.array::<32>().ok_or(InviteError::Malformed("no key"))?);
+    let secret = r
+        .array::<SECRET_LEN>()
+        .ok_or(InviteError::Malformed("no secret"))?;
     let count = usize::from(r.u8().ok_or(InviteError::Malformed("no address count"))?);
     if count == 0 || count > MAX_ADDRESSES {
         return Err(InviteError::Malformed("1..=8 addresses"));
@@ -292,10 +302,7 @@ fn base32_decode(text: &str, offset: usize) -> Result<Vec<u8>, InviteError> {
         let v = ALPHABET
             .iter()
             .position(|&a| char::from(a) == c)
-            .ok_or(InviteError::BadCharacter {
-                ch,
-                at: offset + i,
-            })?;
+            .ok_or(InviteError::BadCharacter { ch, at: offset + i })?;
         acc = (acc << 5) | v as u32;
         bits += 5;
         if bits >= 8 {
@@ -609,10 +616,7 @@ impl JoinResponse {
 
 fn put_text(out: &mut Vec<u8>, s: &str, max: usize) -> Result<(), JoinError> {
     if s.len() > max.min(255) {
-        return Err(JoinError::TooLong {
-            max,
-            got: s.len(),
-        });
+        return Err(JoinError::TooLong { max, got: s.len() });
     }
     out.push(s.len() as u8);
     out.extend_from_slice(s.as_bytes());
@@ -648,7 +652,11 @@ mod tests {
             secret: [0xab; SECRET_LEN],
             addresses: vec![
                 InviteAddress::Ip("192.0.2.1:4433".parse().unwrap_or_else(|e| panic!("{e}"))),
-                InviteAddress::Ip("[2001:db8::1]:4433".parse().unwrap_or_else(|e| panic!("{e}"))),
+                InviteAddress::Ip(
+                    "[2001:db8::1]:4433"
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{e}")),
+                ),
                 InviteAddress::Host("gw.example".into(), 4433),
             ],
         }
@@ -662,7 +670,10 @@ mod tests {
         assert!(body.bytes().all(|b| ALPHABET.contains(&b)), "{code}");
         assert!(code.len() < 160, "{} chars", code.len());
         assert_eq!(decode_invite(&code), Ok(invite()));
-        assert_eq!(decode_invite(&format!("  {}\n", code.to_uppercase())), Ok(invite()));
+        assert_eq!(
+            decode_invite(&format!("  {}\n", code.to_uppercase())),
+            Ok(invite())
+        );
     }
 
     #[test]
@@ -682,7 +693,10 @@ mod tests {
             decode_invite(&format!("{code}u")),
             Err(InviteError::BadCharacter { ch: 'u', .. })
         ));
-        assert_eq!(decode_invite("alk_abc").err(), Some(InviteError::NotAnInvite));
+        assert_eq!(
+            decode_invite("alk_abc").err(),
+            Some(InviteError::NotAnInvite)
+        );
         assert_eq!(
             decode_invite("alkinv2_abc").err(),
             Some(InviteError::NewerVersion("2".into()))
@@ -720,7 +734,10 @@ mod tests {
             let b = resp.encode().unwrap_or_default();
             assert_eq!(JoinResponse::decode(&b), Ok(resp));
         }
-        assert_eq!(JoinResponse::decode(&[1, 1, 99, 0]), Err(JoinError::UnknownCode(99)));
+        assert_eq!(
+            JoinResponse::decode(&[1, 1, 99, 0]),
+            Err(JoinError::UnknownCode(99))
+        );
         assert_eq!(JoinResponse::decode(&[2]), Err(JoinError::Version(2)));
     }
 }

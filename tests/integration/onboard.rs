@@ -95,13 +95,17 @@ impl Gateway {
     /// Waits until the log has a failed authentication from loopback with `reason`.
     async fn wait_failed_auth(&self, reason: &str) {
         let want = format!("reason=\"{reason}\"");
-        wait_for(Duration::from_secs(10), &format!("failed auth `{reason}`"), || {
-            self.log().lines().any(|l| {
-                l.contains("alknet::auth: authentication failed remote=127.0.0.1:")
-                    && l.contains("alpn=\"alknet/join\"")
-                    && l.contains(&want)
-            })
-        })
+        wait_for(
+            Duration::from_secs(10),
+            &format!("failed auth `{reason}`"),
+            || {
+                self.log().lines().any(|l| {
+                    l.contains("alknet::auth: authentication failed remote=127.0.0.1:")
+                        && l.contains("alpn=\"alknet/join\"")
+                        && l.contains(&want)
+                })
+            },
+        )
         .await;
     }
 }
@@ -131,7 +135,13 @@ async fn a_new_user_serves_with_no_config_invites_and_joins_by_name() {
     // listen on.
     let gw_dir = tempfile::tempdir().expect("tempdir");
     let (code, out, err) = run_cli(
-        &["invite", "--address", &format!("127.0.0.1:{port}"), "--name", "laptop"],
+        &[
+            "invite",
+            "--address",
+            &format!("127.0.0.1:{port}"),
+            "--name",
+            "laptop",
+        ],
         &gw_dir.path().join("gw"),
         b"",
     );
@@ -168,11 +178,20 @@ async fn a_new_user_serves_with_no_config_invites_and_joins_by_name() {
     assert_eq!(c, 0, "{err}");
     let info: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(info["fingerprint"], gw.fingerprint.as_str());
-    let (c, out, err) = run_cli(&["connect", "gw", "--alpn", "alknet/echo"], &laptop, b"hello gateway");
+    let (c, out, err) = run_cli(
+        &["connect", "gw", "--alpn", "alknet/echo"],
+        &laptop,
+        b"hello gateway",
+    );
     assert_eq!((c, out.as_str()), (0, "hello gateway"), "{err}");
     // host:port works too, pinned by the join (no "new server" trust on first use).
     let (c, _, err) = run_cli(
-        &["connect", &format!("127.0.0.1:{port}"), "--alpn", "alknet/echo"],
+        &[
+            "connect",
+            &format!("127.0.0.1:{port}"),
+            "--alpn",
+            "alknet/echo",
+        ],
         &laptop,
         b"x",
     );
@@ -193,7 +212,11 @@ async fn a_new_user_serves_with_no_config_invites_and_joins_by_name() {
     // Made on the running server: `--uses 2` admits two devices, then no more.
     let (two, id, _) = gw.invite(&["--uses", "2", "--scope", "echo"]);
     for d in ["tablet", "desktop"] {
-        let (c, out, err) = run_cli(&["join", &two, "--as", "gw", "--peer-name", "dev"], &device(&root, d), b"");
+        let (c, out, err) = run_cli(
+            &["join", &two, "--as", "gw", "--peer-name", "dev"],
+            &device(&root, d),
+            b"",
+        );
         assert_eq!(c, 0, "{d}: {err}");
         assert!(out.contains("with scopes echo"), "{out}");
     }
@@ -263,7 +286,10 @@ async fn expired_revoked_forged_and_mistyped_codes_are_refused() {
     let typo: String = typo.into_iter().collect();
     let (c, _, err) = join(&device(&root, "d"), &typo);
     assert_ne!(c, 0);
-    assert!(err.contains("checksum") || err.contains("malformed"), "{err}");
+    assert!(
+        err.contains("checksum") || err.contains("malformed"),
+        "{err}"
+    );
     // The good code still works after all that (one source made few attempts).
     let (c, _, err) = join(&device(&root, "d"), &good);
     assert_eq!(c, 0, "{err}");

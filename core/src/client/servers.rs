@@ -233,7 +233,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let servers = Servers::in_dir(dir.path());
         let fp = |b| Fingerprint::from_key([b; 32]);
-        std::fs::write(servers.path(), b"\xff junk\ngw ed25519:zz 1.2.3.4:1\ngw").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(servers.path(), b"\xff junk\ngw ed25519:zz 1.2.3.4:1\ngw")
+            .unwrap_or_else(|e| panic!("{e}"));
         for (b, port) in [(1u8, 4433u16), (2, 4434)] {
             servers
                 .add(&ServerEntry {
@@ -248,7 +249,10 @@ mod tests {
         assert_eq!(r.addr.port(), 4434);
         let r = resolve_server(dir.path(), "127.0.0.1:9").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((r.pinned, r.addr.port()), (None, 9));
-        let e = resolve_server(dir.path(), "nas").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = resolve_server(dir.path(), "nas")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("alknet join CODE --as nas"), "{e}");
         assert!(
             servers

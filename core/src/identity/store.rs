@@ -1194,7 +1194,8 @@ mod tests {
         }
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.peer_count(), 1, "the old peer survives the upgrade");
-        s.apply(vec![Mutation::PutInvite(invite(3, 1, 100))]).unwrap();
+        s.apply(vec![Mutation::PutInvite(invite(3, 1, 100))])
+            .unwrap();
         drop(s);
         let db = Database::create(&path).unwrap();
         let v = db
@@ -1240,7 +1241,10 @@ mod tests {
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.peer_count(), 2);
         let left = s.list_invites();
-        assert_eq!(left.first().map(|x| (x.uses_left, x.admitted.len())), Some((0, 2)));
+        assert_eq!(
+            left.first().map(|x| (x.uses_left, x.admitted.len())),
+            Some((0, 2))
+        );
         s.apply(vec![Mutation::RemoveInvite(i.id.clone())]).unwrap();
         assert!(s.list_invites().is_empty());
     }

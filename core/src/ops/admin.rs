@@ -586,9 +586,9 @@ pub fn execute(
             store
                 .apply(vec![Mutation::RemoveInvite(id.clone())])
                 .map_err(|e| match e {
-                    IdentityError::NotFound => format!(
-                        "invite `{id}` not found; `alknet invite list` shows the invites"
-                    ),
+                    IdentityError::NotFound => {
+                        format!("invite `{id}` not found; `alknet invite list` shows the invites")
+                    }
                     other => other.to_string(),
                 })?;
             Ok(serde_json::json!({ "revoked": id }))

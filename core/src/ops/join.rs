@@ -359,7 +359,10 @@ mod tests {
             redeem(&store, &req("laptop"), fp(1), 99),
             Ok(("laptop".into(), vec!["echo".into()]))
         );
-        assert_eq!(redeem(&store, &req("laptop"), fp(1), 99), Err(Refusal::KeyKnown));
+        assert_eq!(
+            redeem(&store, &req("laptop"), fp(1), 99),
+            Err(Refusal::KeyKnown)
+        );
         assert_eq!(
             redeem(&store, &req("laptop"), fp(2), 99).map(|p| p.0),
             Ok("laptop-2".into())
@@ -371,7 +374,10 @@ mod tests {
         };
         assert_eq!(redeem(&store, &forged, fp(4), 0), Err(Refusal::Unknown));
         let (_d2, store2) = store_with(1, 100, secret);
-        assert_eq!(redeem(&store2, &req("a"), fp(1), 100), Err(Refusal::Expired));
+        assert_eq!(
+            redeem(&store2, &req("a"), fp(1), 100),
+            Err(Refusal::Expired)
+        );
         // A name nobody would type falls back to `device`.
         assert_eq!(
             redeem(&store2, &req("a/../b"), fp(1), 1).map(|p| p.0),

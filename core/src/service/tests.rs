@@ -209,7 +209,10 @@ fn service_keys_are_parsed_by_the_service() {
     let absent = config
         .service_section::<NoConfig>("other")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(absent.enabled, None, "an absent section leaves it to the service");
+    assert_eq!(
+        absent.enabled, None,
+        "an absent section leaves it to the service"
+    );
 }
 
 #[test]
@@ -379,8 +382,12 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
 #[test]
 fn authenticated_services_are_on_unless_turned_off_and_anonymous_modes_off_unless_on() {
     // No config at all, and a config file that does not mention the services: one rule.
-    let none = Registry::from_config(&Config::default(), offers()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(none.alpns(), vec![b"alknet/test".to_vec(), b"alknet/other".to_vec()]);
+    let none =
+        Registry::from_config(&Config::default(), offers()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        none.alpns(),
+        vec![b"alknet/test".to_vec(), b"alknet/other".to_vec()]
+    );
     let file = from("workers = 1\n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(file.alpns(), none.alpns());
     assert!(!file.any_anonymous());
@@ -424,8 +431,11 @@ impl Service for Door {
 
 #[test]
 fn a_key_requiring_anonymous_service_keeps_certificates_required() {
-    let r = Registry::from_config(&Config::default(), vec![Offer::new(Door), Offer::new(Other)])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = Registry::from_config(
+        &Config::default(),
+        vec![Offer::new(Door), Offer::new(Other)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.alpns().len(), 2);
     assert!(!r.any_anonymous(), "client certificates stay required");
 }
