@@ -304,7 +304,7 @@ pub(crate) fn token(data_dir: &Path, cmd: TokenCmd, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn parse_lifetime(s: &str) -> Result<u64> {
+pub(crate) fn parse_lifetime(s: &str) -> Result<u64> {
     if let Some(days) = s.strip_suffix('d') {
         let d: u64 = days
             .parse()

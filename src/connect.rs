@@ -10,7 +10,6 @@ use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,21 +32,17 @@ pub(crate) fn run(
     if alpn.is_empty() || alpn.len() > 255 {
         bail!("--alpn must be 1..=255 bytes, e.g. alknet/echo");
     }
-    let server: SocketAddr = addr
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {addr:?}; write it as host:port"))?
-        .next()
-        .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))?;
+    let server = alknet_core::client::resolve_server(data_dir, addr)?;
     let node = crate::node::load(data_dir, passphrase_file)?;
     let known = KnownServers::in_dir(data_dir);
     let target = TrustedConnect {
         config: Arc::new(Config::default()),
         node_key: &node.key,
         known: &known,
-        server_name: addr,
-        addr: server,
+        server_name: &server.server_name,
+        addr: server.addr,
         alpn: alpn.as_bytes(),
-        pinned,
+        pinned: pinned.or(server.pinned),
     };
 
     let mut result: Result<()> = Ok(());

@@ -3,6 +3,7 @@
 
 mod admin_cli;
 mod connect;
+mod invite_cli;
 mod logfmt;
 mod node;
 #[cfg(feature = "ssh")]
@@ -77,7 +78,7 @@ enum Command {
     /// trusted on first use and remembered in the known_servers file of the data directory;
     /// a changed key is refused with an error naming both keys.
     Connect {
-        /// Server address, `host:port`.
+        /// Server: `host:port`, or the name of a server stored by `alknet join --as NAME`.
         addr: String,
         /// Service ALPN, e.g. `alknet/echo`.
         #[arg(long)]
@@ -170,6 +171,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Invite a device: print a one-line code for `alknet join` (or `invite list|revoke`).
+    ///
+    /// The code carries the server's address(es), its fingerprint and a one-time secret,
+    /// which the store keeps only as a SHA-256 hash. It admits `--uses` devices (default 1)
+    /// until it expires (default 1h). Works with the server running (through its control
+    /// socket) and without.
+    Invite(invite_cli::InviteArgs),
+    /// Join a gateway with a code from `alknet invite`, and store it under a name.
+    ///
+    /// Connects pinning the fingerprint in the code (no trust on first use), proves the
+    /// code's secret on `alknet/join`, and the server records this device's key as a peer.
+    /// Then `alknet connect NAME`, `alknet call NAME …` work by name.
+    Join(invite_cli::JoinArgs),
 }
 
 fn init_logging(format: LogFormat, filter: Option<&str>) {
@@ -253,6 +267,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Peer { cmd, json } => admin_cli::peer(&data_dir, cmd, json),
         Command::Token { cmd, json } => admin_cli::token(&data_dir, cmd, json),
         Command::Sessions { json } => admin_cli::sessions(&data_dir, json),
+        Command::Invite(args) => invite_cli::invite(&data_dir, args),
+        Command::Join(args) => invite_cli::join(&data_dir, args),
         #[cfg(feature = "call")]
         Command::Call(args) => {
             let key = node::load(&data_dir, args.passphrase_file.as_deref())?;
@@ -285,12 +301,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The services compiled into this build, one entry per service behind its cargo feature,
-/// in the order their ALPNs are offered. `[services.NAME]` in the config turns each on.
+/// in the order their ALPNs are offered. Each authenticated service is on unless its
+/// `[services.NAME]` says `enabled = false`; anonymous modes only with `enabled = true`.
 /// `keys` are the node's loaded keys; without them (the configuration check before any key
 /// is opened) services that need a key get none and are never built.
 fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
     let _ = keys;
     vec![
+        Offer::new(alknet_core::ops::join::Join::new()),
         #[cfg(feature = "ssh")]
         Offer::new(alknet_ssh::Ssh::new(keys.and_then(|k| k.ssh_host.clone()))),
         #[cfg(feature = "echo")]
@@ -360,6 +378,13 @@ fn serve(
     )?);
     store.set_file_peers(alknet_core::identity::file_peers(&config)?)?;
     registry.set_peer_store(store.clone());
+    registry.set_invite_store(store.clone());
+    let file_peer_ids: Vec<String> = config
+        .peers
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| p.id.clone())
+        .collect();
     if registry.is_empty() {
         tracing::warn!(
             "no service is enabled, so every handshake will fail; enable one in a config file (e.g. `[services.echo]` with `enabled = true`) and pass it with --config"
@@ -387,6 +412,7 @@ fn serve(
         workers: handle.workers(),
         alpns: alpns.clone(),
     };
+    let peer_ids = store_peer_ids(&store);
     let sock = match control::serve(data_dir, handle.control(), info, Some(store)) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -409,6 +435,7 @@ fn serve(
             alpns.join(",")
         }
     );
+    println!("{}", who_can_connect(data_dir, &file_peer_ids, &peer_ids));
 
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -446,6 +473,45 @@ fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The enabled peers of the store, in id order.
+fn store_peer_ids(store: &alknet_core::identity::store::RedbStore) -> Vec<String> {
+    use alknet_core::IdentityStore;
+    let mut ids: Vec<String> = store
+        .list_peers()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| p.peer_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The start-up line saying who can get in.
+fn who_can_connect(data_dir: &Path, file: &[String], store: &[String]) -> String {
+    let all: Vec<&str> = file.iter().chain(store).map(String::as_str).collect();
+    if all.is_empty() {
+        return format!(
+            "no peers yet: nobody can connect; run `alknet invite --data-dir {}` here and `alknet join CODE --as NAME` on the device",
+            data_dir.display()
+        );
+    }
+    const SHOWN: usize = 10;
+    let mut names = all
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if all.len() > SHOWN {
+        names.push_str(&format!(
+            ", … ({} more; `alknet peer list`)",
+            all.len() - SHOWN
+        ));
+    }
+    format!("peers {} can connect: {names}", all.len())
 }
 
 /// Exit status when a shard thread ended without a shutdown (`EX_SOFTWARE`).
@@ -529,7 +595,13 @@ mod tests {
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let registry = alknet_core::Registry::from_config(&config, services(None))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(registry.is_empty(), "the example enables nothing");
+        let none = alknet_core::Registry::from_config(&Config::default(), services(None))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            registry.alpns(),
+            none.alpns(),
+            "the example enables what serving with no config enables"
+        );
         let documented: Vec<&str> = config.services.keys().map(String::as_str).collect();
         for offer in services(None) {
             assert!(

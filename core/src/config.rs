@@ -241,8 +241,11 @@ impl std::fmt::Debug for ConfigSource {
 /// One `[services.NAME]` section as its service parsed it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceSection<T> {
-    /// `enabled`, the key every service has: whether its ALPN is offered (default: off).
-    pub enabled: bool,
+    /// `enabled`, the key every service has: whether its ALPN is offered. `None` when the
+    /// section does not say (or is absent): then the service's declaration decides
+    /// ([`crate::Service::enabled_by_default`]: on for authenticated services, off for
+    /// anonymous modes), with or without a config file.
+    pub enabled: Option<bool>,
     /// The service's own keys.
     pub config: T,
 }
@@ -562,7 +565,7 @@ impl Config {
     }
 
     /// Parses `[services.NAME]`: `enabled`, and the service's own keys into `T`. An absent
-    /// section is `T::default()`, disabled. Errors name the file, the line and the key (an
+    /// section is `T::default()` with `enabled` unset. Errors name the file, the line and the key (an
     /// unknown key is an error when `T` denies unknown fields).
     pub fn service_section<T>(&self, name: &str) -> Result<ServiceSection<T>, ConfigError>
     where
@@ -570,7 +573,7 @@ impl Config {
     {
         let Some(table) = self.services.get(name) else {
             return Ok(ServiceSection {
-                enabled: false,
+                enabled: None,
                 config: T::default(),
             });
         };
@@ -742,10 +745,7 @@ mod section {
                 map,
                 enabled: &mut enabled,
             }))?;
-            Ok(ServiceSection {
-                enabled: enabled.unwrap_or(false),
-                config,
-            })
+            Ok(ServiceSection { enabled, config })
         }
     }
 

@@ -44,10 +44,12 @@ pub fn fuzz_node_key(data: &[u8]) {
     crate::identity::tls::fuzz_node_key(data);
 }
 
-/// Arbitrary bytes as the client's `known_servers` file: lookups never panic, and a key
-/// remembered after the bytes is the one found.
+/// Arbitrary bytes as the client's `known_servers` file and as its `servers` file (the
+/// servers stored by name): lookups never panic, and an entry written after the bytes is the
+/// one found.
 pub fn fuzz_known_servers(data: &[u8]) {
     crate::client::fuzz_known_servers(data);
+    crate::client::fuzz_servers(data);
 }
 
 /// A server and a client quinn-proto endpoint configured exactly as Alknet configures them,

@@ -14,5 +14,6 @@ fn example_config_matches_defaults() {
     assert_eq!(c.drain_period, d.drain_period);
     assert_eq!(c.memory_budget, d.memory_budget);
     assert_eq!(c.driver, d.driver);
-    assert!(!c.service_enabled("echo"));
+    // Authenticated services are on by default, and the example says so.
+    assert!(c.service_enabled("echo"));
 }

@@ -50,6 +50,12 @@ pub fn fuzz_fingerprint(data: &[u8]) {
     }
 }
 
+/// Decodes arbitrary bytes as a join request, a join answer and an invite code, and checks
+/// that whatever decodes round-trips.
+pub fn fuzz_join(data: &[u8]) {
+    crate::join::fuzz_join(data);
+}
+
 /// Feeds every file of a committed corpus directory to `target`; returns how many files
 /// there were. Fails when the directory is missing or empty, so a corpus cannot silently
 /// vanish from the test suite. (Test support: the only file access in this crate.)

@@ -10,6 +10,7 @@ pub mod call;
 pub mod cid;
 pub mod der;
 pub mod fingerprint;
+pub mod join;
 
 #[doc(hidden)]
 pub mod fuzzing;

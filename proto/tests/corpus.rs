@@ -49,3 +49,10 @@ fn route_seeds_hold_valid_cids() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(codec.decode(&seed[1..13]).map(|f| f.shard), Some(1));
 }
+
+#[test]
+fn join_corpus() {
+    let n = replay_corpus(&corpus("join"), alknet_proto::fuzzing::fuzz_join)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 5, "only {n} seeds");
+}

@@ -203,7 +203,7 @@ fn bad_fingerprint_is_one_clear_line() {
 }
 
 #[test]
-fn serve_without_arguments_creates_its_data_dir_and_says_what_it_serves() {
+fn serve_without_arguments_creates_its_data_dir_and_says_what_it_serves_and_who_can_connect() {
     // No config: the default address may be taken on a shared machine, so only the data
     // directory and the first lines are checked, with --listen on a free port.
     let dir = tempfile::tempdir().unwrap();
@@ -217,7 +217,7 @@ fn serve_without_arguments_creates_its_data_dir_and_says_what_it_serves() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let lines: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .take(3)
+        .take(4)
         .map(|l| l.unwrap())
         .collect();
     // Secrets stay out of core dumps: the server turned them off for itself.
@@ -237,7 +237,20 @@ fn serve_without_arguments_creates_its_data_dir_and_says_what_it_serves() {
         "{lines:?}"
     );
     assert!(lines[1].starts_with("fingerprint ed25519:"), "{lines:?}");
-    assert_eq!(lines[2], "alpns (none)");
+    // With no config every authenticated service of the build is on, and the join service
+    // (which admits nothing without an invite); nobody can get in until a peer exists.
+    let alpns: Vec<&str> = lines[2]
+        .strip_prefix("alpns ")
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for alpn in ["alknet/join", "alknet/echo", "alknet/call"] {
+        assert!(alpns.contains(&alpn), "{lines:?}");
+    }
+    assert!(
+        lines[3].starts_with("no peers yet: nobody can connect; run `alknet invite"),
+        "{lines:?}"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(data.join("node.key"))
         .unwrap()

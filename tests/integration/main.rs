@@ -14,6 +14,7 @@ mod abuse_quic;
 mod cli;
 mod dispatch;
 mod identity;
+mod onboard;
 mod quic;
 mod restart;
 mod revocation;

@@ -1,7 +1,8 @@
 //! The client side: one shard in the client role, on the caller's monoio runtime.
 //!
-//! Used by `alknet connect` and by node-to-node clients. The server's key is pinned or
-//! checked against the known-servers file (trust on first use), as ssh does.
+//! Used by `alknet connect`, `alknet call`, `alknet join` and by node-to-node clients. The
+//! server's key is pinned (by `--fingerprint`, or by the entry of a server stored under a
+//! name) or checked against the known-servers file (trust on first use), as ssh does.
 
 use crate::config::Config;
 use crate::conn::Connection;
@@ -17,8 +18,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
 
+mod join;
+mod servers;
 mod trust;
 
+pub use join::{JoinFailure, Joined, join};
+pub(crate) use servers::fuzz_servers;
+pub use servers::{
+    ResolveError, ResolvedServer, SERVERS_FILE, ServerEntry, Servers, resolve_server, valid_name,
+};
 pub(crate) use trust::fuzz_known_servers;
 pub use trust::{KnownServers, TrustedConnect, connect_trusted};
 

@@ -26,12 +26,14 @@ use std::sync::{Arc, Mutex, RwLock};
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "identity.redb";
 /// Current schema version.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
 const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
+/// Invites (schema 2): id -> [`InviteRecord`].
+const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 
 const RECORD_TAG: &[u8; 3] = b"AK1";
 /// Largest record accepted from the file.
@@ -52,7 +54,144 @@ pub enum Mutation {
     PutCredential(String, EncryptedBlob),
     /// Delete an encrypted blob.
     DeleteCredential(String),
+    /// Add or replace an invite.
+    PutInvite(InviteEntry),
+    /// Remove an invite by id.
+    RemoveInvite(String),
+    /// Spend one use of an invite and add the peer it admits, in one commit. Refused
+    /// (nothing changes) when the invite is gone, used up or expired at `now_unix`, or when
+    /// the peer id or one of its keys is taken: two joins racing on the last use of an
+    /// invite cannot both win.
+    RedeemInvite {
+        /// The invite.
+        id: String,
+        /// The time of the redemption, Unix seconds.
+        now_unix: u64,
+        /// The new peer.
+        peer: PeerEntry,
+    },
 }
+
+// ---- invites -------------------------------------------------------------------------
+
+/// An invite as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteEntry {
+    /// Short id naming the invite in `alknet invite list|revoke`: the first 5 bytes of the
+    /// secret's hash, in hex.
+    pub id: String,
+    /// SHA-256 of the secret.
+    pub hash: [u8; 32],
+    /// Scopes the admitted peers get.
+    pub scopes: Vec<String>,
+    /// Peer id proposed for the admitted peer (else the client's proposal).
+    pub name: Option<String>,
+    /// Uses left.
+    pub uses_left: u32,
+    /// Uses the invite was created with.
+    pub uses: u32,
+    /// Created, Unix seconds.
+    pub created_at: u64,
+    /// Expiry, Unix seconds: refused from this second on.
+    pub expires_at: u64,
+    /// Peers admitted so far.
+    pub admitted: Vec<String>,
+}
+
+/// The id of the invite whose secret hashes to `hash`.
+pub fn invite_id(hash: &[u8; 32]) -> String {
+    hex::encode(hash.get(..5).unwrap_or_default())
+}
+
+#[derive(Serialize, Deserialize)]
+struct InviteRecord {
+    id: String,
+    hash: String,
+    scopes: Vec<String>,
+    name: Option<String>,
+    uses_left: u32,
+    uses: u32,
+    created_at: u64,
+    expires_at: u64,
+    #[serde(default)]
+    admitted: Vec<String>,
+}
+
+impl InviteRecord {
+    fn from_entry(i: &InviteEntry) -> Self {
+        Self {
+            id: i.id.clone(),
+            hash: hex::encode(i.hash),
+            scopes: i.scopes.clone(),
+            name: i.name.clone(),
+            uses_left: i.uses_left,
+            uses: i.uses,
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            admitted: i.admitted.clone(),
+        }
+    }
+
+    fn into_entry(self) -> Result<InviteEntry, IdentityError> {
+        let hash = hex32(&self.hash)?;
+        if invite_id(&hash) != self.id {
+            return Err(ser("invite id does not match its hash"));
+        }
+        Ok(InviteEntry {
+            id: self.id,
+            hash,
+            scopes: self.scopes,
+            name: self.name,
+            uses_left: self.uses_left,
+            uses: self.uses,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            admitted: self.admitted,
+        })
+    }
+}
+
+impl Model {
+    /// Checks and applies one redemption (see [`Mutation::RedeemInvite`]).
+    fn redeem(&mut self, id: &str, now_unix: u64, peer: &PeerEntry) -> Result<(), IdentityError> {
+        let invite = self.invites.get_mut(id).ok_or(IdentityError::NotFound)?;
+        if invite.uses_left == 0 || invite.expires_at <= now_unix {
+            return Err(IdentityError::NotFound);
+        }
+        if self.peers.contains_key(&peer.peer_id)
+            || self
+                .peers
+                .values()
+                .any(|p| p.fingerprints.iter().any(|f| peer.fingerprints.contains(f)))
+        {
+            return Err(IdentityError::Backend(format!(
+                "peer `{}` or its key already exists",
+                peer.peer_id
+            )));
+        }
+        invite.uses_left -= 1;
+        invite.admitted.push(peer.peer_id.clone());
+        self.peers
+            .insert(peer.peer_id.clone(), Arc::new(peer.clone()));
+        Ok(())
+    }
+}
+
+impl RedbStore {
+    /// The invites, in id order.
+    pub fn list_invites(&self) -> Vec<InviteEntry> {
+        self.snap().model.invites.values().cloned().collect()
+    }
+
+    /// The invite whose secret hashes to `hash`, compared in constant time.
+    pub fn invite_by_hash(&self, hash: &[u8; 32]) -> Option<InviteEntry> {
+        let snap = self.snap();
+        let invite = snap.model.invites.get(&invite_id(hash))?;
+        hashes_equal(&invite.hash, hash).then(|| invite.clone())
+    }
+}
+
+// ---- end of invites ------------------------------------------------------------------
 
 #[derive(Serialize, Deserialize)]
 struct PeerRecord {
@@ -214,6 +353,7 @@ struct Model {
     peers: BTreeMap<String, Arc<PeerEntry>>,
     api_keys: BTreeMap<String, ApiKeyEntry>,
     credentials: BTreeMap<String, EncryptedBlob>,
+    invites: BTreeMap<String, InviteEntry>,
 }
 
 #[derive(Default)]
@@ -258,6 +398,13 @@ impl Model {
                     .remove(name)
                     .ok_or(IdentityError::NotFound)?;
             }
+            Mutation::PutInvite(i) => {
+                self.invites.insert(i.id.clone(), i.clone());
+            }
+            Mutation::RemoveInvite(id) => {
+                self.invites.remove(id).ok_or(IdentityError::NotFound)?;
+            }
+            Mutation::RedeemInvite { id, now_unix, peer } => self.redeem(id, *now_unix, peer)?,
         }
         Ok(())
     }
@@ -415,6 +562,19 @@ impl RedbStore {
                         return Err(ser(format!("credential record `{k}` holds `{name}`")));
                     }
                     model.credentials.insert(k, b);
+                    Ok(())
+                },
+            )?;
+            load_table(
+                &txn,
+                INVITES,
+                "invite",
+                InviteRecord::into_entry,
+                |k, i: InviteEntry| {
+                    if k != i.id {
+                        return Err(ser(format!("invite record `{k}` holds invite `{}`", i.id)));
+                    }
+                    model.invites.insert(k, i);
                     Ok(())
                 },
             )?;
@@ -592,6 +752,7 @@ fn open_db(path: &Path) -> Result<Database, IdentityError> {
                 txn.open_table(PEERS).map_err(backend)?;
                 txn.open_table(API_KEYS).map_err(backend)?;
                 txn.open_table(CREDENTIALS).map_err(backend)?;
+                txn.open_table(INVITES).map_err(backend)?;
             }
             txn.commit().map_err(backend)?;
         }
@@ -605,14 +766,32 @@ fn open_db(path: &Path) -> Result<Database, IdentityError> {
     Ok(db)
 }
 
-/// Upgrades an older schema in place. Version 1 is the first; later versions add arms here.
-fn migrate(_db: &Database, from: u64) -> Result<(), IdentityError> {
-    match from {
-        SCHEMA_VERSION => Ok(()),
-        other => Err(IdentityError::Backend(format!(
-            "no migration from schema version {other}"
-        ))),
+/// Upgrades an older schema in place, one version per step, each step in its own commit.
+/// Version 1 is the first; later versions add arms here.
+fn migrate(db: &Database, from: u64) -> Result<(), IdentityError> {
+    let mut version = from;
+    while version < SCHEMA_VERSION {
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            match version {
+                // 1 -> 2: the invites table.
+                1 => drop(txn.open_table(INVITES).map_err(backend)?),
+                other => {
+                    return Err(IdentityError::Backend(format!(
+                        "no migration from schema version {other}"
+                    )));
+                }
+            }
+            version += 1;
+            txn.open_table(META)
+                .map_err(backend)?
+                .insert("schema_version", version)
+                .map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        tracing::info!(version, "store schema upgraded");
     }
+    Ok(())
 }
 
 fn writer(
@@ -635,7 +814,7 @@ fn writer(
             let _ = reply.send(Err(e));
             continue;
         }
-        let result = guarded("a store commit", || commit(&db, &mutations));
+        let result = guarded("a store commit", || commit(&db, &mutations, &next));
         match result {
             Ok(()) => {
                 model = next;
@@ -655,9 +834,10 @@ fn writer(
     }
 }
 
-fn commit(db: &Database, mutations: &[Mutation]) -> Result<(), IdentityError> {
+fn commit(db: &Database, mutations: &[Mutation], next: &Model) -> Result<(), IdentityError> {
     let txn = db.begin_write().map_err(backend)?;
     {
+        let mut invites = txn.open_table(INVITES).map_err(backend)?;
         let mut peers = txn.open_table(PEERS).map_err(backend)?;
         let mut keys = txn.open_table(API_KEYS).map_err(backend)?;
         let mut creds = txn.open_table(CREDENTIALS).map_err(backend)?;
@@ -700,6 +880,30 @@ fn commit(db: &Database, mutations: &[Mutation]) -> Result<(), IdentityError> {
                 }
                 Mutation::DeleteCredential(name) => {
                     creds.remove(name.as_str()).map_err(backend)?;
+                }
+                Mutation::PutInvite(i) => {
+                    let rec = encode_record(&InviteRecord::from_entry(i))?;
+                    invites
+                        .insert(i.id.as_str(), rec.as_slice())
+                        .map_err(backend)?;
+                }
+                Mutation::RemoveInvite(id) => {
+                    invites.remove(id.as_str()).map_err(backend)?;
+                }
+                Mutation::RedeemInvite { id, peer, .. } => {
+                    // The model already checked and applied it: write what it now holds.
+                    let invite = next
+                        .invites
+                        .get(id)
+                        .ok_or_else(|| backend("a redeemed invite vanished"))?;
+                    let rec = encode_record(&InviteRecord::from_entry(invite))?;
+                    invites
+                        .insert(id.as_str(), rec.as_slice())
+                        .map_err(backend)?;
+                    let rec = encode_record(&PeerRecord::from_entry(peer))?;
+                    peers
+                        .insert(peer.peer_id.as_str(), rec.as_slice())
+                        .map_err(backend)?;
                 }
             }
         }
@@ -796,6 +1000,14 @@ pub(crate) fn fuzz_records(data: &[u8]) {
             .and_then(|b| decode_record::<ApiKeyRecord>(&b))
             .and_then(ApiKeyRecord::into_entry);
         assert_eq!(again.as_ref(), Ok(&k));
+    }
+    if let Ok(rec) = decode_record::<InviteRecord>(data)
+        && let Ok(i) = rec.into_entry()
+    {
+        let again = encode_record(&InviteRecord::from_entry(&i))
+            .and_then(|b| decode_record::<InviteRecord>(&b))
+            .and_then(InviteRecord::into_entry);
+        assert_eq!(again.as_ref(), Ok(&i));
     }
     if let Ok(rec) = decode_record::<BlobRecord>(data)
         && let Ok((name, b)) = rec.into_blob()
@@ -940,5 +1152,106 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("newer than this Alknet"), "{err}");
+    }
+
+    fn invite(hash_byte: u8, uses: u32, expires_at: u64) -> InviteEntry {
+        let hash = [hash_byte; 32];
+        InviteEntry {
+            id: invite_id(&hash),
+            hash,
+            scopes: vec!["*".into()],
+            name: None,
+            uses_left: uses,
+            uses,
+            created_at: 0,
+            expires_at,
+            admitted: vec![],
+        }
+    }
+
+    fn redeem(id: &str, now: u64, p: PeerEntry) -> Mutation {
+        Mutation::RedeemInvite {
+            id: id.into(),
+            now_unix: now,
+            peer: p,
+        }
+    }
+
+    #[test]
+    fn a_schema_1_store_opens_and_gains_the_invites_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            // A store exactly as schema 1 wrote it: no invites table.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            let rec = encode_record(&PeerRecord::from_entry(&peer("old", 1))).unwrap();
+            txn.open_table(PEERS)
+                .unwrap()
+                .insert("old", rec.as_slice())
+                .unwrap();
+            txn.open_table(API_KEYS).unwrap();
+            txn.open_table(CREDENTIALS).unwrap();
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.peer_count(), 1, "the old peer survives the upgrade");
+        s.apply(vec![Mutation::PutInvite(invite(3, 1, 100))])
+            .unwrap();
+        drop(s);
+        let db = Database::create(&path).unwrap();
+        let v = db
+            .begin_read()
+            .unwrap()
+            .open_table(META)
+            .unwrap()
+            .get("schema_version")
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(v, Some(SCHEMA_VERSION));
+        drop(db);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.list_invites().len(), 1);
+    }
+
+    #[test]
+    fn invites_admit_their_uses_before_expiry_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let s = RedbStore::open(&path).unwrap();
+        let i = invite(9, 2, 100);
+        s.apply(vec![Mutation::PutInvite(i.clone())]).unwrap();
+        assert_eq!(s.invite_by_hash(&[9; 32]).map(|x| x.id), Some(i.id.clone()));
+        assert!(s.invite_by_hash(&[8; 32]).is_none());
+        assert_eq!(
+            s.apply(vec![redeem(&i.id, 100, peer("late", 1))]),
+            Err(IdentityError::NotFound),
+            "expired at its expiry second"
+        );
+        s.apply(vec![redeem(&i.id, 99, peer("a", 1))]).unwrap();
+        assert!(
+            s.apply(vec![redeem(&i.id, 99, peer("a2", 1))]).is_err(),
+            "a key joins once"
+        );
+        s.apply(vec![redeem(&i.id, 99, peer("b", 2))]).unwrap();
+        assert_eq!(
+            s.apply(vec![redeem(&i.id, 99, peer("c", 3))]),
+            Err(IdentityError::NotFound),
+            "used up"
+        );
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.peer_count(), 2);
+        let left = s.list_invites();
+        assert_eq!(
+            left.first().map(|x| (x.uses_left, x.admitted.len())),
+            Some((0, 2))
+        );
+        s.apply(vec![Mutation::RemoveInvite(i.id.clone())]).unwrap();
+        assert!(s.list_invites().is_empty());
     }
 }

@@ -276,12 +276,15 @@ pub fn start(
     let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
     // One tokio side runtime for the node, started only when a service first uses it.
     let tokio = Arc::new(crate::service::tokio_rt::SideRuntime::new(&config.tokio));
-    let node_facts = Arc::new(crate::service::NodeFacts::new(
-        node.fingerprint(),
-        alpns.clone(),
-        boards.clone(),
-        registry.peer_store(),
-    ));
+    let node_facts = Arc::new(
+        crate::service::NodeFacts::new(
+            node.fingerprint(),
+            alpns.clone(),
+            boards.clone(),
+            registry.peer_store(),
+        )
+        .with_invites(registry.invite_store()),
+    );
     let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,
         &node,

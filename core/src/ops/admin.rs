@@ -11,7 +11,7 @@
 //! peer someone disabled. So `peer disable`/`update`/`revoke` of such a peer say where it is
 //! written and what to edit.
 
-use crate::identity::store::{FilePeer, Mutation, RedbStore};
+use crate::identity::store::{FilePeer, InviteEntry, Mutation, RedbStore, invite_id};
 use crate::identity::{
     ApiKeyEntry, IdentityError, IdentityProvider, IdentityStore, PeerEntry, new_token, token_hash,
 };
@@ -110,6 +110,84 @@ pub enum AdminOp {
     },
     /// List tokens (prefixes only).
     TokenList,
+    /// Create an invite. The caller made the secret and sends only its SHA-256, so the
+    /// secret never reaches the server's memory or the control socket.
+    InviteCreate {
+        /// SHA-256 of the secret, hex.
+        hash: String,
+        /// Scopes the admitted peers get.
+        scopes: Vec<String>,
+        /// Peer id for the admitted device (else the one it proposes).
+        #[serde(default)]
+        name: Option<String>,
+        /// Devices the invite admits (1..=1000).
+        uses: u32,
+        /// Expiry, Unix seconds.
+        expires_at: u64,
+    },
+    /// List invites (never their secrets).
+    InviteList,
+    /// Revoke an invite by id.
+    InviteRevoke {
+        /// The invite id.
+        id: String,
+    },
+}
+
+/// Most devices one invite admits.
+pub const MAX_INVITE_USES: u32 = 1000;
+/// Invites whose expiry is this far past are dropped when the next one is made.
+const INVITE_KEPT_AFTER_EXPIRY: u64 = 7 * 86_400;
+
+/// An invite as shown to operators.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InviteView {
+    /// Id naming it in `alknet invite revoke`.
+    pub id: String,
+    /// Scopes the admitted peers get.
+    pub scopes: Vec<String>,
+    /// Peer id given to the admitted device.
+    pub name: Option<String>,
+    /// Devices it admits in all.
+    pub uses: u32,
+    /// Devices it still admits.
+    pub uses_left: u32,
+    /// Created, Unix seconds.
+    pub created_at: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Peers it admitted.
+    pub admitted: Vec<String>,
+}
+
+impl From<&InviteEntry> for InviteView {
+    fn from(i: &InviteEntry) -> Self {
+        Self {
+            id: i.id.clone(),
+            scopes: i.scopes.clone(),
+            name: i.name.clone(),
+            uses: i.uses,
+            uses_left: i.uses_left,
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            admitted: i.admitted.clone(),
+        }
+    }
+}
+
+/// A new invite secret (128 random bits), wiped from memory when dropped.
+pub fn new_invite_secret() -> zeroize::Zeroizing<[u8; alknet_proto::join::SECRET_LEN]> {
+    let mut s = zeroize::Zeroizing::new([0u8; alknet_proto::join::SECRET_LEN]);
+    rand::fill(&mut s[..]);
+    s
+}
+
+/// The SHA-256 of an invite secret, as the store keeps it.
+pub fn invite_secret_hash(secret: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl AdminOp {
@@ -482,6 +560,70 @@ pub fn execute(
                 })
                 .collect();
             Ok(json(&list))
+        }
+        AdminOp::InviteCreate {
+            hash,
+            scopes,
+            name,
+            uses,
+            expires_at,
+        } => {
+            let hash: [u8; 32] = hex::decode(hash)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or("the invite hash must be 64 hex digits")?;
+            check_list("scope", scopes)?;
+            if scopes.is_empty() {
+                return Err("an invite needs at least one --scope".into());
+            }
+            if let Some(n) = name
+                && !crate::ops::join::valid_id(n)
+            {
+                return Err(format!(
+                    "--name `{n}` must be 1..=64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            if *uses == 0 || *uses > MAX_INVITE_USES {
+                return Err(format!("--uses must be 1..={MAX_INVITE_USES}"));
+            }
+            if *expires_at <= now_unix {
+                return Err("the invite's expiry is in the past".into());
+            }
+            let entry = InviteEntry {
+                id: invite_id(&hash),
+                hash,
+                scopes: scopes.clone(),
+                name: name.clone(),
+                uses_left: *uses,
+                uses: *uses,
+                created_at: now_unix,
+                expires_at: *expires_at,
+                admitted: Vec::new(),
+            };
+            let mut batch: Vec<Mutation> = store
+                .list_invites()
+                .into_iter()
+                .filter(|i| i.expires_at.saturating_add(INVITE_KEPT_AFTER_EXPIRY) < now_unix)
+                .map(|i| Mutation::RemoveInvite(i.id))
+                .collect();
+            batch.push(Mutation::PutInvite(entry.clone()));
+            store.apply(batch).map_err(|e| e.to_string())?;
+            Ok(json(&InviteView::from(&entry)))
+        }
+        AdminOp::InviteList => {
+            let list: Vec<InviteView> = store.list_invites().iter().map(InviteView::from).collect();
+            Ok(json(&list))
+        }
+        AdminOp::InviteRevoke { id } => {
+            store
+                .apply(vec![Mutation::RemoveInvite(id.clone())])
+                .map_err(|e| match e {
+                    IdentityError::NotFound => {
+                        format!("invite `{id}` not found; `alknet invite list` shows the invites")
+                    }
+                    other => other.to_string(),
+                })?;
+            Ok(serde_json::json!({ "revoked": id }))
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Operating a running node: the control socket ([`control`]) and the peer administration it
-//! carries ([`admin`]), the counters ([`stats`]) and the memory gauge ([`memory`]).
+//! carries ([`admin`]), the counters ([`stats`]), the memory gauge ([`memory`]), and the join
+//! service that turns an invite into a peer ([`join`]).
 
 pub mod admin;
 pub mod control;
+pub mod join;
 pub mod memory;
 pub mod stats;

@@ -4,6 +4,7 @@
 use super::drain::Drain;
 use super::registry::ShardSetup;
 use super::spawn::Spawner;
+use crate::identity::store::RedbStore;
 use crate::identity::{IdentityError, IdentityProvider, IdentityStore};
 use crate::ops::admin::PeerView;
 use crate::service::tokio_rt::SideRuntime;
@@ -98,6 +99,7 @@ pub struct NodeFacts {
     started: Instant,
     boards: Vec<SessionBoard>,
     peer_store: Option<Arc<dyn IdentityStore>>,
+    invites: Option<Arc<RedbStore>>,
 }
 
 impl NodeFacts {
@@ -114,7 +116,20 @@ impl NodeFacts {
             started: Instant::now(),
             boards,
             peer_store,
+            invites: None,
         }
+    }
+
+    /// The same facts with the store that holds the invites (for the join service).
+    pub(crate) fn with_invites(mut self, store: Option<Arc<RedbStore>>) -> Self {
+        self.invites = store;
+        self
+    }
+
+    /// The store holding invites, where the join service redeems them; `None` on a node
+    /// started without one (the join service then refuses every request).
+    pub fn invites(&self) -> Option<Arc<RedbStore>> {
+        self.invites.clone()
     }
 
     /// The node's key, as clients pin it.

@@ -127,6 +127,22 @@ pub trait Service: Send + Sync + 'static {
 
     /// Builds the handler of one shard (called once on each shard's thread at start).
     fn build(&self, ctx: &ServiceContext<'_, Self::Config>) -> Self::Handler;
+
+    /// Whether the service runs when its section does not set `enabled` (or there is no
+    /// section, or no config file). The default: authenticated services are on, since
+    /// nobody reaches them without a peer entry and its scope; anonymous modes are off.
+    /// A service that is anonymous by necessity but admits nothing on its own (the join
+    /// service) may say yes.
+    fn enabled_by_default(&self, config: &Self::Config) -> bool {
+        !self.info(config).anonymous
+    }
+
+    /// For an anonymous service: whether its clients must still present a key (unknown
+    /// keys are served, missing ones refused). Such a service leaves client certificates
+    /// required in TLS, so turning it on changes nothing for the other services.
+    fn requires_client_key(&self, _config: &Self::Config) -> bool {
+        false
+    }
 }
 
 /// One service's instance on one shard; may be `!Send`.

@@ -84,7 +84,15 @@ impl<S: Service> Configure for Option<S> {
     fn configure(&mut self, config: &Config, registry: &mut Registry) -> Result<(), SetupError> {
         // Parsed even when disabled: a typo in a section turned off is still a typo.
         let section = config.service_section::<S::Config>(S::NAME)?;
-        if let (true, Some(service)) = (section.enabled, self.take()) {
+        let Some(service) = self.take() else {
+            return Ok(());
+        };
+        // One rule, with or without a config file: what the section says, else what the
+        // service declares (authenticated services on, anonymous modes off).
+        let on = section
+            .enabled
+            .unwrap_or_else(|| service.enabled_by_default(&section.config));
+        if on {
             registry.register(service, section.config)?;
         }
         Ok(())
@@ -112,6 +120,8 @@ impl<S: Service> Build for Entry<S> {
 struct Registered {
     name: &'static str,
     info: ServiceInfo,
+    /// An anonymous service whose clients must still present a key (`alknet/join`).
+    requires_key: bool,
     entry: Arc<dyn Build>,
 }
 
@@ -120,6 +130,7 @@ struct Registered {
 pub struct Registry {
     services: Vec<Registered>,
     peer_store: Option<Arc<dyn IdentityStore>>,
+    invite_store: Option<Arc<crate::identity::store::RedbStore>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -150,6 +161,14 @@ impl Registry {
             offer.0.configure(config, &mut registry)?;
         }
         for s in registry.services.iter().filter(|s| s.info.anonymous) {
+            if s.requires_key {
+                tracing::info!(
+                    service = s.name,
+                    alpn = %String::from_utf8_lossy(s.info.alpn),
+                    "service serves clients with unknown keys for what it does itself (joining with an invite); every other service still refuses them"
+                );
+                continue;
+            }
             tracing::warn!(
                 service = s.name,
                 alpn = %String::from_utf8_lossy(s.info.alpn),
@@ -167,6 +186,7 @@ impl Registry {
         config: S::Config,
     ) -> Result<(), RegistryError> {
         let info = service.info(&config);
+        let requires_key = service.requires_client_key(&config);
         let alpn = info.alpn;
         if alpn.is_empty() || alpn.len() > 255 {
             return Err(RegistryError::BadAlpn {
@@ -184,6 +204,7 @@ impl Registry {
         self.services.push(Registered {
             name: S::NAME,
             info,
+            requires_key,
             entry: Arc::new(Entry { service, config }),
         });
         Ok(())
@@ -198,6 +219,15 @@ impl Registry {
         self.peer_store.clone()
     }
 
+    /// The store whose invites the join service redeems ([`NodeFacts::invites`]).
+    pub fn set_invite_store(&mut self, store: Arc<crate::identity::store::RedbStore>) {
+        self.invite_store = Some(store);
+    }
+
+    pub(crate) fn invite_store(&self) -> Option<Arc<crate::identity::store::RedbStore>> {
+        self.invite_store.clone()
+    }
+
     /// The registered services' names and declarations, in offer order.
     pub fn services(&self) -> impl Iterator<Item = (&'static str, ServiceInfo)> + '_ {
         self.services.iter().map(|s| (s.name, s.info))
@@ -208,9 +238,13 @@ impl Registry {
         self.services.iter().map(|s| s.info.alpn.to_vec()).collect()
     }
 
-    /// True when some service accepts unknown keys (the client certificate is then optional).
+    /// True when some service accepts clients without a key (the client certificate is then
+    /// optional). A service that serves unknown keys but requires one
+    /// ([`Service::requires_client_key`]) keeps certificates required.
     pub fn any_anonymous(&self) -> bool {
-        self.services.iter().any(|s| s.info.anonymous)
+        self.services
+            .iter()
+            .any(|s| s.info.anonymous && !s.requires_key)
     }
 
     /// True when no service is registered.

@@ -200,15 +200,19 @@ fn service_keys_are_parsed_by_the_service() {
     let section = config
         .service_section::<TestConfig>("test")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
+    assert_eq!(
         section.enabled,
+        Some(true),
         "`enabled` is read by the layer, after the service's keys"
     );
     assert_eq!(section.config.greeting, "hi");
     let absent = config
         .service_section::<NoConfig>("other")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!absent.enabled, "an absent section is off");
+    assert_eq!(
+        absent.enabled, None,
+        "an absent section leaves it to the service"
+    );
 }
 
 #[test]
@@ -255,7 +259,7 @@ fn config_built_in_code_is_parsed_too() {
     let section = config
         .service_section::<TestConfig>("test")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(section.enabled);
+    assert_eq!(section.enabled, Some(true));
     assert_eq!(section.config.greeting, "hey");
     config
         .services
@@ -373,4 +377,65 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
         ServiceContext::new(&lone, &NoConfig {}).tokio(),
         &rt
     ));
+}
+
+#[test]
+fn authenticated_services_are_on_unless_turned_off_and_anonymous_modes_off_unless_on() {
+    // No config at all, and a config file that does not mention the services: one rule.
+    let none =
+        Registry::from_config(&Config::default(), offers()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        none.alpns(),
+        vec![b"alknet/test".to_vec(), b"alknet/other".to_vec()]
+    );
+    let file = from("workers = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.alpns(), none.alpns());
+    assert!(!file.any_anonymous());
+    // Each can be turned off.
+    let r = from("[services.other]\nenabled = false\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.alpns(), vec![b"alknet/test".to_vec()]);
+    // An anonymous mode set without `enabled` stays off; with it, it is on.
+    let r = from("[services.test]\nanonymous = true\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.alpns(), vec![b"alknet/other".to_vec()]);
+    let r = from("[services.test]\nanonymous = true\nenabled = true\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.any_anonymous());
+}
+
+/// An anonymous service that admits nothing by itself and wants a key: on by default,
+/// certificates stay required.
+struct Door;
+
+impl Service for Door {
+    const NAME: &'static str = "door";
+    type Config = NoConfig;
+    type Handler = Nop;
+    fn info(&self, _: &NoConfig) -> ServiceInfo {
+        ServiceInfo {
+            alpn: b"alknet/door",
+            scopes: &[],
+            anonymous: true,
+            uni_streams: false,
+        }
+    }
+    fn build(&self, _ctx: &ServiceContext<'_, NoConfig>) -> Nop {
+        Nop
+    }
+    fn enabled_by_default(&self, _: &NoConfig) -> bool {
+        true
+    }
+    fn requires_client_key(&self, _: &NoConfig) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_key_requiring_anonymous_service_keeps_certificates_required() {
+    let r = Registry::from_config(
+        &Config::default(),
+        vec![Offer::new(Door), Offer::new(Other)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.alpns().len(), 2);
+    assert!(!r.any_anonymous(), "client certificates stay required");
 }

@@ -13,7 +13,6 @@ use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use std::time::Duration;
     after_help = "Examples:\n  alknet call gw.example:4433 --list\n  alknet call gw.example:4433 /node/info\n  alknet call gw.example:4433 /services/schema '{\"operationId\":\"/node/info\"}'"
 )]
 pub struct CallArgs {
-    /// The node, host:port.
+    /// The node: host:port, or the name of a server stored by `alknet join --as NAME`.
     pub addr: String,
     /// The operation, `/service/operation`.
     #[arg(required_unless_present = "list")]
@@ -75,21 +74,16 @@ pub fn run(args: CallArgs, data_dir: &Path, node_key: NodeKey) -> Result<()> {
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
-    let addr = args.addr.as_str();
-    let server: SocketAddr = addr
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {addr:?}; write it as host:port"))?
-        .next()
-        .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))?;
+    let server = alknet_core::client::resolve_server(data_dir, &args.addr)?;
     let known = KnownServers::in_dir(data_dir);
     let target = TrustedConnect {
         config: Arc::new(Config::default()),
         node_key: &node_key,
         known: &known,
-        server_name: addr,
-        addr: server,
+        server_name: &server.server_name,
+        addr: server.addr,
         alpn: crate::ALPN,
-        pinned,
+        pinned: pinned.or(server.pinned),
     };
     let mut result: Result<()> = Ok(());
     alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {

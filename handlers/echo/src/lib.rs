@@ -2,7 +2,7 @@
 //! sender. For operators checking that a gateway is reachable and that their key is accepted,
 //! and for tests.
 //!
-//! Off unless `[services.echo] enabled = true`; a peer needs the `echo` scope.
+//! On unless `[services.echo] enabled = false`; a peer needs the `echo` scope.
 //!
 //! This crate is the smallest service, written to be copied: a [`Service`] that declares its
 //! section name, ALPN and scope in one place and has no config keys of its own ([`NoConfig`]),

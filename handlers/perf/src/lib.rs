@@ -7,9 +7,9 @@
 //! Response bytes come from one static buffer as [`bytes::Bytes`] chunks, so a response of any
 //! size costs no allocation; the size is bounded by [`request::MAX_RESPONSE`].
 //!
-//! Off unless `[services.perf] enabled = true`. A peer needs the `perf` scope, unless
-//! `anonymous = true` (benchmarks only): then clients whose key is unknown are served too,
-//! and the server logs a warning at start.
+//! On unless `[services.perf] enabled = false`. A peer needs the `perf` scope, unless
+//! `anonymous = true` (benchmarks only, and only with `enabled = true` written beside it):
+//! then clients whose key is unknown are served too, and the server logs a warning at start.
 //!
 //! Next to `handlers/echo`, this crate is the example of a service with a config key of its
 //! own: [`PerfConfig`] is parsed from `[services.perf]` by serde (unknown keys are errors),
