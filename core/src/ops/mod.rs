@@ -4,4 +4,6 @@
 pub mod admin;
 pub mod control;
 pub mod memory;
+pub mod metrics;
 pub mod stats;
+pub mod systemd;
