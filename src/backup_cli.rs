@@ -26,8 +26,9 @@ pub(crate) fn backup(data_dir: &Path, out: &Path, json: bool) -> Result<()> {
             .get("file")
             .and_then(|f| f.as_str())
             .context("the server's answer names no backup file")?;
-        let summary: StoreSummary = serde_json::from_value(v.get("summary").cloned().unwrap_or_default())
-            .context("the server's answer has no summary")?;
+        let summary: StoreSummary =
+            serde_json::from_value(v.get("summary").cloned().unwrap_or_default())
+                .context("the server's answer has no summary")?;
         let snapshot = Path::new(file);
         let moved = std::fs::read(snapshot)
             .with_context(|| format!("cannot read the server's snapshot {file}"))
@@ -63,9 +64,8 @@ pub(crate) fn restore(data_dir: &Path, file: &Path, force: bool, json: bool) -> 
             data_dir.display()
         );
     }
-    let summary = store::inspect(file).with_context(|| {
-        format!("{} is not a readable Alknet backup", file.display())
-    })?;
+    let summary = store::inspect(file)
+        .with_context(|| format!("{} is not a readable Alknet backup", file.display()))?;
     if summary.schema_version > store::SCHEMA_VERSION {
         bail!(
             "{} has schema version {}, newer than this Alknet ({}); restore it with a newer build",
@@ -96,9 +96,8 @@ pub(crate) fn restore(data_dir: &Path, file: &Path, force: bool, json: bool) -> 
     alknet_core::fsutil::write_private_atomic(&dest, &bytes)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     // Opening decodes every record and brings an older schema up to date.
-    let opened = RedbStore::open(&dest).with_context(|| {
-        format!("the restored store {} does not open", dest.display())
-    })?;
+    let opened = RedbStore::open(&dest)
+        .with_context(|| format!("the restored store {} does not open", dest.display()))?;
     drop(opened);
     let after = store::inspect(&dest)?;
     report("store restored to", &dest, &after, json);

@@ -345,7 +345,12 @@ fn serve(
         workers: handle.workers(),
         alpns: alpns.clone(),
     };
-    let sock = match control::serve(data_dir, handle.control(), info.clone(), Some(store.clone())) {
+    let sock = match control::serve(
+        data_dir,
+        handle.control(),
+        info.clone(),
+        Some(store.clone()),
+    ) {
         Ok(p) => Some(p),
         Err(e) => {
             handle.shutdown();
@@ -367,7 +372,9 @@ fn serve(
                 if let Some(p) = &sock {
                     let _ = std::fs::remove_file(p);
                 }
-                bail!("cannot serve metrics on {listen} ([metrics] listen): {e}; choose another address");
+                bail!(
+                    "cannot serve metrics on {listen} ([metrics] listen): {e}; choose another address"
+                );
             }
         }
     }

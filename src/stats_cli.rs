@@ -11,7 +11,14 @@ use std::time::Duration;
 pub(crate) fn run(data_dir: &Path, json: bool, watch: bool, interval: Duration) -> Result<()> {
     if !watch {
         let v = fetch(data_dir)?;
-        print!("{}", if json { format!("{v}\n") } else { format_text(&v) });
+        print!(
+            "{}",
+            if json {
+                format!("{v}\n")
+            } else {
+                format_text(&v)
+            }
+        );
         return Ok(());
     }
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -924,7 +924,9 @@ mod tests {
     fn a_remote_metrics_address_needs_allow_remote() {
         let text = "listen = \"[::]:4433\"\n\n[metrics]\nlisten = \"0.0.0.0:9464\"\n";
         match parse(text) {
-            Err(ConfigError::Invalid { line, key, message, .. }) => {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => {
                 assert_eq!((line, key.as_str()), (4, "metrics.listen"));
                 assert!(message.contains("allow_remote = true"), "{message}");
             }
@@ -932,10 +934,14 @@ mod tests {
         }
         let ok = parse(&format!("{text}allow_remote = true\n")).unwrap_or_else(|e| panic!("{e}"));
         assert!(ok.metrics.allow_remote);
-        let local = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let local =
+            parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(local.metrics.listen.map(|a| a.port()), Some(9464));
         assert!(Config::default().metrics.listen.is_none());
-        assert!(matches!(parse("[metrics]\nlisen = \"127.0.0.1:1\"\n"), Err(ConfigError::Invalid { line: 2, .. })));
+        assert!(matches!(
+            parse("[metrics]\nlisen = \"127.0.0.1:1\"\n"),
+            Err(ConfigError::Invalid { line: 2, .. })
+        ));
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

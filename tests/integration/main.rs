@@ -18,3 +18,4 @@ mod quic;
 mod restart;
 mod revocation;
 mod support;
+mod systemd;

@@ -975,7 +975,10 @@ pub struct StoreSummary {
 /// `meta` (string to integer); a table of another shape is an error naming it, never left
 /// out silently.
 fn backup_database(db: &Database, dest: &Path) -> Result<StoreSummary, IdentityError> {
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -984,8 +987,15 @@ fn backup_database(db: &Database, dest: &Path) -> Result<StoreSummary, IdentityE
     drop(f);
     let result = (|| {
         let read = db.begin_read().map_err(backend)?;
-        if read.list_multimap_tables().map_err(backend)?.next().is_some() {
-            return Err(backend("the store has a multimap table, which backup cannot copy"));
+        if read
+            .list_multimap_tables()
+            .map_err(backend)?
+            .next()
+            .is_some()
+        {
+            return Err(backend(
+                "the store has a multimap table, which backup cannot copy",
+            ));
         }
         let copy = Database::create(&tmp).map_err(backend)?;
         let txn = copy.begin_write().map_err(backend)?;
@@ -1051,7 +1061,9 @@ fn copy_table(
     match copy(read, write, TableDefinition::<&str, &[u8]>::new(name)) {
         Err(redb::TableError::TableTypeMismatch { .. }) => {
             copy(read, write, TableDefinition::<&str, u64>::new(name)).map_err(|e| {
-                backend(format!("table `{name}` has a shape backup cannot copy: {e}"))
+                backend(format!(
+                    "table `{name}` has a shape backup cannot copy: {e}"
+                ))
             })
         }
         other => other.map_err(|e| backend(format!("table `{name}`: {e}"))),

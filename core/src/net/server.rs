@@ -605,7 +605,11 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
                             panic!("shard {shard_no} was asked to panic (debug fault injection)")
                         }
                         Fault::Hang(d) => {
-                            warn!(shard = shard_no, ?d, "blocking the shard's thread (debug fault injection)");
+                            warn!(
+                                shard = shard_no,
+                                ?d,
+                                "blocking the shard's thread (debug fault injection)"
+                            );
                             std::thread::sleep(d);
                         }
                     }

@@ -104,7 +104,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<HttpRequest>, HttpError> {
 /// is called only for a scrape.
 pub fn respond(request: Result<HttpRequest, HttpError>, body: impl FnOnce() -> String) -> Vec<u8> {
     let (status, content_type, text, head_only) = match request {
-        Err(HttpError::Malformed) => ("400 Bad Request", "text/plain", "bad request\n".into(), false),
+        Err(HttpError::Malformed) => (
+            "400 Bad Request",
+            "text/plain",
+            "bad request\n".into(),
+            false,
+        ),
         Err(HttpError::TooLarge) => (
             "431 Request Header Fields Too Large",
             "text/plain",
@@ -255,7 +260,11 @@ impl Family {
 }
 
 /// Everything the endpoint and `alknet stats` report, read now.
-pub fn collect(handle: &ControlHandle, store: Option<&RedbStore>, info: &ServerInfo) -> Vec<Family> {
+pub fn collect(
+    handle: &ControlHandle,
+    store: Option<&RedbStore>,
+    info: &ServerInfo,
+) -> Vec<Family> {
     let shards = handle.per_shard();
     let mut total = StatsSnapshot::default();
     for s in &shards {
@@ -263,10 +272,12 @@ pub fn collect(handle: &ControlHandle, store: Option<&RedbStore>, info: &ServerI
     }
     let (rss, budget, over) = handle.memory();
     let sessions = handle.sessions();
-    let commits = store.map(RedbStore::commit_latency).unwrap_or_else(|| HistogramSnapshot {
-        buckets: vec![0; LATENCY_BUCKETS.len()],
-        ..HistogramSnapshot::default()
-    });
+    let commits = store
+        .map(RedbStore::commit_latency)
+        .unwrap_or_else(|| HistogramSnapshot {
+            buckets: vec![0; LATENCY_BUCKETS.len()],
+            ..HistogramSnapshot::default()
+        });
     families(&Inputs {
         info,
         shards: &shards,
@@ -553,7 +564,11 @@ fn serve_one(mut stream: TcpStream, source: &Source) {
         }
     };
     let response = respond(request, || {
-        render(&collect(&source.handle, source.store.as_deref(), &source.info))
+        render(&collect(
+            &source.handle,
+            source.store.as_deref(),
+            &source.info,
+        ))
     });
     let _ = stream.write_all(&response);
     let _ = stream.flush();
@@ -594,18 +609,53 @@ mod tests {
             }))
         );
         assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost"), Ok(None));
-        assert_eq!(parse_request(b"GET metrics HTTP/1.1\r\n\r\n"), Err(HttpError::Malformed));
-        assert_eq!(parse_request(b"GET / HTTP/2\r\n\r\n"), Err(HttpError::Malformed));
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n"), Err(HttpError::Malformed));
+        assert_eq!(
+            parse_request(b"GET metrics HTTP/1.1\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/2\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
         assert_eq!(
             parse_request(&vec![b'a'; MAX_REQUEST]),
             Err(HttpError::TooLarge)
         );
-        let ok = String::from_utf8(respond(Ok(HttpRequest { method: "GET".into(), path: "/metrics".into() }), || "a 1\n".into())).unwrap_or_default();
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.contains("Connection: close") && ok.ends_with("\r\n\r\na 1\n"), "{ok}");
-        let nf = String::from_utf8(respond(Ok(HttpRequest { method: "GET".into(), path: "/".into() }), String::new)).unwrap_or_default();
+        let ok = String::from_utf8(respond(
+            Ok(HttpRequest {
+                method: "GET".into(),
+                path: "/metrics".into(),
+            }),
+            || "a 1\n".into(),
+        ))
+        .unwrap_or_default();
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK\r\n")
+                && ok.contains("Connection: close")
+                && ok.ends_with("\r\n\r\na 1\n"),
+            "{ok}"
+        );
+        let nf = String::from_utf8(respond(
+            Ok(HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+            }),
+            String::new,
+        ))
+        .unwrap_or_default();
         assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
-        let na = String::from_utf8(respond(Ok(HttpRequest { method: "POST".into(), path: "/metrics".into() }), String::new)).unwrap_or_default();
+        let na = String::from_utf8(respond(
+            Ok(HttpRequest {
+                method: "POST".into(),
+                path: "/metrics".into(),
+            }),
+            String::new,
+        ))
+        .unwrap_or_default();
         assert!(na.starts_with("HTTP/1.1 405"), "{na}");
     }
 
@@ -647,14 +697,18 @@ mod tests {
             "alknet_store_commit_duration_seconds_sum 3.5",
             "# TYPE alknet_store_commit_duration_seconds histogram",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
         }
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[test]
     fn metrics_request_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/metrics_request");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/metrics_request");
         let n = alknet_proto::fuzzing::replay_corpus(&dir, crate::fuzzing::fuzz_metrics_request)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(n > 0, "the metrics_request corpus is empty");

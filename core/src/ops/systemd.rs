@@ -261,8 +261,13 @@ mod tests {
             "READY=1\nSTATUS=2 connections and a newline"
         );
 
-        let name = format!("alknet-test-{}-{}", std::process::id(), rand::random::<u32>());
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let name = format!(
+            "alknet-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let addr =
+            SocketAddr::from_abstract_name(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         let listener = UnixDatagram::bind_addr(&addr).unwrap_or_else(|e| panic!("{e}"));
         let _ = listener.set_read_timeout(Some(Duration::from_secs(5)));
         let n = Notifier::connect(&format!("@{name}")).unwrap_or_else(|e| panic!("{e}"));
