@@ -667,9 +667,11 @@ mod tests {
             workers: 2,
             alpns: vec!["alknet/echo".into()],
         };
-        let mut a = StatsSnapshot::default();
-        a.bytes_in = 10;
-        a.auth_unknown_key = 3;
+        let a = StatsSnapshot {
+            bytes_in: 10,
+            auth_unknown_key: 3,
+            ..StatsSnapshot::default()
+        };
         let shards = [a, StatsSnapshot::default()];
         let commits = HistogramSnapshot {
             buckets: vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
