@@ -11,6 +11,7 @@ mod abuse;
 mod abuse_admission;
 mod abuse_call;
 mod abuse_quic;
+mod backup;
 mod cli;
 mod dispatch;
 mod identity;
