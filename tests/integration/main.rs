@@ -15,6 +15,7 @@ mod backup;
 mod cli;
 mod dispatch;
 mod identity;
+mod metrics;
 mod quic;
 mod restart;
 mod revocation;
