@@ -2,12 +2,14 @@
 #![forbid(unsafe_code)]
 
 mod admin_cli;
+mod backup_cli;
 mod connect;
 mod invite_cli;
 mod logfmt;
 mod node;
 #[cfg(feature = "ssh")]
 mod ssh_cli;
+mod stats_cli;
 mod vault_cli;
 
 use alknet_core::config::Config;
@@ -99,8 +101,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the counters of the server running on this data directory.
+    /// Show the figures of the server running on this data directory: the same samples its
+    /// Prometheus endpoint (`[metrics] listen`) serves.
     Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place (on a terminal) until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Time between refreshes with --watch, e.g. `2s`, `500ms`.
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+    },
+    /// Write a consistent snapshot of the identity store (peers, keys, tokens, invites,
+    /// credentials) to FILE, mode 0600, while the server runs or not.
+    ///
+    /// Keep it with the vault words: the two restore a gateway. `alknet restore` reads it.
+    Backup {
+        /// Where to write the snapshot (replaced whole, atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the identity store from a backup into this (stopped) data directory.
+    ///
+    /// Refused while a server runs on the data directory, and over an existing store unless
+    /// --force (the old store is then kept beside it). The file is checked first (it opens,
+    /// its schema is one this build reads, every record decodes) and the counts printed.
+    Restore {
+        /// The backup file (`alknet backup --out FILE`).
+        file: PathBuf,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -258,7 +294,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Stats { json } => stats(&data_dir, json),
+        Command::Stats {
+            json,
+            watch,
+            interval,
+        } => stats_cli::run(&data_dir, json, watch, interval),
+        Command::Backup { out, json } => backup_cli::backup(&data_dir, &out, json),
+        Command::Restore { file, force, json } => {
+            backup_cli::restore(&data_dir, &file, force, json)
+        }
         Command::Vault { cmd } => {
             alknet_core::fsutil::ensure_data_dir(&data_dir)
                 .with_context(|| format!("cannot use data directory {}", data_dir.display()))?;
@@ -413,7 +457,12 @@ fn serve(
         alpns: alpns.clone(),
     };
     let peer_ids = store_peer_ids(&store);
-    let sock = match control::serve(data_dir, handle.control(), info, Some(store)) {
+    let sock = match control::serve(
+        data_dir,
+        handle.control(),
+        info.clone(),
+        Some(store.clone()),
+    ) {
         Ok(p) => Some(p),
         Err(e) => {
             handle.shutdown();
@@ -421,6 +470,26 @@ fn serve(
             return Err(anyhow::anyhow!("control socket: {e}"));
         }
     };
+    if let Some(listen) = config.metrics.listen {
+        let source = alknet_core::ops::metrics::Source {
+            handle: handle.control(),
+            store: Some(store.clone()),
+            info: info.clone(),
+        };
+        match alknet_core::ops::metrics::serve(listen, source) {
+            Ok(bound) => tracing::info!(%bound, "metrics at http://{bound}/metrics"),
+            Err(e) => {
+                handle.shutdown();
+                handle.join();
+                if let Some(p) = &sock {
+                    let _ = std::fs::remove_file(p);
+                }
+                bail!(
+                    "cannot serve metrics on {listen} ([metrics] listen): {e}; choose another address"
+                );
+            }
+        }
+    }
     println!(
         "alknet listening on {} (udp), {} workers",
         handle.local_addr(),
@@ -442,8 +511,49 @@ fn serve(
         signal_hook::consts::SIGINT,
     ])
     .context("cannot install signal handlers")?;
+    // Every shard serves and the control socket is up: tell the service manager, then keep
+    // the status line fresh and, under a watchdog, ping while every shard is turning.
+    let notifier = Arc::new(alknet_core::ops::systemd::Notifier::from_env());
+    let status = {
+        let control = handle.control();
+        let services = if alpns.is_empty() {
+            "none".to_owned()
+        } else {
+            alpns.join(",")
+        };
+        move || {
+            let c = control.stats();
+            format!(
+                "{} connections, {} sessions; services {services}",
+                c.connections_open,
+                control.sessions().len()
+            )
+        }
+    };
+    notifier.ready(&status());
+    let watchdog = alknet_core::ops::systemd::watchdog_period();
+    let watchdog_stop = if notifier.is_active() {
+        match alknet_core::ops::systemd::spawn_watchdog(
+            notifier.clone(),
+            watchdog,
+            handle.heartbeats(),
+            status,
+        ) {
+            Ok(stop) => Some(stop),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the watchdog thread");
+                None
+            }
+        }
+    } else {
+        None
+    };
     match wait_for_stop(signals, handle.worker_exits()) {
         Stop::Signal(sig, more) => {
+            notifier.stopping();
+            if let Some(stop) = &watchdog_stop {
+                stop.stop();
+            }
             tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
             handle.shutdown();
             // A second signal (or a shard that dies) while draining exits at once, non-zero.
@@ -561,28 +671,11 @@ fn wait_for_stop(
     }
 }
 
-fn stats(data_dir: &Path, json: bool) -> Result<()> {
-    let v = control::request(data_dir, &control::Request::Stats).map_err(anyhow::Error::msg)?;
-    if json {
-        println!("{v}");
-        return Ok(());
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match alknet_core::config::parse_duration(s)? {
+        d if d.is_zero() => Err("the interval must be above zero".into()),
+        d => Ok(d),
     }
-    if let Some(s) = v.get("server") {
-        println!(
-            "server {} on {} ({} workers, up {}s)",
-            s.get("fingerprint").and_then(|x| x.as_str()).unwrap_or("?"),
-            s.get("listen").and_then(|x| x.as_str()).unwrap_or("?"),
-            s.get("workers").and_then(|x| x.as_u64()).unwrap_or(0),
-            v.get("uptime_secs").and_then(|x| x.as_u64()).unwrap_or(0),
-        );
-    }
-    if let Some(c) = v.get("counters").and_then(|c| c.as_object()) {
-        let width = c.keys().map(|k| k.len()).max().unwrap_or(0);
-        for (k, val) in c {
-            println!("{k:<width$}  {val}");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -272,6 +272,17 @@ impl Default for TokioConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// TCP address serving `GET /metrics`, e.g. `"127.0.0.1:9464"`.
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback `listen` (the figures tell anyone who can reach it how busy the
+    /// gateway is and which services it runs).
+    pub allow_remote: bool,
+}
+
 /// One `[[peers]]` entry: a client allowed in, and what it may use.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -331,6 +342,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// The tokio side runtime.
     pub tokio: TokioConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// `[services.NAME]` sections, by service name (`echo`, `perf`, …), as written: each
     /// service parses its own keys ([`Config::service_section`]).
     pub services: BTreeMap<String, toml::Table>,
@@ -357,6 +370,7 @@ impl Default for Config {
             transport: TransportConfig::default(),
             admission: AdmissionConfig::default(),
             tokio: TokioConfig::default(),
+            metrics: MetricsConfig::default(),
             services: BTreeMap::new(),
             peers: Vec::new(),
             source: ConfigSource::default(),
@@ -482,6 +496,21 @@ impl Config {
                     self.tokio.bridge_buffer
                 ),
             ));
+        }
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+            && !self.metrics.allow_remote
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: section_key_line(text, "metrics", "listen")
+                    .or_else(|| find_line(text, "[metrics]"))
+                    .unwrap_or(1),
+                key: "metrics.listen".into(),
+                message: format!(
+                    "{addr} is not a loopback address; the metrics tell anyone who reaches them how busy this gateway is: listen on 127.0.0.1, or set `allow_remote = true` under [metrics] and firewall the port"
+                ),
+            });
         }
         let mut ids = std::collections::HashSet::new();
         // Each key authenticates one peer: with a key under two peers, which one a
@@ -834,6 +863,25 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
 }
 
 /// The first line containing `needle`.
+/// The line of `key = …` inside the `[section]` table.
+fn section_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let header = format!("[{section}]");
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let head = line.trim_start();
+        if head.starts_with('[') {
+            inside = head.starts_with(&header);
+        } else if inside
+            && head
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 fn find_line(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
@@ -875,6 +923,30 @@ fn key_from_message(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_metrics_address_needs_allow_remote() {
+        let text = "listen = \"[::]:4433\"\n\n[metrics]\nlisten = \"0.0.0.0:9464\"\n";
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => {
+                assert_eq!((line, key.as_str()), (4, "metrics.listen"));
+                assert!(message.contains("allow_remote = true"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = parse(&format!("{text}allow_remote = true\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.metrics.allow_remote);
+        let local =
+            parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(local.metrics.listen.map(|a| a.port()), Some(9464));
+        assert!(Config::default().metrics.listen.is_none());
+        assert!(matches!(
+            parse("[metrics]\nlisen = \"127.0.0.1:1\"\n"),
+            Err(ConfigError::Invalid { line: 2, .. })
+        ));
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("alknet.toml"))

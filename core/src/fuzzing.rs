@@ -420,3 +420,9 @@ pub fn fuzz_endpoint(data: &[u8]) {
 pub fn fuzz_control_request(data: &[u8]) {
     crate::ops::control::fuzz_client_bytes(data);
 }
+
+/// Arbitrary bytes as what a client sends the metrics endpoint: the request parser never
+/// panics, agrees with itself on every prefix, and answers well-formed HTTP.
+pub fn fuzz_metrics_request(data: &[u8]) {
+    crate::ops::metrics::fuzz_request(data);
+}

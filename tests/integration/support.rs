@@ -124,6 +124,15 @@ impl Server {
     /// Like [`Server::try_start`] in a directory of an earlier server (its data directory,
     /// node key and store kept), as a restart does.
     pub fn try_start_in(dir: tempfile::TempDir, config: &str) -> Result<Self, String> {
+        Self::try_start_env(dir, config, &[])
+    }
+
+    /// Like [`Server::try_start_in`], with extra environment variables for the process.
+    pub fn try_start_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut text = String::new();
         if !config.contains("listen") {
             text.push_str("listen = \"127.0.0.1:0\"\n");
@@ -140,6 +149,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&data)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

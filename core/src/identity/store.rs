@@ -416,6 +416,8 @@ type WriteRequest = (Vec<Mutation>, Reply);
 /// The redb-backed store.
 pub struct RedbStore {
     path: PathBuf,
+    db: Arc<Database>,
+    commit_latency: Arc<crate::ops::stats::Histogram>,
     writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     read_only: Arc<AtomicBool>,
@@ -520,7 +522,7 @@ impl RedbStore {
                 (Some(tmp), Err(_)) => drop(std::fs::remove_file(tmp)),
                 (None, _) => {}
             }
-            let db = result?;
+            let db = Arc::new(result?);
             let mut model = Model::default();
             let txn = db.begin_read().map_err(backend)?;
             load_table(
@@ -587,12 +589,17 @@ impl RedbStore {
         let (tx, rx) = mpsc::channel::<(Vec<Mutation>, Reply)>();
         let w_shared = shared.clone();
         let w_ro = read_only.clone();
+        let commit_latency = Arc::new(crate::ops::stats::Histogram::default());
+        let w_db = db.clone();
+        let w_latency = commit_latency.clone();
         let thread = std::thread::Builder::new()
             .name("alknet-store".into())
-            .spawn(move || writer(db, model, rx, w_shared, w_ro))
+            .spawn(move || writer(w_db, model, rx, w_shared, w_ro, w_latency))
             .map_err(backend)?;
         Ok(Self {
             path: path.to_owned(),
+            db,
+            commit_latency,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             read_only,
@@ -701,6 +708,18 @@ impl RedbStore {
         Ok(())
     }
 
+    /// How long commits take (each one an fsync), for the metrics.
+    pub fn commit_latency(&self) -> crate::ops::stats::HistogramSnapshot {
+        self.commit_latency.snapshot()
+    }
+
+    /// Writes a consistent copy of every table to `dest` (a new file, mode 0600, moved into
+    /// place once complete) while the store stays open for reads and writes: the copy is
+    /// one read transaction, so it holds exactly the commits acknowledged before it began.
+    pub fn backup(&self, dest: &Path) -> Result<StoreSummary, IdentityError> {
+        guarded("a backup", || backup_database(&self.db, dest))
+    }
+
     /// The config file's peers, as the server gave them.
     pub fn file_peers(&self) -> Arc<[FilePeer]> {
         match self.file_peers.read() {
@@ -795,11 +814,12 @@ fn migrate(db: &Database, from: u64) -> Result<(), IdentityError> {
 }
 
 fn writer(
-    db: Database,
+    db: Arc<Database>,
     mut model: Model,
     rx: mpsc::Receiver<(Vec<Mutation>, Reply)>,
     shared: Arc<RwLock<Arc<Snapshot>>>,
     read_only: Arc<AtomicBool>,
+    latency: Arc<crate::ops::stats::Histogram>,
 ) {
     while let Ok((mutations, reply)) = rx.recv() {
         if read_only.load(Ordering::Acquire) {
@@ -814,7 +834,9 @@ fn writer(
             let _ = reply.send(Err(e));
             continue;
         }
+        let started = std::time::Instant::now();
         let result = guarded("a store commit", || commit(&db, &mutations, &next));
+        latency.observe(started.elapsed());
         match result {
             Ok(()) => {
                 model = next;
@@ -1254,4 +1276,160 @@ mod tests {
         s.apply(vec![Mutation::RemoveInvite(i.id.clone())]).unwrap();
         assert!(s.list_invites().is_empty());
     }
+}
+
+/// What a store file holds: its schema version and the rows of each table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSummary {
+    /// The `meta` table's schema version.
+    pub schema_version: u64,
+    /// Rows per table, by table name (`meta` included).
+    pub tables: BTreeMap<String, u64>,
+}
+
+/// Copies every table of `db` as one read transaction into a new database at `dest`.
+///
+/// Tables are copied by name, whatever the set, so a table a later version adds is backed
+/// up without a change here. Every table of the store maps a string to bytes, except
+/// `meta` (string to integer); a table of another shape is an error naming it, never left
+/// out silently.
+fn backup_database(db: &Database, dest: &Path) -> Result<StoreSummary, IdentityError> {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| STORE_FILE.to_owned());
+    let (tmp, f) = crate::fsutil::create_temp(dir, &name).map_err(backend)?;
+    drop(f);
+    let result = (|| {
+        let read = db.begin_read().map_err(backend)?;
+        if read
+            .list_multimap_tables()
+            .map_err(backend)?
+            .next()
+            .is_some()
+        {
+            return Err(backend(
+                "the store has a multimap table, which backup cannot copy",
+            ));
+        }
+        let copy = Database::create(&tmp).map_err(backend)?;
+        let txn = copy.begin_write().map_err(backend)?;
+        let mut summary = StoreSummary {
+            schema_version: 0,
+            tables: BTreeMap::new(),
+        };
+        for handle in read.list_tables().map_err(backend)? {
+            let table = redb::TableHandle::name(&handle).to_owned();
+            let rows = copy_table(&read, &txn, &table)?;
+            summary.tables.insert(table, rows);
+        }
+        {
+            let meta = txn.open_table(META).map_err(backend)?;
+            summary.schema_version = meta
+                .get("schema_version")
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+        }
+        txn.commit().map_err(backend)?;
+        drop(copy);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(backend)?;
+        crate::fsutil::publish_temp(&tmp, dest).map_err(backend)?;
+        Ok(summary)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies one table by name; the number of rows copied.
+fn copy_table(
+    read: &redb::ReadTransaction,
+    write: &redb::WriteTransaction,
+    name: &str,
+) -> Result<u64, IdentityError> {
+    fn copy<K, V>(
+        read: &redb::ReadTransaction,
+        write: &redb::WriteTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<u64, redb::TableError>
+    where
+        K: redb::Key + 'static,
+        V: redb::Value + 'static,
+        for<'a> K::SelfType<'a>: std::borrow::Borrow<K::SelfType<'a>>,
+        for<'a> V::SelfType<'a>: std::borrow::Borrow<V::SelfType<'a>>,
+    {
+        let src = read.open_table(def)?;
+        let mut dst = write.open_table(def)?;
+        let mut n = 0;
+        for row in src.iter().map_err(redb::TableError::Storage)? {
+            let (k, v) = row.map_err(redb::TableError::Storage)?;
+            dst.insert(k.value(), v.value())
+                .map_err(redb::TableError::Storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+    match copy(read, write, TableDefinition::<&str, &[u8]>::new(name)) {
+        Err(redb::TableError::TableTypeMismatch { .. }) => {
+            copy(read, write, TableDefinition::<&str, u64>::new(name)).map_err(|e| {
+                backend(format!(
+                    "table `{name}` has a shape backup cannot copy: {e}"
+                ))
+            })
+        }
+        other => other.map_err(|e| backend(format!("table `{name}`: {e}"))),
+    }
+}
+
+/// Opens a store file read-only (never creating or changing it) and counts its rows: the
+/// check of a backup before and after it is restored.
+pub fn inspect(path: &Path) -> Result<StoreSummary, IdentityError> {
+    guarded("reading a store file", || {
+        let db = Database::builder()
+            .open_read_only(path)
+            .map_err(|e| backend(format!("{}: {e}", path.display())))?;
+        let read = db.begin_read().map_err(backend)?;
+        let mut summary = StoreSummary {
+            schema_version: 0,
+            tables: BTreeMap::new(),
+        };
+        for handle in read.list_tables().map_err(backend)? {
+            let name = redb::TableHandle::name(&handle).to_owned();
+            let rows = match read.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                Ok(t) => redb::ReadableTableMetadata::len(&t).map_err(backend)?,
+                Err(redb::TableError::TableTypeMismatch { .. }) => {
+                    let t = read
+                        .open_table(TableDefinition::<&str, u64>::new(&name))
+                        .map_err(backend)?;
+                    redb::ReadableTableMetadata::len(&t).map_err(backend)?
+                }
+                Err(e) => return Err(backend(e)),
+            };
+            summary.tables.insert(name, rows);
+        }
+        summary.schema_version = match read.open_table(META) {
+            Ok(t) => t
+                .get("schema_version")
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(backend(e)),
+        };
+        if summary.schema_version == 0 {
+            return Err(backend(format!(
+                "{} is not an Alknet store (no schema version)",
+                path.display()
+            )));
+        }
+        Ok(summary)
+    })
 }

@@ -21,6 +21,7 @@ use crate::identity::IdentityProvider;
 use crate::identity::tls::{NodeKey, TlsError};
 use crate::net::udp::{PortHolder, PortMarker, UdpIo, bind_reuseport, port_holder};
 use crate::ops::stats::{ShardStats, StatsSnapshot};
+use crate::ops::systemd::Heartbeats;
 use crate::service::Registry;
 use crate::shard::ShardMsg;
 use crate::shard::driver::Driver;
@@ -91,8 +92,9 @@ pub struct ServerHandle {
     marker: Option<PortMarker>,
     exits: flume::Receiver<WorkerExit>,
     #[cfg(debug_assertions)]
-    faults: Vec<flume::Sender<()>>,
+    faults: Vec<flume::Sender<Fault>>,
     memory: Arc<crate::ops::memory::MemoryGauge>,
+    beats: Arc<Heartbeats>,
     boards: Vec<crate::shard::SessionBoard>,
     senders: Vec<flume::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
@@ -134,6 +136,11 @@ impl ServerHandle {
     /// socket: the process should exit non-zero so its supervisor restarts it.
     pub fn worker_exits(&self) -> flume::Receiver<WorkerExit> {
         self.exits.clone()
+    }
+
+    /// Each shard's liveness stamp, for the watchdog.
+    pub fn heartbeats(&self) -> Arc<Heartbeats> {
+        self.beats.clone()
     }
 
     /// A cheap handle for the control plane (stats, closing a peer's connections).
@@ -178,7 +185,7 @@ impl ServerHandle {
 #[derive(Clone)]
 pub struct ControlHandle {
     #[cfg(debug_assertions)]
-    faults: Vec<flume::Sender<()>>,
+    faults: Vec<flume::Sender<Fault>>,
     memory: Arc<crate::ops::memory::MemoryGauge>,
     senders: Vec<flume::Sender<ShardMsg>>,
     stats: Vec<Arc<ShardStats>>,
@@ -227,8 +234,27 @@ impl ControlHandle {
     pub fn debug_panic_shard(&self, shard: usize) -> bool {
         self.faults
             .get(shard)
-            .is_some_and(|tx| tx.try_send(()).is_ok())
+            .is_some_and(|tx| tx.try_send(Fault::Panic).is_ok())
     }
+
+    /// Debug builds only: blocks shard `shard`'s thread for `duration`, as a stuck loop
+    /// would, to test that the watchdog pings stop. Returns false for an unknown shard.
+    #[cfg(debug_assertions)]
+    pub fn debug_hang_shard(&self, shard: usize, duration: Duration) -> bool {
+        self.faults
+            .get(shard)
+            .is_some_and(|tx| tx.try_send(Fault::Hang(duration)).is_ok())
+    }
+}
+
+/// A fault injected into a shard by the debug-only control commands.
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Panic outside any guarded task.
+    Panic,
+    /// Block the thread for this long.
+    Hang(Duration),
 }
 
 /// Waits until `addr` can be bound by a plain socket (nothing holds it), at most
@@ -318,13 +344,18 @@ pub fn start(
     let (exit_tx, exits) = flume::bounded::<WorkerExit>(workers);
     #[cfg(debug_assertions)]
     let (faults, mut fault_rxs): (Vec<_>, Vec<_>) =
-        (0..workers).map(|_| flume::bounded::<()>(1)).unzip();
+        (0..workers).map(|_| flume::bounded::<Fault>(1)).unzip();
+    let beats = Arc::new(Heartbeats::new(
+        workers,
+        crate::ops::systemd::beat_interval(),
+    ));
     let mut threads = Vec::with_capacity(workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for (shard, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
         let ctx = WorkerCtx {
             #[cfg(debug_assertions)]
             fault: fault_rxs.remove(0),
+            beats: beats.clone(),
             shard,
             shards: workers,
             socket,
@@ -383,6 +414,7 @@ pub fn start(
         #[cfg(debug_assertions)]
         faults,
         memory,
+        beats,
         boards,
         senders,
         threads,
@@ -445,7 +477,8 @@ fn try_bind_group(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<socke
 
 struct WorkerCtx {
     #[cfg(debug_assertions)]
-    fault: flume::Receiver<()>,
+    fault: flume::Receiver<Fault>,
+    beats: Arc<Heartbeats>,
     shard: usize,
     shards: usize,
     socket: socket2::Socket,
@@ -569,11 +602,31 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             let fault = ctx.fault;
             // Not through the guarded spawn on purpose: this is the panic it cannot catch.
             monoio::spawn(async move {
-                if fault.recv_async().await.is_ok() {
-                    panic!("shard {shard_no} was asked to panic (debug fault injection)");
+                while let Ok(f) = fault.recv_async().await {
+                    match f {
+                        Fault::Panic => {
+                            panic!("shard {shard_no} was asked to panic (debug fault injection)")
+                        }
+                        Fault::Hang(d) => {
+                            warn!(
+                                shard = shard_no,
+                                ?d,
+                                "blocking the shard's thread (debug fault injection)"
+                            );
+                            std::thread::sleep(d);
+                        }
+                    }
                 }
             });
         }
+        // The liveness stamp the watchdog reads: it stops when this thread stops turning.
+        let beats = ctx.beats;
+        monoio::spawn(async move {
+            loop {
+                beats.beat(shard_no);
+                monoio::time::sleep(beats.interval()).await;
+            }
+        });
         let _ = ready.send(Ok(()));
         driver.clone().run_waker().await;
         release_socket(driver, stop, receiver, inbox).await;

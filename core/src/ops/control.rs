@@ -35,6 +35,8 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_CLIENTS: usize = 16;
 /// Time a client has to send each whole request line.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Name prefix of the snapshot a server writes into its data directory for `alknet backup`.
+pub const BACKUP_PREFIX: &str = ".backup-";
 /// Longest error message echoed back (serde errors may quote the request).
 const MAX_ERROR: usize = 256;
 const MAX_RESPONSE: u64 = 64 << 20;
@@ -56,6 +58,19 @@ pub enum Request {
     Admin {
         /// The operation.
         admin: crate::ops::admin::AdminOp,
+    },
+    /// A consistent copy of the store, written into the data directory (the server may
+    /// write nowhere else); the answer names the file, which `alknet backup` moves to where
+    /// the operator asked, and counts its rows.
+    Backup,
+    /// Debug builds only: blocks a shard's thread for `millis` milliseconds, as a stuck loop
+    /// would, so tests can show that the watchdog pings stop.
+    #[cfg(debug_assertions)]
+    DebugHangShard {
+        /// The shard.
+        shard: usize,
+        /// For how long.
+        millis: u64,
     },
     /// Debug builds only: makes a shard's thread panic outside any guarded task, so tests
     /// can show that the process then exits non-zero. Absent from release builds, and only
@@ -400,6 +415,7 @@ fn execute(request: Request, shared: &Shared) -> Response {
                 "counters": handle.stats(),
                 "shards": handle.per_shard(),
                 "memory": memory,
+                "metrics": crate::ops::metrics::collect(handle, shared.store.as_deref(), &shared.info),
             })))
         }
         Request::ClosePeer { peer } => {
@@ -423,6 +439,32 @@ fn execute(request: Request, shared: &Shared) -> Response {
                 Err(e) => Response::err(e),
             },
         },
+        Request::Backup => match shared.store.as_deref() {
+            None => Response::err("this server has no identity store".into()),
+            Some(store) => {
+                let dir = store.path().parent().unwrap_or(Path::new("."));
+                let file = dir.join(format!(
+                    "{BACKUP_PREFIX}{}-{:016x}.redb",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                match store.backup(&file) {
+                    Ok(summary) => Response::ok(Some(serde_json::json!({
+                        "file": file,
+                        "summary": summary,
+                    }))),
+                    Err(e) => Response::err(format!("backup failed: {e}")),
+                }
+            }
+        },
+        #[cfg(debug_assertions)]
+        Request::DebugHangShard { shard, millis } => {
+            if handle.debug_hang_shard(shard, Duration::from_millis(millis.min(600_000))) {
+                Response::ok(None)
+            } else {
+                Response::err(format!("no shard {shard}"))
+            }
+        }
         #[cfg(debug_assertions)]
         Request::DebugPanicShard { shard } => {
             if handle.debug_panic_shard(shard) {

@@ -6,4 +6,6 @@ pub mod admin;
 pub mod control;
 pub mod join;
 pub mod memory;
+pub mod metrics;
 pub mod stats;
+pub mod systemd;

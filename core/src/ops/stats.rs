@@ -96,6 +96,16 @@ counters! {
     connections_open,
     /// Clients refused after the handshake (unknown or disabled key, missing scope).
     auth_failures,
+    /// Of `auth_failures`: the client key belongs to no peer.
+    auth_unknown_key,
+    /// Of `auth_failures`: no client key where the service needs one.
+    auth_no_certificate,
+    /// Of `auth_failures`: the peer is disabled.
+    auth_peer_disabled,
+    /// Of `auth_failures`: the peer lacks the service's scope.
+    auth_missing_scope,
+    /// Of `auth_failures`: any other reason.
+    auth_other,
     /// Handlers that panicked (their connection was closed).
     handler_panics,
     /// Transmits that hit a full socket buffer and waited.
@@ -109,6 +119,20 @@ counters! {
     /// Datagrams of a live connection from an address it has not used, dropped because it
     /// moved to another such address less than a second before (spoofed migrations).
     migrations_refused,
+}
+
+impl ShardStats {
+    /// The counter of failed authentications for a reason as logged
+    /// (`AuthFailure::log_reason`).
+    pub fn auth_reason(&self, reason: &str) -> &AtomicU64 {
+        match reason {
+            "unknown key" => &self.auth_unknown_key,
+            "no certificate" => &self.auth_no_certificate,
+            "peer disabled" => &self.auth_peer_disabled,
+            "missing scope" => &self.auth_missing_scope,
+            _ => &self.auth_other,
+        }
+    }
 }
 
 /// Sums the counters of several shards.
@@ -142,4 +166,78 @@ pub(crate) fn raise(c: &AtomicU64, v: u64) {
 #[inline]
 pub(crate) fn drop_one(c: &AtomicU64) {
     c.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Upper bounds (seconds) of the [`Histogram`] buckets: a store commit is an fsync, from
+/// well under a millisecond on an SSD to seconds on a busy SD card.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram with the fixed [`LATENCY_BUCKETS`], written by one thread and read by
+/// any (relaxed atomics: a reader may see a count one observation ahead of the sum).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// A copy of a [`Histogram`]: per-bucket counts (not cumulative), the total and the sum.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct HistogramSnapshot {
+    /// Observations in each bucket of [`LATENCY_BUCKETS`] (those above the last bound
+    /// count only in `count`).
+    pub buckets: Vec<u64>,
+    /// All observations.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b)
+            && let Some(b) = self.buckets.get(i)
+        {
+            bump(b);
+        }
+        bump(&self.count);
+        add(&self.sum_micros, d.as_micros() as u64);
+    }
+
+    /// Reads it.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_sorts_observations_into_buckets() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(10));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets.iter().sum::<u64>(), 2);
+        assert_eq!(s.buckets.first(), Some(&1));
+        assert_eq!(s.buckets.get(3), Some(&1));
+        assert!((s.sum_seconds - 10.0031).abs() < 1e-9, "{}", s.sum_seconds);
+    }
 }

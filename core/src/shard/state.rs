@@ -1034,6 +1034,7 @@ impl ShardState {
             Ok(p) => p.map(|p| (p.peer_id.clone(), Arc::<[String]>::from(p.scopes.clone()))),
             Err(failure) => {
                 stats::bump(&self.stats.auth_failures);
+                stats::bump(self.stats.auth_reason(failure.log_reason()));
                 if failure.penalises() {
                     penalise(&server.admission, remote, now);
                 }
