@@ -17,4 +17,5 @@ mod identity;
 mod quic;
 mod restart;
 mod revocation;
+mod ssh_migrate;
 mod support;
