@@ -10,6 +10,7 @@
 pub mod openssh;
 pub mod procstat;
 pub mod relay;
+pub mod serve;
 
 use alknet_proto::Fingerprint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
