@@ -21,13 +21,13 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use alknet_testkit::openssh::{
-    SshClient, SshTarget, Sshd, alknet_proxy_command, current_user, sha256_file, wait_child,
-    write_pattern_file,
+    PtyEcho, SshClient, SshTarget, Sshd, alknet_proxy_command, current_user, sha256_file,
+    wait_child, write_pattern_file,
 };
 use alknet_testkit::procstat::{self, cpu_times};
 use alknet_testkit::serve::{AlknetServe, alknet_cli, host_key_of};
 use anyhow::{Context, Result, anyhow, bail};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -296,57 +296,16 @@ impl Rig {
     /// `keys` keystrokes, each written to `ssh -tt` and timed until `cat` on a raw PTY at
     /// the server echoes it back.
     fn keystrokes(&self, s: System, keys: u64, out: &mut Vec<Duration>) -> Result<()> {
-        let mut child = self
-            .client(s)
-            .command("ssh")
-            .arg("-tt")
-            .arg(self.client(s).alias())
-            .arg("stty raw -echo; echo READY; exec cat")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run ssh")?;
-        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        let result = (|| -> Result<()> {
-            let mut seen = Vec::new();
-            while !seen.windows(5).any(|w| w == b"READY") {
-                let chunk = rx
-                    .recv_timeout(TRANSFER_LIMIT.min(Duration::from_secs(30)))
-                    .map_err(|_| anyhow!("no READY from the remote shell: {seen:?}"))?;
-                seen.extend_from_slice(&chunk);
-            }
-            // Whatever followed READY (its newline) is not an echo.
-            while rx.try_recv().is_ok() {}
-            for i in 0..keys {
-                let key = [b'a' + (i % 26) as u8];
-                let start = Instant::now();
-                stdin.write_all(&key)?;
-                stdin.flush()?;
-                let chunk = rx
-                    .recv_timeout(KEY_LIMIT)
-                    .map_err(|_| anyhow!("keystroke {i} did not come back"))?;
-                out.push(start.elapsed());
-                if chunk != key {
-                    bail!("keystroke {i}: sent {key:?}, got {chunk:?}");
-                }
-            }
-            Ok(())
-        })();
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = reader.join();
-        result.map_err(|e| anyhow!("{} interactive: {e:#}{}", s.name(), self.log(s)))
+        let mut pty = PtyEcho::start(self.client(s), Duration::from_secs(30))
+            .map_err(|e| anyhow!("{} interactive: {e:#}{}", s.name(), self.log(s)))?;
+        for i in 0..keys {
+            let key = b'a' + (i % 26) as u8;
+            let took = pty
+                .round_trip(key, KEY_LIMIT)
+                .map_err(|e| anyhow!("{} keystroke {i}: {e:#}{}", s.name(), self.log(s)))?;
+            out.push(took);
+        }
+        Ok(())
     }
 
     /// Key exchange, host key and cipher the OpenSSH client reports (`ssh -v`).

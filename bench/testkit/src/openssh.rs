@@ -366,6 +366,102 @@ impl SshClient {
     }
 }
 
+/// An interactive session: `ssh -tt ALIAS` running `cat` on a raw PTY (`stty raw -echo`),
+/// so each byte written comes back once, echoed by `cat` and not by the terminal; for
+/// timing keystrokes. Killed on drop.
+pub struct PtyEcho {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    echoed: std::sync::mpsc::Receiver<Vec<u8>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyEcho {
+    /// Starts the session and waits (at most `limit`) until the remote `cat` runs.
+    pub fn start(client: &SshClient, limit: Duration) -> Result<Self> {
+        let mut child = client
+            .command("ssh")
+            .arg("-tt")
+            .arg(client.alias())
+            .arg("stty raw -echo; echo READY; exec cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow!("cannot run ssh ({e}); install openssh-client"))?;
+        let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("ssh started without pipes");
+        };
+        let (tx, echoed) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                match buf.get(..n) {
+                    Some(data) if n > 0 => {
+                        if tx.send(data.to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        });
+        let session = Self {
+            child,
+            stdin,
+            echoed,
+            reader: Some(reader),
+        };
+        let until = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while !seen.windows(5).any(|w| w == b"READY") {
+            let left = until.saturating_duration_since(Instant::now());
+            match session.echoed.recv_timeout(left) {
+                Ok(chunk) => seen.extend_from_slice(&chunk),
+                Err(_) => bail!(
+                    "the remote shell did not print READY within {limit:?}: {:?}",
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+        // READY's newline may come a moment later; it is not an echo.
+        if !seen.ends_with(b"\n") {
+            let _ = session.echoed.recv_timeout(limit);
+        }
+        Ok(session)
+    }
+
+    /// Writes `key` and waits (at most `limit`) until it comes back; the round trip time.
+    pub fn round_trip(&mut self, key: u8, limit: Duration) -> Result<Duration> {
+        use std::io::Write;
+        let start = Instant::now();
+        self.stdin.write_all(&[key])?;
+        self.stdin.flush()?;
+        let chunk = self
+            .echoed
+            .recv_timeout(limit)
+            .map_err(|_| anyhow!("keystroke {key:#04x} did not come back within {limit:?}"))?;
+        let took = start.elapsed();
+        if chunk != [key] {
+            bail!("sent {key:#04x}, got {chunk:?} back");
+        }
+        Ok(took)
+    }
+}
+
+impl Drop for PtyEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_tcp_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -475,6 +571,13 @@ mod tests {
                 .with_children()
                 > 0.0
         );
+
+        // One keystroke through a PTY, as the bench's interactive round trip measures it.
+        let mut pty = PtyEcho::start(&client, Duration::from_secs(20)).unwrap();
+        for key in [b'a', b'z', 0x03] {
+            pty.round_trip(key, Duration::from_secs(10)).unwrap();
+        }
+        drop(pty);
 
         // A key that is not authorised is refused, not prompted for.
         let other = dir.path().join("other");
