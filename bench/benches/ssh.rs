@@ -15,6 +15,7 @@
 //!
 //! Environment: `ALKNET_BENCH_SSH_MB` (file size, default 1024), `ALKNET_BENCH_SSH_ROUNDS`
 //! (default 3), `ALKNET_BENCH_SSH_KEYS` (keystrokes per round and system, default 500),
+//! `ALKNET_BENCH_SSH_SYSTEMS` (`alknet,sshd` by default; `sshd` alone measures the baseline),
 //! `ALKNET_BIN` (the `alknet` binary; default `target/release/alknet` beside this bench).
 //! Build the server first: `cargo build --release -p alknet`.
 
@@ -26,7 +27,7 @@ use alknet_testkit::openssh::{
 };
 use alknet_testkit::procstat::{self, cpu_times};
 use alknet_testkit::serve::{AlknetServe, alknet_cli, host_key_of};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -101,17 +102,18 @@ fn alknet_bin() -> Result<PathBuf> {
 struct Rig {
     dir: tempfile::TempDir,
     src_hash: String,
-    alknet: AlknetServe,
+    /// The systems measured (`ALKNET_BENCH_SSH_SYSTEMS`).
+    systems: Vec<System>,
+    /// Alknet's server and client, unless only the baseline is measured.
+    alknet: Option<(AlknetServe, SshClient)>,
     sshd: Sshd,
-    ak_client: SshClient,
     sshd_client: SshClient,
     ak_root: PathBuf,
     sshd_root: PathBuf,
 }
 
 impl Rig {
-    fn start(mb: u64) -> Result<Self> {
-        let alknet_path = alknet_bin()?;
+    fn start(mb: u64, systems: Vec<System>) -> Result<Self> {
         // tmpfs where there is one: the disk is not what is measured.
         let dir = if Path::new("/dev/shm").is_dir() {
             tempfile::Builder::new()
@@ -140,6 +142,42 @@ impl Rig {
         std::fs::copy(&src, d.join("local/up.bin"))?;
         let src_hash = sha256_file(&src)?;
 
+        let alknet = if systems.contains(&System::Alknet) {
+            Some(Self::start_alknet(d, &ak_root)?)
+        } else {
+            None
+        };
+
+        let sshd = Sshd::start()?;
+        let sshd_dir = d.join("client/ssh-sshd");
+        std::fs::create_dir_all(&sshd_dir)?;
+        let sshd_client = sshd.client(&sshd_dir, "sshd-bench")?;
+
+        let rig = Self {
+            dir,
+            src_hash,
+            systems,
+            alknet,
+            sshd,
+            sshd_client,
+            ak_root,
+            sshd_root,
+        };
+        for &s in &rig.systems {
+            let (code, out, err) = rig.client(s).ssh("echo ready")?;
+            if code != 0 || out != "ready\n" {
+                bail!(
+                    "{}: `ssh echo ready` gave {code}, {out:?}: {err}{}",
+                    s.name(),
+                    rig.log(s)
+                );
+            }
+        }
+        Ok(rig)
+    }
+
+    fn start_alknet(d: &Path, ak_root: &Path) -> Result<(AlknetServe, SshClient)> {
+        let alknet_path = alknet_bin()?;
         let client_data = d.join("client/data");
         let fp = alknet_cli(&alknet_path, &client_data, &["id"])?
             .trim()
@@ -176,45 +214,23 @@ impl Rig {
                 )),
             },
         )?;
+        Ok((alknet, ak_client))
+    }
 
-        let sshd = Sshd::start()?;
-        let sshd_dir = d.join("client/ssh-sshd");
-        std::fs::create_dir_all(&sshd_dir)?;
-        let sshd_client = sshd.client(&sshd_dir, "sshd-bench")?;
-
-        let rig = Self {
-            dir,
-            src_hash,
-            alknet,
-            sshd,
-            ak_client,
-            sshd_client,
-            ak_root,
-            sshd_root,
-        };
-        for s in [System::Alknet, System::Sshd] {
-            let (code, out, err) = rig.client(s).ssh("echo ready")?;
-            if code != 0 || out != "ready\n" {
-                bail!(
-                    "{}: `ssh echo ready` gave {code}, {out:?}: {err}{}",
-                    s.name(),
-                    rig.log(s)
-                );
-            }
-        }
-        Ok(rig)
+    fn alk(&self) -> &(AlknetServe, SshClient) {
+        self.alknet.as_ref().expect("alknet is among the systems")
     }
 
     fn client(&self, s: System) -> &SshClient {
         match s {
-            System::Alknet => &self.ak_client,
+            System::Alknet => &self.alk().1,
             System::Sshd => &self.sshd_client,
         }
     }
 
     fn log(&self, s: System) -> String {
         match s {
-            System::Alknet => self.alknet.log(),
+            System::Alknet => self.alk().0.log(),
             System::Sshd => self.sshd.log(),
         }
     }
@@ -222,7 +238,7 @@ impl Rig {
     /// The server's CPU so far, once it has nothing of the last session left running.
     fn server_cpu(&self, s: System) -> Result<f64> {
         match s {
-            System::Alknet => Ok(cpu_times(self.alknet.pid())?.with_children()),
+            System::Alknet => Ok(cpu_times(self.alk().0.pid())?.with_children()),
             System::Sshd => {
                 if !procstat::wait_no_children(self.sshd.pid(), Duration::from_secs(10)) {
                     bail!("sshd's session processes still run 10 s after the client exited");
@@ -402,21 +418,34 @@ fn run() -> Result<()> {
     let rounds = env_u64("ALKNET_BENCH_SSH_ROUNDS", 3)?.max(1);
     let keys = env_u64("ALKNET_BENCH_SSH_KEYS", 500)?;
     println!("ssh: {mb} MiB SFTP download and upload, {keys} keystrokes, {rounds} rounds");
-    let rig = Rig::start(mb)?;
-    for s in [System::Alknet, System::Sshd] {
+    let systems = match std::env::var("ALKNET_BENCH_SSH_SYSTEMS") {
+        Err(_) => vec![System::Alknet, System::Sshd],
+        Ok(v) => v
+            .split(',')
+            .map(|w| match w.trim() {
+                "alknet" => Ok(System::Alknet),
+                "sshd" => Ok(System::Sshd),
+                other => Err(anyhow!(
+                    "ALKNET_BENCH_SSH_SYSTEMS: unknown system {other:?}; use alknet, sshd or both"
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let both = systems.len() == 2;
+    let rig = Rig::start(mb, systems.clone())?;
+    for &s in &systems {
         println!("{}: {}", s.name(), rig.negotiated(s)?);
     }
     let mut results: Vec<(System, Direction, Transfer)> = Vec::new();
     let mut latency: Vec<(System, Vec<Duration>)> =
-        vec![(System::Alknet, Vec::new()), (System::Sshd, Vec::new())];
+        systems.iter().map(|&s| (s, Vec::new())).collect();
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [System::Alknet, System::Sshd]
-        } else {
-            [System::Sshd, System::Alknet]
-        };
+        let mut order = systems.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for dir in [Direction::Download, Direction::Upload] {
-            for s in order {
+            for &s in &order {
                 let t = rig.transfer(s, dir)?;
                 println!(
                     "round {round} {:<6} {dir:<8?} {:>8.1} MB/s  server CPU {:.2} s/GB{}",
@@ -430,7 +459,7 @@ fn run() -> Result<()> {
                 results.push((s, dir, t));
             }
         }
-        for s in order {
+        for &s in &order {
             let samples = &mut latency.iter_mut().find(|(x, _)| *x == s).expect("slot").1;
             rig.keystrokes(s, keys, samples)?;
         }
@@ -450,7 +479,7 @@ fn run() -> Result<()> {
          | transfer | system | MB/s | server CPU s/GB | proxy CPU s/GB |\n|---|---|--:|--:|--:|"
     );
     for d in [Direction::Download, Direction::Upload] {
-        for s in [System::Alknet, System::Sshd] {
+        for &s in &systems {
             let rate = pick(s, d, &|t| mb as f64 * 1.048_576 / t.secs);
             let cpu = pick(s, d, &|t| t.server_cpu / gb(mb));
             let proxy = if s == System::Alknet {
@@ -464,8 +493,13 @@ fn run() -> Result<()> {
             println!("| {d:?} | {} | {rate:.1} | {cpu:.2} | {proxy} |", s.name());
         }
     }
-    println!("\n| transfer | throughput × sshd | server CPU/GB × sshd |\n|---|--:|--:|");
-    for d in [Direction::Download, Direction::Upload] {
+    if both {
+        println!("\n| transfer | throughput × sshd | server CPU/GB × sshd |\n|---|--:|--:|");
+    }
+    for d in [Direction::Download, Direction::Upload]
+        .into_iter()
+        .filter(|_| both)
+    {
         let ratio =
             |f: &dyn Fn(&Transfer) -> f64| pick(System::Alknet, d, f) / pick(System::Sshd, d, f);
         println!(
@@ -492,11 +526,13 @@ fn run() -> Result<()> {
             );
             p.push((p50, p99));
         }
-        println!(
-            "| × sshd | {:.2} | {:.2} |",
-            p[0].0.as_secs_f64() / p[1].0.as_secs_f64(),
-            p[0].1.as_secs_f64() / p[1].1.as_secs_f64()
-        );
+        if both {
+            println!(
+                "| × sshd | {:.2} | {:.2} |",
+                p[0].0.as_secs_f64() / p[1].0.as_secs_f64(),
+                p[0].1.as_secs_f64() / p[1].1.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
