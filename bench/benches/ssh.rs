@@ -15,7 +15,8 @@
 //!
 //! Environment: `ALKNET_BENCH_SSH_MB` (file size, default 1024), `ALKNET_BENCH_SSH_ROUNDS`
 //! (default 3), `ALKNET_BENCH_SSH_KEYS` (keystrokes per round and system, default 500),
-//! `ALKNET_BENCH_SSH_SYSTEMS` (`alknet,sshd` by default; `sshd` alone measures the baseline),
+//! `ALKNET_BENCH_SSH_TRANSFERS` (`get,put,cat` by default: SFTP download, SFTP upload, and
+//! `ssh HOST cat FILE` down an exec channel), `ALKNET_BENCH_SSH_SYSTEMS` (`alknet,sshd` by default; `sshd` alone measures the baseline),
 //! `ALKNET_BIN` (the `alknet` binary; default `target/release/alknet` beside this bench).
 //! Build the server first: `cargo build --release -p alknet`.
 
@@ -57,8 +58,27 @@ impl System {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Direction {
+    /// `sftp -b` with one `get`.
     Download,
+    /// `sftp -b` with one `put`.
     Upload,
+    /// `ssh HOST cat FILE > LOCAL`: the file down an exec channel, no SFTP.
+    Cat,
+}
+
+impl Direction {
+    fn parse(list: &str) -> Result<Vec<Self>> {
+        list.split(',')
+            .map(|w| match w.trim() {
+                "get" => Ok(Self::Download),
+                "put" => Ok(Self::Upload),
+                "cat" => Ok(Self::Cat),
+                other => Err(anyhow!(
+                    "ALKNET_BENCH_SSH_TRANSFERS: unknown transfer {other:?}; use get, put, cat"
+                )),
+            })
+            .collect()
+    }
 }
 
 /// One measured transfer.
@@ -264,7 +284,7 @@ impl Rig {
     fn transfer(&self, s: System, dir: Direction) -> Result<Transfer> {
         let local = self.dir.path().join("local");
         let (batch, check) = match dir {
-            Direction::Download => {
+            Direction::Download | Direction::Cat => {
                 let dst = local.join("down.bin");
                 let (_, shown) = self.remote(s, "src.bin");
                 (format!("get {shown} {}\n", dst.display()), dst)
@@ -280,7 +300,20 @@ impl Rig {
         let _ = std::fs::remove_file(&check);
         let cpu0 = self.server_cpu(s)?;
         let start = Instant::now();
-        let mut child = self.client(s).sftp_batch(&batch, &local)?;
+        let mut child = if dir == Direction::Cat {
+            let (on_server, _) = self.remote(s, "src.bin");
+            self.client(s)
+                .command("ssh")
+                .arg(self.client(s).alias())
+                .arg("--")
+                .arg(format!("cat {}", on_server.display()))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&check)?)
+                .stderr(Stdio::piped())
+                .spawn()?
+        } else {
+            self.client(s).sftp_batch(&batch, &local)?
+        };
         let sampler = (s == System::Alknet).then(|| ProxySampler::start(child.id()));
         let status = wait_child(&mut child, TRANSFER_LIMIT, "sftp")?;
         let secs = start.elapsed().as_secs_f64();
@@ -290,13 +323,13 @@ impl Rig {
             let _ = e.read_to_string(&mut err);
         }
         if !status.success() {
-            bail!("{} sftp {dir:?}: {status}: {err}{}", s.name(), self.log(s));
+            bail!("{} {dir:?}: {status}: {err}{}", s.name(), self.log(s));
         }
         let cpu1 = self.server_cpu(s)?;
         let hash = sha256_file(&check)?;
         if hash != self.src_hash {
             bail!(
-                "{} sftp {dir:?}: {} differs from the source",
+                "{} {dir:?}: {} differs from the source",
                 s.name(),
                 check.display()
             );
@@ -417,7 +450,7 @@ fn run() -> Result<()> {
     let mb = env_u64("ALKNET_BENCH_SSH_MB", 1024)?.max(1);
     let rounds = env_u64("ALKNET_BENCH_SSH_ROUNDS", 3)?.max(1);
     let keys = env_u64("ALKNET_BENCH_SSH_KEYS", 500)?;
-    println!("ssh: {mb} MiB SFTP download and upload, {keys} keystrokes, {rounds} rounds");
+    println!("ssh: {mb} MiB transfers, {keys} keystrokes, {rounds} rounds");
     let systems = match std::env::var("ALKNET_BENCH_SSH_SYSTEMS") {
         Err(_) => vec![System::Alknet, System::Sshd],
         Ok(v) => v
@@ -432,6 +465,9 @@ fn run() -> Result<()> {
             .collect::<Result<Vec<_>>>()?,
     };
     let both = systems.len() == 2;
+    let transfers = Direction::parse(
+        &std::env::var("ALKNET_BENCH_SSH_TRANSFERS").unwrap_or_else(|_| "get,put,cat".into()),
+    )?;
     let rig = Rig::start(mb, systems.clone())?;
     for &s in &systems {
         println!("{}: {}", s.name(), rig.negotiated(s)?);
@@ -444,7 +480,7 @@ fn run() -> Result<()> {
         if round % 2 == 1 {
             order.reverse();
         }
-        for dir in [Direction::Download, Direction::Upload] {
+        for &dir in &transfers {
             for &s in &order {
                 let t = rig.transfer(s, dir)?;
                 println!(
@@ -475,10 +511,10 @@ fn run() -> Result<()> {
         )
     };
     println!(
-        "\nssh: SFTP {mb} MiB, median of {rounds} rounds; ratios are alknet / sshd\n\n\
+        "\nssh: {mb} MiB, median of {rounds} rounds; ratios are alknet / sshd\n\n\
          | transfer | system | MB/s | server CPU s/GB | proxy CPU s/GB |\n|---|---|--:|--:|--:|"
     );
-    for d in [Direction::Download, Direction::Upload] {
+    for &d in &transfers {
         for &s in &systems {
             let rate = pick(s, d, &|t| mb as f64 * 1.048_576 / t.secs);
             let cpu = pick(s, d, &|t| t.server_cpu / gb(mb));
@@ -496,10 +532,7 @@ fn run() -> Result<()> {
     if both {
         println!("\n| transfer | throughput × sshd | server CPU/GB × sshd |\n|---|--:|--:|");
     }
-    for d in [Direction::Download, Direction::Upload]
-        .into_iter()
-        .filter(|_| both)
-    {
+    for &d in transfers.iter().filter(|_| both) {
         let ratio =
             |f: &dyn Fn(&Transfer) -> f64| pick(System::Alknet, d, f) / pick(System::Sshd, d, f);
         println!(
