@@ -21,5 +21,6 @@ mod quic;
 mod restart;
 mod revocation;
 mod ssh;
+mod ssh_migrate;
 mod support;
 mod systemd;

@@ -2,6 +2,15 @@
 //! key (loaded or generated) and a server verifier that checks the handshake signature but
 //! trusts any key, recording the server's fingerprint, as Alknet's own clients do on first
 //! contact. One copy, used by `alknet-bench`, the handlers' tests and the integration tests.
+//!
+//! Also the pieces for measuring SSH against OpenSSH: [`openssh`] (a real `sshd` and the
+//! `ssh`/`sftp`/`scp` clients with generated configs), [`relay`] (a UDP relay whose source
+//! port changes on demand, for migration tests) and [`procstat`] (CPU times from `/proc`).
+
+pub mod openssh;
+pub mod procstat;
+pub mod relay;
+pub mod serve;
 
 use alknet_proto::Fingerprint;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
