@@ -5,6 +5,8 @@ mod admin_cli;
 mod connect;
 mod logfmt;
 mod node;
+#[cfg(feature = "ssh")]
+mod sftp_cli;
 mod vault_cli;
 
 use alknet_core::config::Config;
@@ -130,6 +132,10 @@ enum Command {
     /// `alknet connect`.
     #[cfg(feature = "call")]
     Call(alknet_call::cli::CallArgs),
+    /// Serve one SFTP session on stdin/stdout, confined to --root (a drop-in for OpenSSH's
+    /// sftp-server: `sftp -D 'alknet sftp-server --root DIR'`, or sshd's `Subsystem`).
+    #[cfg(feature = "ssh")]
+    SftpServer(sftp_cli::SftpServerArgs),
     /// Who is connected now: peer, service, address, since when.
     Sessions {
         /// Print JSON.
@@ -219,6 +225,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Peer { cmd, json } => admin_cli::peer(&data_dir, cmd, json),
         Command::Token { cmd, json } => admin_cli::token(&data_dir, cmd, json),
         Command::Sessions { json } => admin_cli::sessions(&data_dir, json),
+        #[cfg(feature = "ssh")]
+        Command::SftpServer(args) => sftp_cli::run(args),
         #[cfg(feature = "call")]
         Command::Call(args) => {
             let key = node::load(&data_dir, args.passphrase_file.as_deref())?;
