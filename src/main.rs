@@ -8,6 +8,8 @@ mod invite_cli;
 mod logfmt;
 mod node;
 #[cfg(feature = "ssh")]
+mod sftp_cli;
+#[cfg(feature = "ssh")]
 mod ssh_cli;
 mod stats_cli;
 mod vault_cli;
@@ -169,6 +171,10 @@ enum Command {
     /// `alknet connect`.
     #[cfg(feature = "call")]
     Call(alknet_call::cli::CallArgs),
+    /// Serve one SFTP session on stdin/stdout, confined to --root (a drop-in for OpenSSH's
+    /// sftp-server: `sftp -D 'alknet sftp-server --root DIR'`, or sshd's `Subsystem`).
+    #[cfg(feature = "ssh")]
+    SftpServer(sftp_cli::SftpServerArgs),
     /// Who is connected now: peer, service, address, since when.
     Sessions {
         /// Print JSON.
@@ -313,6 +319,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sessions { json } => admin_cli::sessions(&data_dir, json),
         Command::Invite(args) => invite_cli::invite(&data_dir, args),
         Command::Join(args) => invite_cli::join(&data_dir, args),
+        #[cfg(feature = "ssh")]
+        Command::SftpServer(args) => sftp_cli::run(args),
         #[cfg(feature = "call")]
         Command::Call(args) => {
             let key = node::load(&data_dir, args.passphrase_file.as_deref())?;
