@@ -61,7 +61,8 @@ fn notify_ready_status_watchdog_and_stopping() {
     let ready = &first.first().expect("no notification at all").1;
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(
-        ready.contains("STATUS=0 connections, 0 sessions; services alknet/echo"),
+        ready.contains("STATUS=0 connections, 0 sessions; services ")
+            && ready.contains("alknet/echo"),
         "{ready}"
     );
 

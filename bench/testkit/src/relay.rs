@@ -197,9 +197,11 @@ fn client_to_server(s: &Shared) {
         let path = s.current.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(data) = buf.get(..n) else { continue };
         // A full send buffer or an unreachable server is loss, which QUIC recovers from.
-        if path.socket.send(data).is_ok() {
-            path.to_server_datagrams.fetch_add(1, Ordering::Relaxed);
-            path.to_server_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        path.to_server_datagrams.fetch_add(1, Ordering::Relaxed);
+        path.to_server_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if path.socket.send(data).is_err() {
+            path.to_server_datagrams.fetch_sub(1, Ordering::Relaxed);
+            path.to_server_bytes.fetch_sub(n as u64, Ordering::Relaxed);
         }
     }
 }
@@ -216,10 +218,15 @@ fn server_to_client(s: &Shared, path: &Path) {
             continue;
         };
         let Some(data) = buf.get(..n) else { continue };
-        if s.listen.send_to(data, client).is_ok() {
-            path.from_server_datagrams.fetch_add(1, Ordering::Relaxed);
+        // Counted before it is sent, so a reader that saw the datagram arrive also sees it
+        // counted; taken back if the send fails.
+        path.from_server_datagrams.fetch_add(1, Ordering::Relaxed);
+        path.from_server_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if s.listen.send_to(data, client).is_err() {
+            path.from_server_datagrams.fetch_sub(1, Ordering::Relaxed);
             path.from_server_bytes
-                .fetch_add(n as u64, Ordering::Relaxed);
+                .fetch_sub(n as u64, Ordering::Relaxed);
         }
     }
 }
