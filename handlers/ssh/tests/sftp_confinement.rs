@@ -1,7 +1,7 @@
 //! The SFTP server's confinement, spoken to in raw SFTP packets (russh-sftp's codec as the
 //! client): path escapes by `..`, absolute paths, symlinks pointing out and a symlink swapped
 //! in for a directory mid-operation are all refused, and nothing outside the root is read,
-//! written or even touched. Also: pipelined requests answered out of order, the bounds.
+//! written or even touched. Also: pipelined requests answered in request order, the bounds.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use alknet_ssh::sftp::{SftpOptions, serve};
@@ -633,6 +633,10 @@ async fn pipelined_requests_are_all_answered() {
     for _ in 0..64 {
         match c.recv().await {
             Packet::Data(d) => {
+                // In request order: OpenSSH's scp truncates its in-place copy at the first
+                // reply that overtook an earlier one.
+                let first = ids.keys().next().copied();
+                assert_eq!(Some(d.id), first, "a reply overtook an earlier request's");
                 let off = ids.remove(&d.id).expect("reply to a request sent") as usize;
                 got[off..off + d.data.len()].copy_from_slice(&d.data);
             }

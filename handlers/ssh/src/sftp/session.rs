@@ -1,5 +1,8 @@
 //! One SFTP session: reads length-prefixed requests, runs them on the blocking pool, and
-//! writes replies as they complete, possibly out of order by id.
+//! writes their replies in the order the requests came, as OpenSSH's `sftp-server` does.
+//! The protocol allows replies out of order, but OpenSSH's `scp` downloads in place and
+//! truncates the file at the end of the last reply that arrived in order: one READ answered
+//! before an earlier one would silently cut the copy short (with a success exit).
 //!
 //! Concurrency follows draft-ietf-secsh-filexfer-02 §6: READs and WRITEs run in parallel
 //! unless they overlap an earlier one in flight on the same handle (a WRITE involved), in
@@ -24,7 +27,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Requests in flight at once. OpenSSH's client keeps 64; twice that leaves room for others.
 pub(crate) const MAX_IN_FLIGHT: usize = 128;
@@ -136,7 +139,8 @@ fn protocol_error(what: String) -> io::Error {
 pub(crate) struct Session {
     root: Arc<Dir>,
     handles: Handles,
-    tx: mpsc::Sender<Reply>,
+    /// Each request's reply slot, in request order; the writer waits for them in turn.
+    tx: mpsc::Sender<oneshot::Receiver<Reply>>,
     count: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     in_flight: Vec<InFlight>,
@@ -173,20 +177,38 @@ where
     read.and(written)
 }
 
-/// Writes replies as they arrive, flushing when none is waiting.
+/// Writes replies in request order, flushing whenever the next one is not ready yet. A slot
+/// whose sender is gone (its blocking task panicked) is skipped.
 async fn write_replies<W: AsyncWrite + Unpin>(
     w: W,
-    mut rx: mpsc::Receiver<Reply>,
+    mut rx: mpsc::Receiver<oneshot::Receiver<Reply>>,
 ) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
-    while let Some(reply) = rx.recv().await {
-        w.write_all(&reply.bytes).await?;
-        drop(reply);
-        while let Ok(reply) = rx.try_recv() {
+    loop {
+        let mut next = match rx.try_recv() {
+            Ok(next) => next,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                w.flush().await?;
+                match rx.recv().await {
+                    Some(next) => next,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let reply = match next.try_recv() {
+            Ok(reply) => Some(reply),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                w.flush().await?;
+                next.await.ok()
+            }
+            Err(oneshot::error::TryRecvError::Closed) => None,
+        };
+        if let Some(reply) = reply {
             w.write_all(&reply.bytes).await?;
         }
-        w.flush().await?;
     }
+    w.flush().await?;
     w.shutdown().await
 }
 
@@ -243,13 +265,22 @@ impl Session {
     }
 
     async fn send(&self, bytes: Bytes, permits: Permits) -> io::Result<()> {
+        let reply = self.reply_slot().await?;
+        let _ = reply.send(Reply {
+            bytes,
+            _permits: permits,
+        });
+        Ok(())
+    }
+
+    /// The place of the next reply in the writer's order.
+    async fn reply_slot(&self) -> io::Result<oneshot::Sender<Reply>> {
+        let (reply, slot) = oneshot::channel();
         self.tx
-            .send(Reply {
-                bytes,
-                _permits: permits,
-            })
+            .send(slot)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "sftp client went away"))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "sftp client went away"))?;
+        Ok(reply)
     }
 
     async fn handle(&mut self, mut body: Bytes, permits: Permits) -> io::Result<()> {
@@ -347,7 +378,7 @@ impl Session {
             write,
             done: done.clone(),
         });
-        let tx = self.tx.clone();
+        let reply = self.reply_slot().await?;
         tokio::task::spawn_blocking(move || {
             let bytes = match &data {
                 Some(data) => ops::write(&file, id, offset, data),
@@ -356,7 +387,7 @@ impl Session {
             drop(data);
             done.store(true, Ordering::Release);
             // A client that went away is noticed by the reader.
-            let _ = tx.blocking_send(Reply {
+            let _ = reply.send(Reply {
                 bytes,
                 _permits: permits,
             });
