@@ -4,10 +4,12 @@
 //! the server's answers move to the new path.
 //!
 //! The client is `alknet connect` as people run it: piping a stream through `alknet/echo`,
-//! and as OpenSSH's `ProxyCommand` under `scp` and `sftp` for `alknet/ssh`.
+//! and as OpenSSH's `ProxyCommand` under `ssh`, `scp` and `sftp` for `alknet/ssh`. The relay
+//! switches once the transfer has visibly passed a byte count (bytes echoed, bytes of the
+//! file on disk), and reports exactly what the old path carried up to the switch.
 
 use crate::support::*;
-use alknet_testkit::relay::{PathStats, UdpRelay};
+use alknet_testkit::relay::{PathStats, Switched, UdpRelay};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,25 +44,23 @@ fn sha256_hex(ctx: ring::digest::Context) -> String {
 /// The path checks every variant makes once its transfer is done: exactly one switch, the
 /// first path carried traffic before it, the second carried both directions after it, and
 /// the server stopped answering on the old path.
-fn assert_moved(before: &[PathStats], after: &[PathStats], new_port: u16) {
+fn assert_moved(switched: Switched, after: &[PathStats], switch_after: u64) {
     assert_eq!(after.len(), 2, "one switch, two paths: {after:?}");
     let (old, new) = (after[0], after[1]);
-    assert_eq!(new.local_port, new_port);
+    assert_eq!(new.local_port, switched.new_port);
     assert_ne!(old.local_port, new.local_port);
     assert!(
-        old.to_server_bytes > 0 && old.from_server_bytes >= SWITCH_AFTER,
+        old.to_server_bytes > 0 && old.from_server_bytes >= switch_after,
         "the first path carried the start of the transfer: {old:?}"
     );
     assert!(
         new.to_server_datagrams > 0 && new.from_server_bytes >= NEW_PATH_MIN_BYTES,
         "the server moved to the new source port: {new:?}"
     );
-    // Nothing from the client took the old path after the switch but the one datagram the
-    // relay's single forwarding thread may have had in hand when it switched.
-    let late = old.to_server_datagrams - before[0].to_server_datagrams;
-    assert!(
-        late <= 1,
-        "{late} client datagrams took the old path after the switch"
+    // Nothing from the client took the old path after the switch.
+    assert_eq!(
+        old.to_server_datagrams, switched.old_at_switch.to_server_datagrams,
+        "client datagrams took the old path after the switch"
     );
 }
 
@@ -141,8 +141,7 @@ fn echo_transfer_survives_a_source_port_change() {
                 received.load(Ordering::Relaxed)
             )
         });
-    let before = relay.paths();
-    let new_port = relay.switch().unwrap();
+    let switched = relay.switch().unwrap();
 
     let status = wait_exit(&mut child, TRANSFER_LIMIT);
     let mut err = String::new();
@@ -161,7 +160,7 @@ fn echo_transfer_survives_a_source_port_change() {
         sent_hash, echoed_hash,
         "echoed bytes differ from those sent"
     );
-    assert_moved(&before, &relay.paths(), new_port);
+    assert_moved(switched, &relay.paths(), SWITCH_AFTER);
     assert_eq!(server.counter("migrations_refused"), 0);
 }
 
@@ -171,4 +170,124 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         Ok(s) => s,
         Err(e) => panic!("{e:#}"),
     }
+}
+
+/// The file `scp` and `sftp` fetch through the relay.
+const SSH_BYTES: u64 = 64 << 20;
+/// The relay switches once this much of it arrived.
+const SSH_SWITCH_AFTER: u64 = 16 << 20;
+
+#[derive(Clone, Copy, Debug)]
+enum Fetch {
+    /// `ssh gw cat FILE > LOCAL`: an exec channel, no SFTP.
+    SshCat,
+    Scp,
+    SftpGet,
+}
+
+/// A 64 MiB file fetched from the SSH service's `sftp_root` with `ssh cat`, `scp` or `sftp` through
+/// `alknet connect` as `ProxyCommand` via the relay; the relay's source port changes once
+/// 16 MiB arrived; the file is complete and its SHA-256 matches.
+async fn ssh_fetch_survives_a_source_port_change(fetch: Fetch) {
+    use alknet_testkit::openssh::{
+        SshClient, SshTarget, alknet_proxy_command, current_user, sha256_file, write_pattern_file,
+    };
+    let client = tempfile::tempdir().unwrap();
+    let fp = client_id(client.path());
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("big.bin");
+    write_pattern_file(&src, 11, SSH_BYTES).unwrap();
+    let server = Server::start(&format!(
+        "workers = 2\n[services.ssh]\nenabled = true\nsftp_root = \"{}\"\n[[peers]]\n\
+         id = \"mover\"\nfingerprints = [\"{fp}\"]\nscopes = [\"ssh\"]\n",
+        root.path().display()
+    ));
+    let (code, line, err) = run_cli(&["ssh", "host-key"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "alknet ssh host-key: {err}");
+    let host_key =
+        alknet_testkit::serve::host_key_of(&line).unwrap_or_else(|| panic!("no key in {line:?}"));
+    let relay = UdpRelay::start(server.addr).unwrap();
+    let ssh_dir = client.path().join("ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let ssh = SshClient::new(
+        &ssh_dir,
+        SshTarget {
+            alias: "gw".into(),
+            host_name: "127.0.0.1".into(),
+            port: None,
+            user: current_user().unwrap(),
+            identity: None,
+            known_host_key: host_key,
+            proxy_command: Some(alknet_proxy_command(
+                Path::new(ALKNET),
+                relay.addr(),
+                client.path(),
+                &server.fingerprint,
+            )),
+        },
+    )
+    .unwrap();
+    let dst = client.path().join("fetched.bin");
+    let mut child = match fetch {
+        Fetch::SshCat => ssh
+            .command("ssh")
+            .arg("gw")
+            .arg("--")
+            .arg(format!("cat {}", src.display()))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&dst).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(anyhow::Error::from),
+        Fetch::Scp => ssh.scp("gw:big.bin", &dst.display().to_string()),
+        Fetch::SftpGet => ssh.sftp_batch(&format!("get big.bin {}\n", dst.display()), &ssh_dir),
+    }
+    .unwrap();
+
+    let size = || std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
+    wait_for(TRANSFER_LIMIT, "16 MiB of the file to arrive", || {
+        size() >= SSH_SWITCH_AFTER || matches!(child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "{fetch:?} ended ({status}) before the switch with {} of {SSH_BYTES} bytes",
+            size()
+        );
+    }
+    let switched = relay.switch().unwrap();
+
+    let status = wait_exit(&mut child, TRANSFER_LIMIT);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    assert!(
+        status.success(),
+        "{fetch:?}: {status}: {err}\n{}",
+        server.stderr()
+    );
+    assert_eq!(
+        size(),
+        SSH_BYTES,
+        "{fetch:?} succeeded with a truncated file"
+    );
+    assert_eq!(sha256_file(&dst).unwrap(), sha256_file(&src).unwrap());
+    assert_moved(switched, &relay.paths(), SSH_SWITCH_AFTER);
+    assert_eq!(server.counter("migrations_refused"), 0);
+}
+
+#[tokio::test]
+async fn ssh_exec_output_survives_a_source_port_change() {
+    ssh_fetch_survives_a_source_port_change(Fetch::SshCat).await;
+}
+
+#[tokio::test]
+async fn scp_survives_a_source_port_change() {
+    ssh_fetch_survives_a_source_port_change(Fetch::Scp).await;
+}
+
+#[tokio::test]
+async fn sftp_get_survives_a_source_port_change() {
+    ssh_fetch_survives_a_source_port_change(Fetch::SftpGet).await;
 }

@@ -32,6 +32,16 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Large enough for any UDP datagram.
 const MAX_DATAGRAM: usize = 65_536;
 
+/// What [`UdpRelay::switch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switched {
+    /// The source port the server sees from now on.
+    pub new_port: u16,
+    /// The replaced path's counters at the switch: its client-to-server counts never grow
+    /// after it.
+    pub old_at_switch: PathStats,
+}
+
 /// Counters of one upstream path, as [`UdpRelay::paths`] returns them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathStats {
@@ -137,24 +147,32 @@ impl UdpRelay {
         self.addr
     }
 
-    /// Moves the client's traffic to a new upstream socket with a new source port and
-    /// returns that port. The old path keeps forwarding the server's answers for
-    /// [`OLD_PATH_GRACE`].
-    pub fn switch(&self) -> std::io::Result<u16> {
+    /// Moves the client's traffic to a new upstream socket with a new source port. The old
+    /// path keeps forwarding the server's answers for [`OLD_PATH_GRACE`].
+    ///
+    /// The client datagram being forwarded when this is called goes out first on the old
+    /// path; every later one takes the new path, so the old path's count in the returned
+    /// [`Switched`] is exactly what it carried from the client.
+    pub fn switch(&self) -> std::io::Result<Switched> {
         let path = Arc::new(Path::open(self.shared.server)?);
-        let port = path.local_port;
+        let new_port = path.local_port;
         self.spawn_reader(path.clone())?;
         lock(&self.shared.paths).push(path.clone());
-        let old = {
+        let (old, old_at_switch) = {
+            // The forwarding thread holds the read side while it counts and sends.
             let mut current = self
                 .shared
                 .current
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *current, path)
+            let stats = current.stats();
+            (std::mem::replace(&mut *current, path), stats)
         };
         *lock(&old.retire_at) = Some(Instant::now() + OLD_PATH_GRACE);
-        Ok(port)
+        Ok(Switched {
+            new_port,
+            old_at_switch,
+        })
     }
 
     /// Counters of every path so far, oldest first; the last one is the current path.
@@ -194,7 +212,8 @@ fn client_to_server(s: &Shared) {
             Err(_) => continue,
         };
         *lock(&s.client) = Some(from);
-        let path = s.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // Held while counting and sending, so a switch never splits the two.
+        let path = s.current.read().unwrap_or_else(|p| p.into_inner());
         let Some(data) = buf.get(..n) else { continue };
         // A full send buffer or an unreachable server is loss, which QUIC recovers from.
         path.to_server_datagrams.fetch_add(1, Ordering::Relaxed);
@@ -301,8 +320,10 @@ mod tests {
             .unwrap();
         let first = round_trip(&client, relay.addr(), b"one");
         assert_eq!(round_trip(&client, relay.addr(), b"two"), first);
-        let new_port = relay.switch().unwrap();
+        let switched = relay.switch().unwrap();
+        let new_port = switched.new_port;
         assert_ne!(new_port, first);
+        assert_eq!(switched.old_at_switch.to_server_datagrams, 2);
         assert_eq!(round_trip(&client, relay.addr(), b"three"), new_port);
         let paths = relay.paths();
         assert_eq!(paths.len(), 2);
