@@ -3,18 +3,48 @@
 //! stdin and stdout are read and written on their own threads (they block), connected to the
 //! runtime by small bounded queues so a slow consumer pushes back on the stream instead of
 //! stalling the QUIC driver.
+//!
+//! The connection always ends with a CONNECTION_CLOSE, so the server frees the session (and
+//! its slot under the peer's session cap) at once instead of at its idle timeout:
+//! - stdin at EOF finishes the stream; once the server's side has ended too, the connection
+//!   is closed with `NO_ERROR`;
+//! - the connection closing or failing ends both directions at once, whatever stdin does
+//!   (OpenSSH keeps its `ProxyCommand`'s stdin open until it gives up on the server);
+//! - SIGHUP (sent by OpenSSH to its `ProxyCommand` when `ssh` exits), SIGTERM and SIGINT
+//!   close the connection with `NO_ERROR` and exit with 128 + the signal number.
 
 use alknet_core::client::{KnownServers, TrustedConnect, connect_trusted};
 use alknet_core::config::{Config, DriverKind};
+use alknet_core::{Connection, ConnectionError, StreamError, VarInt, close_code};
 use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use futures_util::future::{Either, select};
 use std::io::{Read, Write};
 use std::path::Path;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 const CHUNK: usize = 64 * 1024;
+
+/// How long the close may take to be sent and acknowledged before the process exits anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The signals that end a session cleanly.
+const STOP_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGINT,
+];
+
+/// How a session ended without an error.
+enum Ended {
+    /// Both directions reached their end.
+    Done,
+    /// Stopped by this signal.
+    Signal(i32),
+}
 
 pub(crate) fn run(
     data_dir: &Path,
@@ -44,18 +74,56 @@ pub(crate) fn run(
         alpn: alpn.as_bytes(),
         pinned: pinned.or(server.pinned),
     };
+    let stop = stop_signals()?;
 
-    let mut result: Result<()> = Ok(());
+    let mut result: Result<Ended> = Ok(Ended::Done);
     alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
-        result = session(&target).await;
+        result = session(&target, &stop).await;
     })
     .context("cannot start the runtime")?;
-    result
+    match result? {
+        Ended::Done => Ok(()),
+        // The stdin and stdout threads may still be blocked: leave without waiting for them.
+        Ended::Signal(sig) => std::process::exit(128 + sig),
+    }
 }
 
-async fn session(target: &TrustedConnect<'_>) -> Result<()> {
-    let (endpoint, conn) = connect_trusted(target).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+/// A queue that yields each stop signal as it arrives (from a thread of its own).
+fn stop_signals() -> Result<flume::Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)
+        .context("cannot install signal handlers")?;
+    let (tx, rx) = flume::bounded(1);
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if tx.send(sig).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Result<Ended> {
+    let connected = match select(pin!(connect_trusted(target)), stop.recv_async()).await {
+        Either::Left((r, _)) => r?,
+        // Nothing was said yet; the server forgets the handshake.
+        Either::Right((sig, _)) => return Ok(Ended::Signal(sig.unwrap_or(0))),
+    };
+    let (endpoint, conn) = connected;
+    let opened = match select(pin!(conn.open_bi()), stop.recv_async()).await {
+        Either::Left((r, _)) => r.map_err(|e| anyhow!("connection closed: {e}")),
+        Either::Right((sig, _)) => {
+            close(&endpoint, &conn, b"client stopped by a signal").await;
+            return Ok(Ended::Signal(sig.unwrap_or(0)));
+        }
+    };
+    let (mut send, mut recv) = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            close(&endpoint, &conn, b"").await;
+            return Err(e);
+        }
+    };
 
     // stdin -> stream
     let (in_tx, in_rx) = flume::bounded::<Bytes>(8);
@@ -85,11 +153,17 @@ async fn session(target: &TrustedConnect<'_>) -> Result<()> {
     });
 
     let upload = async {
-        while let Ok(chunk) = in_rx.recv_async().await {
-            send.write_chunk(chunk).await?;
+        // The connection ending is the end of the upload too: stdin may stay open.
+        let mut closed = pin!(conn.closed());
+        loop {
+            match select(in_rx.recv_async(), closed.as_mut()).await {
+                Either::Left((Ok(chunk), _)) => send.write_chunk(chunk).await?,
+                Either::Left((Err(_), _)) => break,
+                Either::Right((e, _)) => return Err(StreamError::ConnectionLost(e)),
+            }
         }
         send.finish()?;
-        Ok::<_, alknet_core::StreamError>(())
+        Ok::<_, StreamError>(())
     };
     let download = async {
         while let Some(chunk) = recv.read_chunk(CHUNK).await? {
@@ -98,20 +172,41 @@ async fn session(target: &TrustedConnect<'_>) -> Result<()> {
             }
         }
         drop(out_tx);
-        Ok::<_, alknet_core::StreamError>(())
+        Ok::<_, StreamError>(())
     };
-    let (up, down) = futures_util::future::join(upload, download).await;
+    let transfer = pin!(futures_util::future::join(upload, download));
+    let (up, down) = match select(transfer, stop.recv_async()).await {
+        Either::Left((r, _)) => r,
+        Either::Right((sig, _)) => {
+            close(&endpoint, &conn, b"client stopped by a signal").await;
+            return Ok(Ended::Signal(sig.unwrap_or(0)));
+        }
+    };
     let outcome = match (up, down) {
-        (_, Err(e)) | (Err(e), _) => Err(describe(e, &conn)),
-        _ => Ok(()),
+        (_, Err(e)) => Err(describe(e, &conn)),
+        // The server closed the connection normally after its side ended: nothing is lost.
+        (Err(StreamError::ConnectionLost(e)), Ok(())) if closed_normally(&e) => Ok(Ended::Done),
+        (Err(e), _) => Err(describe(e, &conn)),
+        (Ok(()), Ok(())) => Ok(Ended::Done),
     };
+    // Everything received reaches stdout before the process ends.
     let _ = writer.join();
-    conn.close(alknet_core::close_code::NO_ERROR, b"");
-    endpoint.wait_idle(Duration::from_secs(1)).await;
+    close(&endpoint, &conn, b"").await;
     outcome
 }
 
-fn describe(e: alknet_core::StreamError, conn: &alknet_core::Connection) -> anyhow::Error {
+/// Closes the connection with `NO_ERROR` and waits (bounded) until the close is through.
+async fn close(endpoint: &alknet_core::client::ClientEndpoint, conn: &Connection, reason: &[u8]) {
+    conn.close(close_code::NO_ERROR, reason);
+    endpoint.wait_idle(CLOSE_GRACE).await;
+}
+
+fn closed_normally(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ApplicationClosed(c)
+        if c.error_code == VarInt::from_u32(close_code::NO_ERROR))
+}
+
+fn describe(e: StreamError, conn: &Connection) -> anyhow::Error {
     match conn.close_reason() {
         Some(reason) => anyhow!("connection closed: {reason}"),
         None => anyhow!("stream failed: {e}"),

@@ -80,7 +80,9 @@ enum Command {
     ///
     /// Usable as an OpenSSH ProxyCommand. The server key is pinned with --fingerprint, or
     /// trusted on first use and remembered in the known_servers file of the data directory;
-    /// a changed key is refused with an error naming both keys.
+    /// a changed key is refused with an error naming both keys. The connection is closed
+    /// at once when stdin ends and the server's side is done, when the connection ends, and
+    /// on SIGHUP (sent by ssh when it exits), SIGTERM or SIGINT (exit status 128 + signal).
     Connect {
         /// Server: `host:port`, or the name of a server stored by `alknet join --as NAME`.
         addr: String,

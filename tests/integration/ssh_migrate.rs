@@ -291,3 +291,138 @@ async fn scp_survives_a_source_port_change() {
 async fn sftp_get_survives_a_source_port_change() {
     ssh_fetch_survives_a_source_port_change(Fetch::SftpGet).await;
 }
+
+/// The server's idle timeout in the close tests: far beyond their waits, so a session that
+/// goes away within them was closed by the client, not timed out.
+const LONG_IDLE: &str = "[transport]\nidle_timeout = \"300s\"\n";
+/// How long the server may take to see a closed connection gone.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+fn sessions(server: &Server) -> Vec<serde_json::Value> {
+    let (code, out, err) = run_cli(&["sessions", "--json"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "alknet sessions: {err}");
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap_or_else(|e| panic!("alknet sessions --json: {e}: {out}"))
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("alknet sessions --json: not a list: {out}"))
+}
+
+/// After `ssh gw true` exits, its `alknet connect` (stdin at EOF, then SIGHUP from ssh) has
+/// closed the QUIC connection: the server lists no session long before its idle timeout.
+#[tokio::test]
+async fn ssh_exiting_ends_the_session_at_once() {
+    use alknet_testkit::openssh::{SshClient, SshTarget, alknet_proxy_command, current_user};
+    let client = tempfile::tempdir().unwrap();
+    let fp = client_id(client.path());
+    let server = Server::start(&format!(
+        "{LONG_IDLE}[services.ssh]\nenabled = true\nmax_sessions_per_peer = 1\n[[peers]]\n\
+         id = \"laptop\"\nfingerprints = [\"{fp}\"]\nscopes = [\"ssh\"]\n"
+    ));
+    let (code, line, err) = run_cli(&["ssh", "host-key"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "alknet ssh host-key: {err}");
+    let host_key =
+        alknet_testkit::serve::host_key_of(&line).unwrap_or_else(|| panic!("no key in {line:?}"));
+    let ssh_dir = client.path().join("ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let ssh = SshClient::new(
+        &ssh_dir,
+        SshTarget {
+            alias: "gw".into(),
+            host_name: "127.0.0.1".into(),
+            port: None,
+            user: current_user().unwrap(),
+            identity: None,
+            known_host_key: host_key,
+            proxy_command: Some(alknet_proxy_command(
+                Path::new(ALKNET),
+                server.addr,
+                client.path(),
+                &server.fingerprint,
+            )),
+        },
+    )
+    .unwrap();
+    // With a cap of one session per peer, each run also needs the previous one gone.
+    for run in 0..3 {
+        let (code, out, err) = ssh.ssh("echo in").unwrap();
+        assert_eq!((code, out.as_str()), (0, "in\n"), "run {run}: {err}");
+        wait_for(CLOSE_LIMIT, "the server to drop the ended session", || {
+            sessions(&server).is_empty()
+        })
+        .await;
+    }
+}
+
+/// `alknet connect` closes its connection when stdin ends and the echo came back (exit 0),
+/// and on SIGHUP, SIGTERM and SIGINT while stdin stays open (exit 128 + the signal): the
+/// server lists no session right after.
+#[tokio::test]
+async fn connect_closes_its_connection_at_eof_and_on_signals() {
+    let client = tempfile::tempdir().unwrap();
+    let fp = client_id(client.path());
+    let server = Server::start(&format!(
+        "{LONG_IDLE}[services.echo]\nenabled = true\n[[peers]]\nid = \"pipe\"\n\
+         fingerprints = [\"{fp}\"]\nscopes = [\"echo\"]\n"
+    ));
+    let start = || {
+        Command::new(ALKNET)
+            .args(["connect", &server.addr.to_string(), "--alpn", "alknet/echo"])
+            .args(["--fingerprint", &server.fingerprint, "--data-dir"])
+            .arg(client.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Echoes one line, proving the stream is up.
+    let ping = |child: &mut Child| {
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(b"ping\n").unwrap();
+        stdin.flush().unwrap();
+        let mut got = [0u8; 5];
+        child.stdout.as_mut().unwrap().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping\n");
+    };
+
+    let mut child = start();
+    ping(&mut child);
+    drop(child.stdin.take());
+    let status = wait_exit(&mut child, CLOSE_LIMIT);
+    assert!(status.success(), "alknet connect after EOF: {status}");
+    wait_for(
+        CLOSE_LIMIT,
+        "the server to drop the session ended by EOF",
+        || sessions(&server).is_empty(),
+    )
+    .await;
+
+    for (name, number) in [("HUP", 1), ("TERM", 15), ("INT", 2)] {
+        let mut child = start();
+        ping(&mut child);
+        assert_eq!(
+            sessions(&server).len(),
+            1,
+            "the SIG{name} session is listed"
+        );
+        let killed = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = wait_exit(&mut child, CLOSE_LIMIT);
+        assert_eq!(
+            status.code(),
+            Some(128 + number),
+            "after SIG{name}: {status}"
+        );
+        wait_for(
+            CLOSE_LIMIT,
+            "the server to drop the signalled session",
+            || sessions(&server).is_empty(),
+        )
+        .await;
+    }
+}
