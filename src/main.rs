@@ -177,7 +177,8 @@ enum Command {
     /// sftp-server: `sftp -D 'alknet sftp-server --root DIR'`, or sshd's `Subsystem`).
     #[cfg(feature = "ssh")]
     SftpServer(sftp_cli::SftpServerArgs),
-    /// Who is connected now: peer, service, address, since when.
+    /// Who is connected now: peer, service, current address (it follows a client that moved
+    /// to another network; `--json` also gives the handshake address), since when.
     Sessions {
         /// Print JSON.
         #[arg(long)]

@@ -92,6 +92,8 @@ fn echo_transfer_survives_a_source_port_change() {
         .unwrap();
 
     let mut stdin = child.stdin.take().unwrap();
+    // The upload ends (stdin is dropped) once the listing was checked.
+    let (release, released) = mpsc::channel::<()>();
     let writer = std::thread::spawn(move || {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut sent = 0u64;
@@ -105,17 +107,20 @@ fn echo_transfer_survives_a_source_port_change() {
             }
             sent += block.len() as u64;
         }
+        let _ = released.recv_timeout(TRANSFER_LIMIT);
         // Dropping stdin is the end of the upload.
         (sent, sha256_hex(ctx))
     });
     let mut stdout = child.stdout.take().unwrap();
     let received = Arc::new(AtomicU64::new(0));
     let (reached, switch_point) = mpsc::channel::<()>();
+    let (all_back, all_echoed) = mpsc::channel::<()>();
     let got = received.clone();
     let reader = std::thread::spawn(move || {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 1 << 16];
         let mut reached = Some(reached);
+        let mut all_back = Some(all_back);
         loop {
             match stdout.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -124,6 +129,11 @@ fn echo_transfer_survives_a_source_port_change() {
                     let total = got.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                     if total >= SWITCH_AFTER
                         && let Some(tx) = reached.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    if total >= ECHO_BYTES
+                        && let Some(tx) = all_back.take()
                     {
                         let _ = tx.send(());
                     }
@@ -142,6 +152,29 @@ fn echo_transfer_survives_a_source_port_change() {
             )
         });
     let switched = relay.switch().unwrap();
+
+    // With everything echoed and the connection still open, the listing shows where the
+    // connection is now, and where it started.
+    all_echoed.recv_timeout(TRANSFER_LIMIT).unwrap_or_else(|_| {
+        panic!(
+            "{} of {ECHO_BYTES} bytes echoed",
+            received.load(Ordering::Relaxed)
+        )
+    });
+    let listed = sessions(&server);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let paths = relay.paths();
+    assert_eq!(
+        listed[0]["remote"],
+        format!("127.0.0.1:{}", switched.new_port),
+        "alknet sessions shows the current path: {listed:?}"
+    );
+    assert_eq!(
+        listed[0]["handshake_remote"],
+        format!("127.0.0.1:{}", paths[0].local_port),
+        "{listed:?}"
+    );
+    release.send(()).unwrap();
 
     let status = wait_exit(&mut child, TRANSFER_LIMIT);
     let mut err = String::new();

@@ -377,6 +377,9 @@ pub(crate) struct ConnInner {
     pub(crate) since: Instant,
     /// Key of this connection on the shard's session board, once authenticated.
     pub(crate) session: Option<u64>,
+    /// The remote address the session board shows; follows the connection's path when it
+    /// migrates.
+    pub(crate) listed_remote: SocketAddr,
     /// How often the connection may move to an address it has not used.
     pub(crate) migration: crate::shard::MigrationGate,
     /// The service takes no uni streams: the client's are stopped as they open.
@@ -391,6 +394,7 @@ impl ConnInner {
     ) -> Self {
         Self {
             migration: crate::shard::MigrationGate::new(proto.remote_address()),
+            listed_remote: proto.remote_address(),
             proto,
             handle,
             dirty: false,

@@ -90,8 +90,12 @@ pub struct SessionInfo {
     pub peer: String,
     /// Service ALPN.
     pub alpn: String,
-    /// Remote address at the handshake.
+    /// Remote address now: where the connection's current path goes, which changes when the
+    /// client moves (NAT rebinding, another network).
     pub remote: String,
+    /// Remote address at the handshake.
+    #[serde(default)]
+    pub handshake_remote: String,
     /// When the handshake finished, Unix seconds.
     pub since_unix: u64,
     /// The shard holding it.

@@ -899,6 +899,7 @@ impl ShardState {
                     self.on_connected(now, cell);
                 }
             }
+            self.follow_remote(cell);
             {
                 // The handler is gone and every finished stream is acknowledged: close.
                 let mut inner = cell.inner.borrow_mut();
@@ -913,6 +914,25 @@ impl ShardState {
                 return any;
             }
             any = true;
+        }
+    }
+
+    /// Shows a session's new remote address on the board once its connection moved there
+    /// (quinn-proto migrates on a datagram from a new address, and moves back if the new
+    /// path fails validation).
+    fn follow_remote(&self, cell: &ConnRef) {
+        let mut inner = cell.inner.borrow_mut();
+        let remote = inner.proto.remote_address();
+        if remote == inner.listed_remote {
+            return;
+        }
+        let from = std::mem::replace(&mut inner.listed_remote, remote);
+        debug!(%from, to = %remote, peer = ?inner.peer, "connection moved to a new address");
+        if let (Some(id), Role::Server(s)) = (inner.session, &self.role) {
+            let mut board = s.board.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(info) = board.get_mut(&id) {
+                info.remote = remote.to_string();
+            }
         }
     }
 
@@ -1119,6 +1139,7 @@ impl ShardState {
                 .unwrap_or_else(|| "anonymous".into()),
             alpn: alpn_str,
             remote: remote.to_string(),
+            handshake_remote: remote.to_string(),
             since_unix: self.wall.unix_at(now),
             shard: self.id,
         };
