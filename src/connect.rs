@@ -103,18 +103,26 @@ fn stop_signals() -> Result<flume::Receiver<i32>> {
     Ok(rx)
 }
 
+/// The next stop signal; pending for ever if the signal thread is gone.
+async fn next_signal(stop: &flume::Receiver<i32>) -> i32 {
+    match stop.recv_async().await {
+        Ok(sig) => sig,
+        Err(_) => std::future::pending().await,
+    }
+}
+
 async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Result<Ended> {
-    let connected = match select(pin!(connect_trusted(target)), stop.recv_async()).await {
+    let connected = match select(pin!(connect_trusted(target)), pin!(next_signal(stop))).await {
         Either::Left((r, _)) => r?,
         // Nothing was said yet; the server forgets the handshake.
-        Either::Right((sig, _)) => return Ok(Ended::Signal(sig.unwrap_or(0))),
+        Either::Right((sig, _)) => return Ok(Ended::Signal(sig)),
     };
     let (endpoint, conn) = connected;
-    let opened = match select(pin!(conn.open_bi()), stop.recv_async()).await {
+    let opened = match select(pin!(conn.open_bi()), pin!(next_signal(stop))).await {
         Either::Left((r, _)) => r.map_err(|e| anyhow!("connection closed: {e}")),
         Either::Right((sig, _)) => {
             close(&endpoint, &conn, b"client stopped by a signal").await;
-            return Ok(Ended::Signal(sig.unwrap_or(0)));
+            return Ok(Ended::Signal(sig));
         }
     };
     let (mut send, mut recv) = match opened {
@@ -175,11 +183,11 @@ async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Re
         Ok::<_, StreamError>(())
     };
     let transfer = pin!(futures_util::future::join(upload, download));
-    let (up, down) = match select(transfer, stop.recv_async()).await {
+    let (up, down) = match select(transfer, pin!(next_signal(stop))).await {
         Either::Left((r, _)) => r,
         Either::Right((sig, _)) => {
             close(&endpoint, &conn, b"client stopped by a signal").await;
-            return Ok(Ended::Signal(sig.unwrap_or(0)));
+            return Ok(Ended::Signal(sig));
         }
     };
     let outcome = match (up, down) {
