@@ -380,6 +380,11 @@ async fn ssh_exiting_ends_the_session_at_once() {
     for run in 0..3 {
         let (code, out, err) = ssh.ssh("echo in").unwrap();
         assert_eq!((code, out.as_str()), (0, "in\n"), "run {run}: {err}");
+        // The end is clean: `alknet connect` (whose stderr is ssh's) reports no failure.
+        assert!(
+            !err.contains("stream failed") && !err.contains("connection closed"),
+            "run {run}: {err}"
+        );
         wait_for(CLOSE_LIMIT, "the server to drop the ended session", || {
             sessions(&server).is_empty()
         })
