@@ -48,9 +48,9 @@ mod drain;
 mod registry;
 mod spawn;
 
-pub use context::{NodeError, NodeFacts, ServiceContext};
+pub use context::{ConfigWatch, NodeError, NodeFacts, ServiceContext};
 pub use drain::{Drain, DrainWait};
-pub use registry::{Offer, Registry, RegistryError, SetupError};
+pub use registry::{Offer, Registry, RegistryError, ServiceReload, SetupError};
 pub(crate) use registry::{Route, Router, ShardSetup};
 pub use spawn::Spawner;
 pub(crate) use spawn::{spawn_for, spawn_handler};

@@ -326,7 +326,8 @@ fn router_drain_fires_the_shards_signal() {
         )),
         Arc::default(),
     );
-    let ctx = ServiceContext::new(&setup, &NoConfig {});
+    let watch = ConfigWatch::new(NoConfig {});
+    let ctx = ServiceContext::new(&setup, &NoConfig {}, &watch);
     assert_eq!(ctx.shard(), 3);
     let drain = ctx.drain();
     let router = Registry::new().instantiate(&setup);
@@ -361,8 +362,9 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
             .with_tokio(rt.clone())
         })
         .collect();
+    let watch = ConfigWatch::new(NoConfig {});
     for setup in &setups {
-        let ctx = ServiceContext::new(setup, &NoConfig {});
+        let ctx = ServiceContext::new(setup, &NoConfig {}, &watch);
         assert!(Arc::ptr_eq(ctx.tokio(), &rt), "shard {}", ctx.shard());
     }
     assert!(!rt.is_started(), "building services starts no tokio thread");
@@ -374,7 +376,7 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
         Arc::default(),
     );
     assert!(!Arc::ptr_eq(
-        ServiceContext::new(&lone, &NoConfig {}).tokio(),
+        ServiceContext::new(&lone, &NoConfig {}, &watch).tokio(),
         &rt
     ));
 }
