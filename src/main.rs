@@ -572,9 +572,10 @@ fn serve(
     } else {
         None
     };
+    let hangup = reloader.clone();
     let on_hangup = move || {
         // Logged by the reloader, success or failure; the server goes on either way.
-        let _ = reloader.reload();
+        let _ = hangup.reload();
     };
     match wait_for_stop(signals, handle.worker_exits(), on_hangup) {
         Stop::Signal(sig, more) => {
@@ -582,7 +583,8 @@ fn serve(
             if let Some(stop) = &watchdog_stop {
                 stop.stop();
             }
-            tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
+            let drain = reloader.running().drain_period.0;
+            tracing::info!(signal = sig, ?drain, "shutting down");
             handle.shutdown();
             // A second signal (or a shard that dies) while draining exits at once, non-zero.
             std::thread::spawn(move || {

@@ -381,3 +381,19 @@ fn reload_without_a_config_file_says_there_is_nothing_to_reload() {
     assert_ne!(code, 0);
     assert!(err.contains("without --config"), "{err}");
 }
+
+#[test]
+fn the_shipped_unit_reloads_with_sighup() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alknet.service"),
+    )
+    .unwrap();
+    let reload: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(reload, ["/bin/kill -HUP $MAINPID"], "{unit}");
+    // Type=notify: the RELOADING=1 … READY=1 the server sends around each reload shows in
+    // `systemctl status`.
+    assert!(unit.lines().any(|l| l.trim() == "Type=notify"), "{unit}");
+}

@@ -227,7 +227,7 @@ pub struct Outcome {
     pub peers_removed: Vec<String>,
     /// Peers changed (their sessions rechecked).
     pub peers_changed: Vec<String>,
-    /// Services turned off.
+    /// Services turned off (by this reload).
     pub services_disabled: Vec<String>,
     /// Services turned back on (off since an earlier reload).
     pub services_enabled: Vec<String>,
@@ -362,6 +362,14 @@ impl Reloader {
         self
     }
 
+    /// The configuration the server runs with now (after the last successful reload).
+    pub fn running(&self) -> Arc<Config> {
+        match self.state.lock() {
+            Ok(g) => g.config.clone(),
+            Err(p) => p.into_inner().config.clone(),
+        }
+    }
+
     /// Reads the file again and applies it; logs the outcome (one info line, a warning per
     /// key needing a restart, or the error at error level) and returns it.
     pub fn reload(&self) -> Result<Outcome, String> {
@@ -426,7 +434,12 @@ impl Reloader {
             .filter(|n| !plan.disabled.contains(n))
             .map(|n| (*n).to_owned())
             .collect();
-        let services_disabled = plan.disabled.iter().map(|n| (*n).to_owned()).collect();
+        let services_disabled = plan
+            .disabled
+            .iter()
+            .filter(|n| !state.disabled.contains(n))
+            .map(|n| (*n).to_owned())
+            .collect();
         let merged = Arc::new(merge_live(&old, &new));
         self.handle.reload_shards(LiveUpdate {
             config: merged.clone(),

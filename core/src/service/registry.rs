@@ -209,13 +209,7 @@ impl Registry {
         config: &Config,
         offers: impl IntoIterator<Item = Offer>,
     ) -> Result<Self, SetupError> {
-        let mut offers: Vec<Offer> = offers.into_iter().collect();
-        let known: Vec<&str> = offers.iter().map(Offer::name).collect();
-        config.check_services(&known)?;
-        let mut registry = Self::new();
-        for offer in &mut offers {
-            offer.0.configure(config, &mut registry)?;
-        }
+        let registry = Self::configure(config, offers)?;
         for s in registry.services.iter().filter(|s| s.info.anonymous) {
             if s.requires_key {
                 tracing::info!(
@@ -230,6 +224,21 @@ impl Registry {
                 alpn = %String::from_utf8_lossy(s.info.alpn),
                 "service serves clients with unknown keys (anonymous = true); use this for benchmarks only"
             );
+        }
+        Ok(registry)
+    }
+
+    /// [`Registry::from_config`] without its log lines (a reload checks the new file with it).
+    fn configure(
+        config: &Config,
+        offers: impl IntoIterator<Item = Offer>,
+    ) -> Result<Self, SetupError> {
+        let mut offers: Vec<Offer> = offers.into_iter().collect();
+        let known: Vec<&str> = offers.iter().map(Offer::name).collect();
+        config.check_services(&known)?;
+        let mut registry = Self::new();
+        for offer in &mut offers {
+            offer.0.configure(config, &mut registry)?;
         }
         Ok(registry)
     }
@@ -279,7 +288,7 @@ impl Registry {
         new: &Config,
         offers: impl IntoIterator<Item = Offer>,
     ) -> Result<ServiceReload, SetupError> {
-        let next = Self::from_config(new, offers)?;
+        let next = Self::configure(new, offers)?;
         let mut plan = ServiceReload::default();
         for s in &self.services {
             if !next.services.iter().any(|n| n.name == s.name) {
