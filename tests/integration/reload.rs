@@ -397,3 +397,33 @@ fn the_shipped_unit_reloads_with_sighup() {
     // `systemctl status`.
     assert!(unit.lines().any(|l| l.trim() == "Type=notify"), "{unit}");
 }
+
+#[test]
+fn the_ssh_services_exec_allowlist_follows_a_reload() {
+    let client = SshClient::new();
+    let section = |allow: &str| {
+        format!(
+            "[services.ssh]\nenabled = true\nexec_allow = [\"{allow}\"]\n[[peers]]\nid = \"cron\"\nfingerprints = [\"{}\"]\nscopes = [\"ssh-exec\"]\n",
+            client.fingerprint
+        )
+    };
+    let server = Server::start(&section("echo first"));
+    client.paste_config(&server, "gw");
+    let (code, out, err) = client.run(None, &[], "echo first");
+    assert_eq!((code, out.as_str()), (0, "first\n"), "{err}");
+    let (code, out, _) = client.run(None, &[], "echo second");
+    assert_ne!(code, 0, "a command off the allowlist ran: {out}");
+
+    rewrite(&server, &section("echo second"));
+    let (code, v, err) = reload_cli(&server);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(names(&v, "sections_reloaded"), ["ssh"], "{v}");
+    // The next SSH connection runs under the new list, without a restart.
+    let (code, out, err) = client.run(None, &[], "echo second");
+    assert_eq!((code, out.as_str()), (0, "second\n"), "{err}");
+    let (code, out, _) = client.run(None, &[], "echo first");
+    assert_ne!(
+        code, 0,
+        "a command taken off the allowlist still ran: {out}"
+    );
+}
