@@ -9,6 +9,13 @@ use std::path::Path;
 /// Sends the reload request and prints the outcome; a refused file is an error (exit 1)
 /// naming the file, line and key.
 pub(crate) fn run(data_dir: &Path, json: bool) -> Result<()> {
+    if !control::server_running(data_dir) {
+        bail!(
+            "no server runs on {}: there is nothing to reload; start one with `alknet serve --config FILE --data-dir {}`",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
     let value = match control::request(data_dir, &Request::Reload) {
         Ok(v) => v,
         Err(e) => bail!(

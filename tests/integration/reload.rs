@@ -427,3 +427,14 @@ fn the_ssh_services_exec_allowlist_follows_a_reload() {
         "a command taken off the allowlist still ran: {out}"
     );
 }
+
+#[test]
+fn reload_with_no_server_running_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cli(&["reload"], dir.path(), b"");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no server runs on") && err.contains("alknet serve --config"),
+        "{err}"
+    );
+}

@@ -40,6 +40,17 @@
 //! closes the connection the task belongs to and no other. Handler crates deny
 //! `monoio::spawn` with clippy's `disallowed-methods` (`handlers/clippy.toml`).
 //!
+//! **Reload.** A reload (SIGHUP, `alknet reload`; [`crate::ops::reload`]) parses every
+//! `[services.NAME]` section of the new file before anything changes, then stores each
+//! changed one in its service's [`ConfigWatch`]. A handler whose rules should follow a reload
+//! keeps [`ServiceContext::config_watch`] and reads [`ConfigWatch::current`] when it takes a
+//! decision (a new session, a new request: the SSH service rebuilds its policy when
+//! [`ConfigWatch::version`] moves); what it copied from [`ServiceContext::config`] stays as
+//! at start. So a service's policy (an SSH rule list, a tunnel allowlist) belongs in its own
+//! section to be reloadable. A change to what a service declares ([`Service::info`]: ALPN,
+//! scopes, anonymity) and turning on a service that was off at start need a restart; turning
+//! one off is live (the shards refuse its ALPN and close its sessions).
+//!
 //! Not here: the config file format ([`crate::config`]), authentication (the shard), and the
 //! tokio side runtime for tokio-bound libraries (its own module, reached from the context).
 
