@@ -7,6 +7,7 @@ mod connect;
 mod invite_cli;
 mod logfmt;
 mod node;
+mod reload_cli;
 #[cfg(feature = "ssh")]
 mod sftp_cli;
 #[cfg(feature = "ssh")]
@@ -60,7 +61,8 @@ enum Command {
     /// With no arguments it creates the data directory and node key on first start, listens
     /// on [::]:4433 and prints its fingerprint and the ALPNs it serves. SIGTERM or SIGINT
     /// stops accepting, lets connections finish for the drain period, closes the rest with
-    /// an application close and exits 0.
+    /// an application close and exits 0. SIGHUP reads the --config file again and applies
+    /// what can change live, as `alknet reload` does.
     Serve {
         /// Configuration file (TOML); see deploy/alknet.toml for every key.
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -223,6 +225,18 @@ enum Command {
     /// until it expires (default 1h). Works with the server running (through its control
     /// socket) and without.
     Invite(invite_cli::InviteArgs),
+    /// Ask the server running on this data directory to read its config file again.
+    ///
+    /// What can change live is applied at once (peers, scopes, service switches, service
+    /// sections, admission limits; sessions whose access went are closed) and printed;
+    /// keys that need a restart are named and keep their running value. A file with an
+    /// error changes nothing: the error (file, line, key) is printed and the exit status is
+    /// non-zero. SIGHUP (`systemctl reload alknet`) does the same, logging the result.
+    Reload {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join a gateway with a code from `alknet invite`, and store it under a name.
     ///
     /// Connects pinning the fingerprint in the code (no trust on first use), proves the
@@ -322,6 +336,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sessions { json } => admin_cli::sessions(&data_dir, json),
         Command::Invite(args) => invite_cli::invite(&data_dir, args),
         Command::Join(args) => invite_cli::join(&data_dir, args),
+        Command::Reload { json } => reload_cli::run(&data_dir, json),
         #[cfg(feature = "ssh")]
         Command::SftpServer(args) => sftp_cli::run(args),
         #[cfg(feature = "call")]
@@ -408,15 +423,13 @@ fn serve(
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    if let Some(l) = listen {
-        config.listen = l;
+    if let Some(w) = workers
+        && (w == 0 || w > 256)
+    {
+        bail!("--workers must be between 1 and 256, got {w}");
     }
-    if let Some(w) = workers {
-        if w == 0 || w > 256 {
-            bail!("--workers must be between 1 and 256, got {w}");
-        }
-        config.workers = w;
-    }
+    let overrides = alknet_core::ops::reload::Overrides { listen, workers };
+    overrides.apply(&mut config);
     // Every config problem, the services' sections included, is reported before any key or
     // store is opened.
     alknet_core::Registry::from_config(&config, services(None))?;
@@ -450,10 +463,13 @@ fn serve(
             .context("peers in the config file")?,
     );
     let identities = Arc::new(alknet_core::identity::LayeredIdentities::new(vec![
-        from_config,
+        from_config.clone(),
         store.clone(),
     ]));
     let config = Arc::new(config);
+    // The running services share their config watches with this clone, which a reload
+    // stores new sections through.
+    let running_registry = registry.clone();
     let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
 
     let alpns: Vec<String> = handle
@@ -468,11 +484,26 @@ fn serve(
         alpns: alpns.clone(),
     };
     let peer_ids = store_peer_ids(&store);
-    let sock = match control::serve(
+    let notifier = Arc::new(alknet_core::ops::systemd::Notifier::from_env());
+    let reloader = Arc::new(
+        alknet_core::ops::reload::Reloader::new(alknet_core::ops::reload::ReloadParts {
+            path: config_path.map(Path::to_owned),
+            overrides,
+            config: config.clone(),
+            file_peers: from_config.clone(),
+            store: Some(store.clone()),
+            registry: running_registry,
+            offers: Box::new(|| services(None)),
+            handle: handle.control(),
+        })
+        .with_notifier(notifier.clone(), Box::new(status_line(&handle, &alpns))),
+    );
+    let sock = match control::serve_with_reload(
         data_dir,
         handle.control(),
         info.clone(),
         Some(store.clone()),
+        Some(reloader.clone()),
     ) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -520,27 +551,12 @@ fn serve(
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     // Every shard serves and the control socket is up: tell the service manager, then keep
     // the status line fresh and, under a watchdog, ping while every shard is turning.
-    let notifier = Arc::new(alknet_core::ops::systemd::Notifier::from_env());
-    let status = {
-        let control = handle.control();
-        let services = if alpns.is_empty() {
-            "none".to_owned()
-        } else {
-            alpns.join(",")
-        };
-        move || {
-            let c = control.stats();
-            format!(
-                "{} connections, {} sessions; services {services}",
-                c.connections_open,
-                control.sessions().len()
-            )
-        }
-    };
+    let status = status_line(&handle, &alpns);
     notifier.ready(&status());
     let watchdog = alknet_core::ops::systemd::watchdog_period();
     let watchdog_stop = if notifier.is_active() {
@@ -559,13 +575,19 @@ fn serve(
     } else {
         None
     };
-    match wait_for_stop(signals, handle.worker_exits()) {
+    let hangup = reloader.clone();
+    let on_hangup = move || {
+        // Logged by the reloader, success or failure; the server goes on either way.
+        let _ = hangup.reload();
+    };
+    match wait_for_stop(signals, handle.worker_exits(), on_hangup) {
         Stop::Signal(sig, more) => {
             notifier.stopping();
             if let Some(stop) = &watchdog_stop {
                 stop.stop();
             }
-            tracing::info!(signal = sig, drain = ?config.drain_period.0, "shutting down");
+            let drain = reloader.running().drain_period.0;
+            tracing::info!(signal = sig, ?drain, "shutting down");
             handle.shutdown();
             // A second signal (or a shard that dies) while draining exits at once, non-zero.
             std::thread::spawn(move || {
@@ -594,6 +616,27 @@ fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The service manager's status line: connections, sessions, services.
+fn status_line(
+    handle: &alknet_core::ServerHandle,
+    alpns: &[String],
+) -> impl Fn() -> String + Send + Sync + 'static {
+    let control = handle.control();
+    let services = if alpns.is_empty() {
+        "none".to_owned()
+    } else {
+        alpns.join(",")
+    };
+    move || {
+        let c = control.stats();
+        format!(
+            "{} connections, {} sessions; services {services}",
+            c.connections_open,
+            control.sessions().len()
+        )
+    }
 }
 
 /// The enabled peers of the store, in id order.
@@ -654,15 +697,21 @@ enum Stop {
     ShardDown(alknet_core::net::server::WorkerExit),
 }
 
-/// Waits for SIGTERM/SIGINT or for a shard thread to end, whichever comes first.
+/// Waits for SIGTERM/SIGINT or for a shard thread to end, whichever comes first; each
+/// SIGHUP runs `on_hangup` (the reload) on the signal thread, at any time, draining or not.
 fn wait_for_stop(
     mut signals: signal_hook::iterator::Signals,
     exits: flume::Receiver<alknet_core::net::server::WorkerExit>,
+    on_hangup: impl Fn() + Send + 'static,
 ) -> Stop {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(4);
     let on_signal = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                on_hangup();
+                continue;
+            }
             if on_signal.send(Event::Signal(sig)).is_err() {
                 break;
             }

@@ -99,7 +99,7 @@ pub enum DriverKind {
 }
 
 /// UDP socket options.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UdpConfig {
     /// Segmentation offload on send (`UDP_SEGMENT`), when the kernel offers it.
@@ -137,7 +137,7 @@ impl Default for UdpConfig {
 }
 
 /// QUIC transport limits. The defaults bound what one peer can make a shard hold.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportConfig {
     /// Time a handshake may take before the connection is dropped.
@@ -188,7 +188,7 @@ impl Default for TransportConfig {
 /// Admission limits per source and per peer, across all shards. The defaults let one load
 /// generator on loopback open and hold 5 000 sessions of one peer (the perf bench); a
 /// public gateway may lower the connection caps.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionConfig {
     /// Handshakes in flight from one source (IPv4 address, IPv6 /64) on all shards; its
@@ -252,7 +252,7 @@ pub struct ServiceSection<T> {
 
 /// The tokio side runtime, where libraries that need tokio run (SSH, HTTP, git). It starts
 /// only when a service first asks for it; the QUIC data path never runs on it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokioConfig {
     /// Worker threads of the side runtime (1..=64).
@@ -273,7 +273,7 @@ impl Default for TokioConfig {
 }
 
 /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// TCP address serving `GET /metrics`, e.g. `"127.0.0.1:9464"`.
@@ -284,7 +284,7 @@ pub struct MetricsConfig {
 }
 
 /// One `[[peers]]` entry: a client allowed in, and what it may use.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Stable peer id (the identity; fingerprints may change).

@@ -35,4 +35,4 @@ pub use quinn_proto::{ConnectionError, VarInt};
 pub use service::{
     Handler, LocalBoxFuture, NoConfig, Registry, Service, ServiceContext, ServiceInfo, close_code,
 };
-pub use shard::{Forwarded, SessionBoard, SessionInfo, ShardMsg};
+pub use shard::{Forwarded, LiveUpdate, SessionBoard, SessionInfo, ShardMsg};

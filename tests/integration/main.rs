@@ -18,6 +18,7 @@ mod identity;
 mod metrics;
 mod onboard;
 mod quic;
+mod reload;
 mod restart;
 mod revocation;
 mod ssh;

@@ -338,6 +338,21 @@ impl MemoryIdentities {
         Ok(Self::with_peers(entries))
     }
 
+    /// Replaces every peer at once (a reload of the config file's `[[peers]]`): a lookup
+    /// sees the old set or the new one, never a mix.
+    pub fn replace(&self, peers: impl IntoIterator<Item = PeerEntry>) {
+        let peers = peers
+            .into_iter()
+            .map(|p| (p.peer_id.clone(), Arc::new(p)))
+            .collect();
+        let next = Arc::new(Index::new(peers));
+        let mut guard = match self.index.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = next;
+    }
+
     fn snapshot(&self) -> Arc<Index> {
         match self.index.read() {
             Ok(g) => g.clone(),

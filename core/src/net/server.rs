@@ -223,6 +223,15 @@ impl ControlHandle {
         }
     }
 
+    /// Hands every shard a reloaded configuration and the services now off
+    /// ([`crate::ops::reload`]).
+    pub fn reload_shards(&self, update: crate::shard::LiveUpdate) {
+        let update = Arc::new(update);
+        for tx in &self.senders {
+            let _ = tx.send(ShardMsg::Reload(update.clone()));
+        }
+    }
+
     /// The authenticated connections of every shard.
     pub fn sessions(&self) -> Vec<crate::shard::SessionInfo> {
         crate::shard::sessions_of(&self.boards)

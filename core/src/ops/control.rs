@@ -63,6 +63,9 @@ pub enum Request {
     /// write nowhere else); the answer names the file, which `alknet backup` moves to where
     /// the operator asked, and counts its rows.
     Backup,
+    /// Read the config file again and apply what can change live (as SIGHUP does); the
+    /// answer says what changed, the error names the file, line and key.
+    Reload,
     /// Debug builds only: blocks a shard's thread for `millis` milliseconds, as a stuck loop
     /// would, so tests can show that the watchdog pings stop.
     #[cfg(debug_assertions)]
@@ -138,6 +141,18 @@ pub fn serve(
     info: ServerInfo,
     store: Option<Arc<RedbStore>>,
 ) -> std::io::Result<PathBuf> {
+    serve_with_reload(data_dir, handle, info, store, None)
+}
+
+/// Like [`serve`], with the reloader `alknet reload` asks (without one, a reload request
+/// is answered with an error).
+pub fn serve_with_reload(
+    data_dir: &Path,
+    handle: ControlHandle,
+    info: ServerInfo,
+    store: Option<Arc<RedbStore>>,
+    reloader: Option<Arc<crate::ops::reload::Reloader>>,
+) -> std::io::Result<PathBuf> {
     let path = socket_path(data_dir);
     if path.exists() {
         // A live server answers; a stale file from a crash does not.
@@ -157,6 +172,7 @@ pub fn serve(
         handle,
         info,
         store,
+        reloader,
         started: Instant::now(),
         uid: crate::net::sys::effective_uid(),
         clients: AtomicUsize::new(0),
@@ -203,6 +219,7 @@ struct Shared {
     handle: ControlHandle,
     info: ServerInfo,
     store: Option<Arc<RedbStore>>,
+    reloader: Option<Arc<crate::ops::reload::Reloader>>,
     started: Instant,
     uid: u32,
     clients: AtomicUsize,
@@ -456,6 +473,13 @@ fn execute(request: Request, shared: &Shared) -> Response {
                     Err(e) => Response::err(format!("backup failed: {e}")),
                 }
             }
+        },
+        Request::Reload => match &shared.reloader {
+            None => Response::err("this server cannot reload its configuration".into()),
+            Some(r) => match r.reload() {
+                Ok(outcome) => Response::ok(serde_json::to_value(outcome).ok()),
+                Err(e) => Response::err(e),
+            },
         },
         #[cfg(debug_assertions)]
         Request::DebugHangShard { shard, millis } => {

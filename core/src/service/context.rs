@@ -11,7 +11,8 @@ use crate::service::tokio_rt::SideRuntime;
 use crate::shard::{SessionBoard, SessionInfo};
 use alknet_proto::Fingerprint;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use thiserror::Error;
 
@@ -22,11 +23,16 @@ use thiserror::Error;
 pub struct ServiceContext<'a, C> {
     shard: &'a ShardSetup,
     config: &'a C,
+    watch: &'a ConfigWatch<C>,
 }
 
 impl<'a, C> ServiceContext<'a, C> {
-    pub(crate) fn new(shard: &'a ShardSetup, config: &'a C) -> Self {
-        Self { shard, config }
+    pub(crate) fn new(shard: &'a ShardSetup, config: &'a C, watch: &'a ConfigWatch<C>) -> Self {
+        Self {
+            shard,
+            config,
+            watch,
+        }
     }
 
     /// The shard being built (0-based; one shard per worker thread).
@@ -34,9 +40,20 @@ impl<'a, C> ServiceContext<'a, C> {
         self.shard.shard
     }
 
-    /// The service's own `[services.NAME]` keys, parsed.
+    /// The service's own `[services.NAME]` keys, parsed, as they were when the shard was
+    /// built. A handler that should follow a live reload keeps [`config_watch`](Self::config_watch)
+    /// instead.
     pub fn config(&self) -> &'a C {
         self.config
+    }
+
+    /// The service's section as it is now: a reload (SIGHUP, `alknet reload`) that changes
+    /// `[services.NAME]` stores the newly parsed section here, on every shard at once, after
+    /// the whole file was checked. Read [`ConfigWatch::current`] where a decision is taken
+    /// (a new session, a new request), so work already under way keeps the rules it started
+    /// with.
+    pub fn config_watch(&self) -> ConfigWatch<C> {
+        self.watch.clone()
     }
 
     /// Who the peers are: lookups by key fingerprint and by token (`alk_…`), answered from
@@ -76,6 +93,61 @@ impl<'a, C> ServiceContext<'a, C> {
         F: Future<Output = ()> + 'static,
     {
         self.shard.spawner.spawn(task);
+    }
+}
+
+/// A service's `[services.NAME]` section that follows live reloads: cheap to clone, shared by
+/// every shard, read without waiting on a reload (the section is swapped whole).
+pub struct ConfigWatch<C> {
+    inner: Arc<WatchInner<C>>,
+}
+
+struct WatchInner<C> {
+    current: RwLock<Arc<C>>,
+    version: AtomicU64,
+}
+
+impl<C> Clone for ConfigWatch<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C> ConfigWatch<C> {
+    /// A watch holding `config`, at version 0.
+    pub fn new(config: C) -> Self {
+        Self {
+            inner: Arc::new(WatchInner {
+                current: RwLock::new(Arc::new(config)),
+                version: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The section as it is now.
+    pub fn current(&self) -> Arc<C> {
+        match self.inner.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// How many reloads changed the section since start: a handler that derives state from
+    /// the section (compiled rules) rebuilds it when this moves.
+    pub fn version(&self) -> u64 {
+        self.inner.version.load(Ordering::Acquire)
+    }
+
+    /// Stores a newly parsed section (the registry does, on reload).
+    pub(crate) fn replace(&self, config: C) {
+        let mut guard = match self.inner.current.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Arc::new(config);
+        self.inner.version.fetch_add(1, Ordering::AcqRel);
     }
 }
 

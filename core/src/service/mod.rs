@@ -40,6 +40,17 @@
 //! closes the connection the task belongs to and no other. Handler crates deny
 //! `monoio::spawn` with clippy's `disallowed-methods` (`handlers/clippy.toml`).
 //!
+//! **Reload.** A reload (SIGHUP, `alknet reload`; [`crate::ops::reload`]) parses every
+//! `[services.NAME]` section of the new file before anything changes, then stores each
+//! changed one in its service's [`ConfigWatch`]. A handler whose rules should follow a reload
+//! keeps [`ServiceContext::config_watch`] and reads [`ConfigWatch::current`] when it takes a
+//! decision (a new session, a new request: the SSH service rebuilds its policy when
+//! [`ConfigWatch::version`] moves); what it copied from [`ServiceContext::config`] stays as
+//! at start. So a service's policy (an SSH rule list, a tunnel allowlist) belongs in its own
+//! section to be reloadable. A change to what a service declares ([`Service::info`]: ALPN,
+//! scopes, anonymity) and turning on a service that was off at start need a restart; turning
+//! one off is live (the shards refuse its ALPN and close its sessions).
+//!
 //! Not here: the config file format ([`crate::config`]), authentication (the shard), and the
 //! tokio side runtime for tokio-bound libraries (its own module, reached from the context).
 
@@ -48,9 +59,9 @@ mod drain;
 mod registry;
 mod spawn;
 
-pub use context::{NodeError, NodeFacts, ServiceContext};
+pub use context::{ConfigWatch, NodeError, NodeFacts, ServiceContext};
 pub use drain::{Drain, DrainWait};
-pub use registry::{Offer, Registry, RegistryError, SetupError};
+pub use registry::{Offer, Registry, RegistryError, ServiceReload, SetupError};
 pub(crate) use registry::{Route, Router, ShardSetup};
 pub use spawn::Spawner;
 pub(crate) use spawn::{spawn_for, spawn_handler};

@@ -4,7 +4,7 @@
 //! The offered ALPN list, the TLS client-auth mode and the routing of a connection all read
 //! the one [`ServiceInfo`] each service declared, so they cannot drift apart.
 
-use super::context::{NodeFacts, ServiceContext};
+use super::context::{ConfigWatch, NodeFacts, ServiceContext};
 use super::drain::Drain;
 use super::spawn::Spawner;
 use super::{Handler, LocalBoxFuture, Service, ServiceInfo};
@@ -99,20 +99,76 @@ impl<S: Service> Configure for Option<S> {
     }
 }
 
+/// A section parsed for a reload, stored by calling it.
+type Commit = Box<dyn FnOnce() + Send>;
+
 /// One registered service, type-erased.
 trait Build: Send + Sync {
     fn build(&self, shard: &ShardSetup) -> Rc<dyn ErasedHandler>;
+    /// Parses the service's section of `config` and declares the service from it, without
+    /// storing anything: the commit stores it.
+    fn prepare(&self, config: &Config) -> Result<(ServiceInfo, Commit), ConfigError>;
 }
 
 struct Entry<S: Service> {
     service: S,
-    config: S::Config,
+    config: ConfigWatch<S::Config>,
 }
 
 impl<S: Service> Build for Entry<S> {
     fn build(&self, shard: &ShardSetup) -> Rc<dyn ErasedHandler> {
-        let ctx = ServiceContext::new(shard, &self.config);
+        let current = self.config.current();
+        let ctx = ServiceContext::new(shard, &*current, &self.config);
         Rc::new(self.service.build(&ctx))
+    }
+
+    fn prepare(&self, config: &Config) -> Result<(ServiceInfo, Commit), ConfigError> {
+        let section = config.service_section::<S::Config>(S::NAME)?;
+        let info = self.service.info(&section.config);
+        let watch = self.config.clone();
+        Ok((info, Box::new(move || watch.replace(section.config))))
+    }
+}
+
+/// What a reload does to the running services, worked out (every section parsed) before
+/// anything changes; [`ServiceReload::commit`] then stores the new sections.
+#[derive(Default)]
+pub struct ServiceReload {
+    /// Running services the new file turns off: their ALPN stays in the TLS list (the
+    /// endpoint's list is fixed at start), but the shards refuse new connections to them and
+    /// close the live ones.
+    pub disabled: Vec<&'static str>,
+    /// The ALPNs of [`ServiceReload::disabled`].
+    pub disabled_alpns: Vec<Vec<u8>>,
+    /// Services the new file turns on that were not built at start: each shard builds its
+    /// handlers once, at start, so these need a restart.
+    pub need_restart: Vec<&'static str>,
+    /// Running services whose `[services.NAME]` keys changed and are stored live (handlers
+    /// read them through [`ConfigWatch`]).
+    pub sections: Vec<&'static str>,
+    /// Running services whose new section changes what they declare (ALPN, scopes,
+    /// anonymity): the old section stays until a restart.
+    pub declaration_changed: Vec<&'static str>,
+    commits: Vec<Commit>,
+}
+
+impl std::fmt::Debug for ServiceReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceReload")
+            .field("disabled", &self.disabled)
+            .field("need_restart", &self.need_restart)
+            .field("sections", &self.sections)
+            .field("declaration_changed", &self.declaration_changed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceReload {
+    /// Stores the new sections of [`ServiceReload::sections`] in their watches.
+    pub fn commit(self) {
+        for c in self.commits {
+            c();
+        }
     }
 }
 
@@ -153,13 +209,7 @@ impl Registry {
         config: &Config,
         offers: impl IntoIterator<Item = Offer>,
     ) -> Result<Self, SetupError> {
-        let mut offers: Vec<Offer> = offers.into_iter().collect();
-        let known: Vec<&str> = offers.iter().map(Offer::name).collect();
-        config.check_services(&known)?;
-        let mut registry = Self::new();
-        for offer in &mut offers {
-            offer.0.configure(config, &mut registry)?;
-        }
+        let registry = Self::configure(config, offers)?;
         for s in registry.services.iter().filter(|s| s.info.anonymous) {
             if s.requires_key {
                 tracing::info!(
@@ -174,6 +224,21 @@ impl Registry {
                 alpn = %String::from_utf8_lossy(s.info.alpn),
                 "service serves clients with unknown keys (anonymous = true); use this for benchmarks only"
             );
+        }
+        Ok(registry)
+    }
+
+    /// [`Registry::from_config`] without its log lines (a reload checks the new file with it).
+    fn configure(
+        config: &Config,
+        offers: impl IntoIterator<Item = Offer>,
+    ) -> Result<Self, SetupError> {
+        let mut offers: Vec<Offer> = offers.into_iter().collect();
+        let known: Vec<&str> = offers.iter().map(Offer::name).collect();
+        config.check_services(&known)?;
+        let mut registry = Self::new();
+        for offer in &mut offers {
+            offer.0.configure(config, &mut registry)?;
         }
         Ok(registry)
     }
@@ -205,9 +270,50 @@ impl Registry {
             name: S::NAME,
             info,
             requires_key,
-            entry: Arc::new(Entry { service, config }),
+            entry: Arc::new(Entry {
+                service,
+                config: ConfigWatch::new(config),
+            }),
         });
         Ok(())
+    }
+
+    /// What reloading from `new` would change in the services of this (running) registry,
+    /// `old` being the configuration they run with now. Every section of `new` is parsed
+    /// and the service list checked (as at start, from `offers`: the services of this
+    /// build); an error changes nothing.
+    pub fn plan_reload(
+        &self,
+        old: &Config,
+        new: &Config,
+        offers: impl IntoIterator<Item = Offer>,
+    ) -> Result<ServiceReload, SetupError> {
+        let next = Self::configure(new, offers)?;
+        let mut plan = ServiceReload::default();
+        for s in &self.services {
+            if !next.services.iter().any(|n| n.name == s.name) {
+                plan.disabled.push(s.name);
+                plan.disabled_alpns.push(s.info.alpn.to_vec());
+                continue;
+            }
+            if old.services.get(s.name) == new.services.get(s.name) {
+                continue;
+            }
+            let (info, commit) = s.entry.prepare(new)?;
+            if info == s.info {
+                plan.sections.push(s.name);
+                plan.commits.push(commit);
+            } else {
+                plan.declaration_changed.push(s.name);
+            }
+        }
+        plan.need_restart = next
+            .services
+            .iter()
+            .filter(|n| !self.services.iter().any(|s| s.name == n.name))
+            .map(|n| n.name)
+            .collect();
+        Ok(plan)
     }
 
     /// The peer store behind [`NodeFacts::peers`] (the admin listing of peers).
@@ -264,6 +370,7 @@ impl Registry {
                 })
                 .collect(),
             drain: setup.drain.clone(),
+            disabled: Vec::new(),
         }
     }
 }
@@ -325,12 +432,27 @@ pub(crate) struct Route {
 pub(crate) struct Router {
     routes: Vec<Route>,
     drain: Drain,
+    /// ALPNs of services a reload turned off.
+    disabled: Vec<Vec<u8>>,
 }
 
 impl Router {
-    /// The service of a negotiated ALPN.
+    /// The service of a negotiated ALPN, unless a reload turned it off.
     pub(crate) fn get(&self, alpn: &[u8]) -> Option<&Route> {
+        if self.is_disabled(alpn) {
+            return None;
+        }
         self.routes.iter().find(|r| r.info.alpn == alpn)
+    }
+
+    /// True when a reload turned off the service of `alpn`.
+    pub(crate) fn is_disabled(&self, alpn: &[u8]) -> bool {
+        self.disabled.iter().any(|d| d == alpn)
+    }
+
+    /// The ALPNs whose services are off from now on (replacing the previous list).
+    pub(crate) fn set_disabled(&mut self, alpns: Vec<Vec<u8>>) {
+        self.disabled = alpns;
     }
 
     /// Tells every service of the shard that it is draining (the shard got `Shutdown`).

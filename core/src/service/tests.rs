@@ -326,7 +326,8 @@ fn router_drain_fires_the_shards_signal() {
         )),
         Arc::default(),
     );
-    let ctx = ServiceContext::new(&setup, &NoConfig {});
+    let watch = ConfigWatch::new(NoConfig {});
+    let ctx = ServiceContext::new(&setup, &NoConfig {}, &watch);
     assert_eq!(ctx.shard(), 3);
     let drain = ctx.drain();
     let router = Registry::new().instantiate(&setup);
@@ -361,8 +362,9 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
             .with_tokio(rt.clone())
         })
         .collect();
+    let watch = ConfigWatch::new(NoConfig {});
     for setup in &setups {
-        let ctx = ServiceContext::new(setup, &NoConfig {});
+        let ctx = ServiceContext::new(setup, &NoConfig {}, &watch);
         assert!(Arc::ptr_eq(ctx.tokio(), &rt), "shard {}", ctx.shard());
     }
     assert!(!rt.is_started(), "building services starts no tokio thread");
@@ -374,7 +376,7 @@ fn every_shard_context_shares_the_nodes_tokio_runtime_unstarted() {
         Arc::default(),
     );
     assert!(!Arc::ptr_eq(
-        ServiceContext::new(&lone, &NoConfig {}).tokio(),
+        ServiceContext::new(&lone, &NoConfig {}, &watch).tokio(),
         &rt
     ));
 }
@@ -438,4 +440,120 @@ fn a_key_requiring_anonymous_service_keeps_certificates_required() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.alpns().len(), 2);
     assert!(!r.any_anonymous(), "client certificates stay required");
+}
+
+/// A service that hands the config watch its shard's handler got to the test.
+struct Watching {
+    seen: Arc<std::sync::Mutex<Option<ConfigWatch<TestConfig>>>>,
+}
+
+impl Service for Watching {
+    const NAME: &'static str = "test";
+    type Config = TestConfig;
+    type Handler = Nop;
+    fn info(&self, config: &TestConfig) -> ServiceInfo {
+        Test {
+            alpn: b"alknet/test",
+        }
+        .info(config)
+    }
+    fn build(&self, ctx: &ServiceContext<'_, TestConfig>) -> Nop {
+        if let Ok(mut slot) = self.seen.lock() {
+            *slot = Some(ctx.config_watch());
+        }
+        Nop
+    }
+}
+
+fn parsed(text: &str) -> Config {
+    Config::parse(text, Path::new("alknet.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_reload_plan_switches_services_and_stores_sections_only_on_commit() {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let running_offers = || {
+        vec![
+            Offer::new(Watching { seen: seen.clone() }),
+            Offer::new(Other),
+        ]
+    };
+    let old = parsed("[services.test]\ngreeting = \"hi\"\n[services.other]\nenabled = false\n");
+    let registry = Registry::from_config(&old, running_offers()).unwrap_or_else(|e| panic!("{e}"));
+    let setup = ShardSetup::new(
+        0,
+        Arc::new(crate::identity::MemoryIdentities::new()),
+        Arc::new(NodeFacts::new(
+            "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+            Vec::new(),
+            Vec::new(),
+            None,
+        )),
+        Arc::default(),
+    );
+    let mut router = registry.instantiate(&setup);
+    let watch = seen
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .unwrap_or_else(|| panic!("the service was not built"));
+    assert_eq!(watch.current().greeting, "hi");
+    assert_eq!(watch.version(), 0);
+
+    // A new greeting, and `other` turned on: it was not built at start, so it needs a
+    // restart; the section is stored only on commit.
+    let new = parsed("[services.test]\ngreeting = \"hello\"\n[services.other]\nenabled = true\n");
+    let plan = registry
+        .plan_reload(&old, &new, running_offers())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.sections, ["test"]);
+    assert_eq!(plan.need_restart, ["other"]);
+    assert!(plan.disabled.is_empty(), "{plan:?}");
+    assert_eq!(watch.current().greeting, "hi", "stored before the commit");
+    plan.commit();
+    assert_eq!(watch.current().greeting, "hello");
+    assert_eq!(watch.version(), 1);
+
+    // A typo in the new file: an error naming file, line and key, and nothing stored.
+    let bad = parsed("[services.test]\ngreting = \"x\"\n");
+    let e = registry
+        .plan_reload(&new, &bad, running_offers())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("alknet.toml:2: key `services.test.greting`"),
+        "{e}"
+    );
+    assert_eq!(watch.current().greeting, "hello");
+
+    // Turning the service off names it and its ALPN, which the router then refuses.
+    let off = parsed("[services.test]\nenabled = false\n");
+    let plan = registry
+        .plan_reload(&new, &off, running_offers())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.disabled, ["test"]);
+    assert_eq!(plan.disabled_alpns, [b"alknet/test".to_vec()]);
+    assert!(router.get(b"alknet/test").is_some());
+    router.set_disabled(plan.disabled_alpns.clone());
+    assert!(router.get(b"alknet/test").is_none());
+    assert!(router.is_disabled(b"alknet/test"));
+    router.set_disabled(Vec::new());
+    assert!(router.get(b"alknet/test").is_some());
+
+    // A section that changes what the service declares (anonymity) waits for a restart.
+    let anon = parsed("[services.test]\ngreeting = \"hi\"\nanonymous = true\nenabled = true\n");
+    let plan = registry
+        .plan_reload(&new, &anon, running_offers())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.declaration_changed, ["test"]);
+    assert!(plan.sections.is_empty());
+    plan.commit();
+    assert_eq!(
+        watch.current().greeting,
+        "hello",
+        "a declaration change is not stored"
+    );
 }

@@ -77,6 +77,20 @@ pub enum ShardMsg {
     Recheck(String),
     /// The process crossed its memory budget (`true`: now above it).
     MemoryPressure(bool),
+    /// A reload: the limits read per event from now on, and the services turned off.
+    Reload(Arc<LiveUpdate>),
+}
+
+/// What a reload changes on a running shard.
+#[derive(Debug)]
+pub struct LiveUpdate {
+    /// The configuration the shard reads from now on: the new file's keys that can change
+    /// live (admission caps, handshake timeout and caps, drain period), the running values
+    /// of the others (see [`crate::ops::reload`]).
+    pub config: Arc<crate::config::Config>,
+    /// The ALPNs of the services now off (the whole list, not a change): new connections to
+    /// them are refused and live ones closed.
+    pub disabled_alpns: Vec<Vec<u8>>,
 }
 
 /// The authenticated connections of one shard, readable from any thread without asking the

@@ -368,6 +368,41 @@ impl ShardState {
             }
             ShardMsg::MemoryPressure(over) => self.set_pressure(over),
             ShardMsg::Recheck(peer) => self.recheck_peer(now, &peer),
+            ShardMsg::Reload(update) => self.reload(now, &update),
+        }
+    }
+
+    /// Takes the reloaded limits and service switches: the limits apply from the next event
+    /// that reads them; sessions of a service now off are closed as revoked (not penalised:
+    /// the operator acted, not the peer).
+    fn reload(&mut self, now: Instant, update: &crate::shard::LiveUpdate) {
+        self.config = update.config.clone();
+        let Role::Server(server) = &mut self.role else {
+            return;
+        };
+        server.router.set_disabled(update.disabled_alpns.clone());
+        let router = &server.router;
+        for c in self.conns.iter().flatten() {
+            let (alpn, remote, peer) = {
+                let inner = c.inner.borrow();
+                if !inner.connected || inner.lost.is_some() {
+                    continue;
+                }
+                match inner.alpn {
+                    Some(a) if router.is_disabled(a) => {
+                        (a, inner.proto.remote_address(), inner.peer.clone())
+                    }
+                    _ => continue,
+                }
+            };
+            let alpn = String::from_utf8_lossy(alpn).into_owned();
+            info!(%remote, %alpn, peer = peer.as_deref().unwrap_or("anonymous"), "closing a session: its service was turned off by a reload");
+            close_at(
+                c,
+                now,
+                close_code::REVOKED,
+                b"service turned off on this server",
+            );
         }
     }
 
@@ -1025,6 +1060,20 @@ impl ShardState {
             let fp = crate::identity::tls::peer_fingerprint(session.peer_identity());
             (alpn, fp, inner.proto.remote_address())
         };
+        if let Some(a) = alpn.as_deref()
+            && server.router.is_disabled(a)
+        {
+            // Turned off by a reload (TLS still offers the ALPN until a restart).
+            let alpn = String::from_utf8_lossy(a).into_owned();
+            info!(%remote, %alpn, "connection refused: service turned off");
+            close_at(
+                cell,
+                now,
+                close_code::FORBIDDEN,
+                b"service turned off on this server",
+            );
+            return;
+        }
         let Some(service) = alpn
             .as_deref()
             .and_then(|a| find_service(&server.router, a))

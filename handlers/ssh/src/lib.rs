@@ -28,6 +28,7 @@ mod login;
 pub mod policy;
 pub mod sftp;
 
+use alknet_core::service::ConfigWatch;
 use alknet_core::service::bridge::serve_on_tokio;
 use alknet_core::service::tokio_rt::SideRuntime;
 use alknet_core::{
@@ -35,6 +36,7 @@ use alknet_core::{
 };
 pub use config::SshConfig;
 use russh::keys::PrivateKey;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -131,23 +133,42 @@ impl Service for Ssh {
                 .host_key
                 .clone()
                 .map(|k| Arc::new(config.russh_config(k))),
-            policy: Arc::new(policy::Policy::new(config)),
+            policy: RefCell::new((0, Arc::new(policy::Policy::new(config)))),
+            watch: ctx.config_watch(),
             identities: ctx.identities().clone(),
             rt: ctx.tokio().clone(),
             sessions: self.sessions.clone(),
-            max_sessions: config.max_sessions_per_peer,
         }
     }
 }
 
 /// The SSH service on one shard.
 pub struct SshHandler {
+    /// The russh settings (host key, timeouts), as at start.
     russh: Option<Arc<russh::server::Config>>,
-    policy: Arc<policy::Policy>,
+    /// The policy of the section version it was built from.
+    policy: RefCell<(u64, Arc<policy::Policy>)>,
+    /// `[services.ssh]` as it is now: a reload changes `rules`, `exec_allow`, `auth`,
+    /// `login_user`, `sftp_root` and the caps for the SSH connections that start after it.
+    watch: ConfigWatch<SshConfig>,
     identities: Arc<dyn IdentityProvider>,
     rt: Arc<SideRuntime>,
     sessions: Arc<SessionCount>,
-    max_sessions: u32,
+}
+
+impl SshHandler {
+    /// The policy of the current section, rebuilt once after each reload that changed it.
+    fn policy_now(&self) -> Arc<policy::Policy> {
+        let version = self.watch.version();
+        let mut held = self.policy.borrow_mut();
+        if held.0 != version {
+            *held = (
+                version,
+                Arc::new(policy::Policy::new(&self.watch.current())),
+            );
+        }
+        held.1.clone()
+    }
 }
 
 impl Handler for SshHandler {
@@ -160,11 +181,12 @@ impl Handler for SshHandler {
             return;
         };
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let Some(hold) = self.sessions.hold(&peer, self.max_sessions) else {
+            let max_sessions = self.watch.current().max_sessions_per_peer;
+            let Some(hold) = self.sessions.hold(&peer, max_sessions) else {
                 warn!(
                     peer = %peer,
                     remote = %auth.remote_addr,
-                    limit = self.max_sessions,
+                    limit = max_sessions,
                     "SSH session refused: the peer holds its cap of sessions"
                 );
                 send.reset(SESSION_LIMIT);
@@ -178,7 +200,7 @@ impl Handler for SshHandler {
                 scopes: auth.scopes.clone(),
                 remote: auth.remote_addr,
                 fingerprint: auth.tls_client_fingerprint,
-                policy: self.policy.clone(),
+                policy: self.policy_now(),
                 identities: self.identities.clone(),
             };
             let russh = russh.clone();

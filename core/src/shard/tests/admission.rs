@@ -331,3 +331,72 @@ fn connections_per_anonymous_source_are_capped() {
     );
     assert_eq!(pair.served().len(), 2);
 }
+
+#[test]
+fn a_reload_changes_the_caps_and_turns_a_service_off_and_on() {
+    let alice = NodeKey::generate();
+    let mut pair = Pair::new(Setup {
+        shards: 1,
+        peers: vec![peer("alice", &alice, &[])],
+        ..Setup::default()
+    });
+    let a1 = pair.connect(&alice);
+    let a2 = pair.connect(&alice);
+    assert!(pair.client_lost(a1).is_none() && pair.client_lost(a2).is_none());
+
+    // The per-peer cap lowered to 2 by a reload: held sessions stay, a third is refused.
+    let mut config = Config::default();
+    config.admission.max_connections_per_peer = 2;
+    let config = Arc::new(config);
+    pair.send(
+        0,
+        ShardMsg::Reload(Arc::new(crate::shard::LiveUpdate {
+            config: config.clone(),
+            disabled_alpns: Vec::new(),
+        })),
+    );
+    pair.drive();
+    assert!(pair.client_lost(a1).is_none() && pair.client_lost(a2).is_none());
+    let a3 = pair.connect(&alice);
+    assert_eq!(
+        pair.client_close(a3).map(|(code, _)| code),
+        Some(u64::from(close_code::CONNECTION_LIMIT)),
+        "the reloaded cap applies to the next connection"
+    );
+
+    // The service turned off: live sessions are closed as revoked, a new one is refused
+    // as forbidden, and neither counts as a failed authentication.
+    pair.send(
+        0,
+        ShardMsg::Reload(Arc::new(crate::shard::LiveUpdate {
+            config: config.clone(),
+            disabled_alpns: vec![ALPN.to_vec()],
+        })),
+    );
+    pair.drive();
+    for ch in [a1, a2] {
+        assert_eq!(
+            pair.client_close(ch).map(|(code, _)| code),
+            Some(u64::from(close_code::REVOKED))
+        );
+    }
+    pair.run_for(Duration::from_secs(3));
+    let a4 = pair.connect(&alice);
+    assert_eq!(
+        pair.client_close(a4).map(|(code, _)| code),
+        Some(u64::from(close_code::FORBIDDEN))
+    );
+    assert_eq!(pair.total().auth_failures, 0);
+
+    // On again.
+    pair.send(
+        0,
+        ShardMsg::Reload(Arc::new(crate::shard::LiveUpdate {
+            config,
+            disabled_alpns: Vec::new(),
+        })),
+    );
+    pair.run_for(Duration::from_secs(3));
+    let a5 = pair.connect(&alice);
+    assert!(pair.client_lost(a5).is_none(), "the service came back");
+}
