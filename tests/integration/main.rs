@@ -21,6 +21,7 @@ mod quic;
 mod restart;
 mod revocation;
 mod ssh;
+mod ssh_forward;
 mod ssh_migrate;
 mod support;
 mod systemd;
