@@ -503,3 +503,131 @@ fn forbidden_targets_are_refused_over_ssh() {
     assert_ne!(code, 0);
     assert!(err.contains("administratively prohibited"), "{err}");
 }
+
+/// Copies `from` to `to` until EOF or an error, then half-closes `to` with `done`.
+fn pump(mut from: impl Read, mut to: impl Write, done: impl FnOnce()) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    done();
+}
+
+/// A TCP port on loopback whose every connection becomes an `alknet connect` to `server`'s
+/// `alknet/ssh` (its stdin and stdout the TCP stream): a second SSH gateway that has no
+/// `sshd` and no TCP port of its own, reachable over TCP for `ssh -W`. (Copied chunk by
+/// chunk: `std::io::copy` between a socket and a pipe splices, and holds bytes back.)
+fn alknet_connect_relay(server: &Server, client: &SshClient) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let addr = server.addr.to_string();
+    let fingerprint = server.fingerprint.clone();
+    let data = client.data_dir();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(tcp) = s else { continue };
+            let child = Command::new(crate::support::ALKNET)
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["connect", &addr, "--alpn", "alknet/ssh", "--fingerprint"])
+                .arg(&fingerprint)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn();
+            let Ok(mut child) = child else { continue };
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                continue;
+            };
+            let Ok(tcp_in) = tcp.try_clone() else {
+                continue;
+            };
+            std::thread::spawn(move || pump(tcp_in, stdin, || ()));
+            std::thread::spawn(move || {
+                pump(stdout, &tcp, || {
+                    let _ = tcp.shutdown(Shutdown::Both);
+                });
+                let _ = child.kill();
+                let _ = child.wait();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn proxyjump_reaches_a_second_gateway_through_the_first() {
+    let client = SshClient::new();
+    let inner = Server::start(&format!(
+        "listen = \"127.0.0.1:0\"\n[services.ssh]\nenabled = true\n{}",
+        peer("laptop", &client.fingerprint, &["ssh"])
+    ));
+    let relay = alknet_connect_relay(&inner, &client);
+    let outer = gateway(
+        &client,
+        &format!("[[tunnels.allow]]\npeer = \"laptop\"\nto = [\"127.0.0.1:{relay}\"]\n"),
+    );
+    // The inner gateway's block, reached with ProxyJump through `gw` instead of its own
+    // ProxyCommand; the options `ssh()` gives on its command line go into the file, where
+    // the jump's own ssh reads them too.
+    let data = client.data_dir();
+    let (code, block, err) = crate::support::run_cli(
+        &[
+            "ssh-config",
+            &inner.addr.to_string(),
+            "--name",
+            "inner",
+            "--alknet",
+            crate::support::ALKNET,
+            "--client-data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+        &inner.data_dir(),
+        b"",
+    );
+    assert_eq!(code, 0, "alknet ssh-config: {err}");
+    let mut config = std::fs::read_to_string(&client.config).expect("gw block");
+    for line in block.lines() {
+        let t = line.trim_start();
+        if t.starts_with("ProxyCommand") || t.starts_with("HostName") || t.starts_with("Port") {
+            continue;
+        }
+        config.push_str(line);
+        config.push('\n');
+        if t.starts_with("Host ") {
+            config.push_str(&format!(
+                "    HostName 127.0.0.1\n    Port {relay}\n    ProxyJump gw\n"
+            ));
+        }
+    }
+    config.push_str(&format!(
+        "Host *\n    BatchMode yes\n    IdentitiesOnly yes\n    IdentityFile none\n    StrictHostKeyChecking yes\n    UserKnownHostsFile {}\n    GlobalKnownHostsFile /dev/null\n",
+        client.dir.path().join("known_hosts").display()
+    ));
+    std::fs::write(&client.config, config).expect("write config");
+    let out = client
+        .ssh(None)
+        .args(["inner", "echo through two gateways"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through two gateways\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The hop was a forward through the outer gateway, logged when it ended.
+    let until = Instant::now() + LIMIT;
+    while !outer.stderr().contains("forward ended") {
+        assert!(Instant::now() < until, "{}", outer.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -14,7 +14,7 @@
 //! dropped. Cancelling a remote forward closes its listener and the connections it accepted.
 
 use crate::policy::Access;
-use alknet_forward::relay::{log_end, relay};
+use alknet_forward::relay::{ForwardLog, relay_logged};
 use alknet_forward::{Forwarder, Refusal, Requester};
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelOpenFailure};
@@ -93,9 +93,10 @@ pub(crate) fn direct_tcpip(
         match fwd.connect(&ctx.who(), &host, port).await {
             Ok(out) => {
                 reply.accept().await;
-                let r = relay(channel.into_stream(), out.stream).await;
+                // Logged when dropped: at the end, or when the session ends first.
+                let log = ForwardLog::new(&ctx.peer, "ssh-local", &host, port);
+                let _ = relay_logged(channel.into_stream(), out.stream, &log).await;
                 drop(out.hold);
-                log_end(&ctx.peer, "ssh-local", &host, port, &r);
             }
             Err(r) => {
                 refuse(&ctx, "local", u32::from(port), &r);
@@ -193,9 +194,9 @@ impl Listeners {
                             return;
                         }
                     };
-                    let r = relay(tcp, channel.into_stream()).await;
+                    let log = ForwardLog::new(&ctx.peer, "ssh-remote", &address, bound);
+                    let _ = relay_logged(tcp, channel.into_stream(), &log).await;
                     drop(hold);
-                    log_end(&ctx.peer, "ssh-remote", &address, bound, &r);
                 });
             }
         });
