@@ -60,14 +60,26 @@ fn hash_server() -> u16 {
 /// A TCP server on loopback that greets each connection with `hi\n` and then holds it
 /// until the client closes.
 fn greeter() -> u16 {
+    greeter_telling(None)
+}
+
+/// [`greeter`], sending `1` on `events` as each connection opens and `-1` as it ends.
+fn greeter_telling(events: Option<std::sync::mpsc::Sender<i32>>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let events = events.clone();
+            if let Some(e) = &events {
+                let _ = e.send(1);
+            }
             std::thread::spawn(move || {
                 if s.write_all(b"hi\n").is_ok() {
                     let _ = std::io::copy(&mut s, &mut std::io::sink());
+                }
+                if let Some(e) = events {
+                    let _ = e.send(-1);
                 }
             });
         }
@@ -628,6 +640,86 @@ fn proxyjump_reaches_a_second_gateway_through_the_first() {
     let until = Instant::now() + LIMIT;
     while !outer.stderr().contains("forward ended") {
         assert!(Instant::now() < until, "{}", outer.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn revoking_the_peer_cuts_its_forwards_and_closes_its_listeners() {
+    let client = SshClient::new();
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let greet = greeter_telling(Some(events_tx));
+    let exposed = free_tcp_port();
+    let laptop_service = hash_server();
+    let server = Server::start(&format!(
+        "listen = \"127.0.0.1:0\"\n[services.ssh]\nenabled = true\n[[tunnels.allow]]\npeer = \"laptop\"\nto = [\"127.0.0.1:{greet}\"]\nlisten = [\"127.0.0.1:{exposed}\"]\n"
+    ));
+    let (code, _, err) = crate::support::run_cli(
+        &[
+            "peer",
+            "add",
+            "laptop",
+            "--fingerprint",
+            &client.fingerprint,
+            "--scope",
+            "ssh",
+        ],
+        &server.data_dir(),
+        b"",
+    );
+    assert_eq!(code, 0, "peer add: {err}");
+    client.paste_config(&server, "gw");
+    let local = free_tcp_port();
+    let mut cmd = client.ssh(None);
+    cmd.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
+        .arg(format!("127.0.0.1:{local}:127.0.0.1:{greet}"))
+        .arg("-R")
+        .arg(format!("{exposed}:127.0.0.1:{laptop_service}"))
+        .arg("gw");
+    let mut ssh = Bg::spawn(cmd, client.dir.path(), "ssh-revoked");
+    ssh.wait_listening(local);
+    ssh.wait_listening(exposed);
+    let until = Instant::now() + LIMIT;
+    let _held = loop {
+        if let Some(s) = greeted(local) {
+            break s;
+        }
+        assert!(Instant::now() < until, "no forward: {}", ssh.stderr());
+    };
+
+    let (code, _, err) =
+        crate::support::run_cli(&["peer", "revoke", "laptop"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "peer revoke: {err}");
+    // The gateway drops the forwarded connection to the target (while the client's local
+    // end is still open: its ssh learns of the cut only later), and closes the listener:
+    // every connection the target saw, the held one among them, has ended.
+    let until = Instant::now() + LIMIT;
+    let mut open = 0;
+    loop {
+        while let Ok(e) = events.try_recv() {
+            open += e;
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the forward outlived the revocation: {}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let until = Instant::now() + LIMIT;
+    while TcpStream::connect(("127.0.0.1", exposed)).is_ok() {
+        assert!(
+            Instant::now() < until,
+            "the listener outlived the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let until = Instant::now() + LIMIT;
+    while !server.stderr().contains("forward ended") {
+        assert!(Instant::now() < until, "{}", server.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
