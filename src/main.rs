@@ -380,7 +380,13 @@ fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
     vec![
         Offer::new(alknet_core::ops::join::Join::new()),
         #[cfg(feature = "ssh")]
-        Offer::new(alknet_ssh::Ssh::new(keys.and_then(|k| k.ssh_host.clone()))),
+        Offer::new({
+            let ssh = alknet_ssh::Ssh::new(keys.and_then(|k| k.ssh_host.clone()));
+            match keys.and_then(|k| k.forwarder.clone()) {
+                Some(f) => ssh.with_forwarder(f),
+                None => ssh,
+            }
+        }),
         #[cfg(feature = "echo")]
         Offer::new(alknet_echo::Echo),
         #[cfg(feature = "perf")]
@@ -396,6 +402,8 @@ struct ServiceKeys {
     /// The SSH host key, when the SSH service is enabled.
     #[cfg(feature = "ssh")]
     ssh_host: Option<alknet_ssh::hostkey::PrivateKey>,
+    /// The gateway's TCP forwarder under `[tunnels]`, shared by every forwarding service.
+    forwarder: Option<std::sync::Arc<alknet_forward::Forwarder>>,
 }
 
 impl ServiceKeys {
@@ -408,6 +416,9 @@ impl ServiceKeys {
             } else {
                 None
             },
+            forwarder: Some(std::sync::Arc::new(alknet_forward::Forwarder::new(
+                alknet_forward::Policy::new(&config.tunnels),
+            ))),
         })
     }
 }

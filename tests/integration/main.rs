@@ -22,6 +22,7 @@ mod reload;
 mod restart;
 mod revocation;
 mod ssh;
+mod ssh_forward;
 mod ssh_migrate;
 mod support;
 mod systemd;

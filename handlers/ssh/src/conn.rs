@@ -33,6 +33,8 @@ pub(crate) struct Session {
     pub(crate) fingerprint: Option<Fingerprint>,
     pub(crate) policy: Arc<Policy>,
     pub(crate) identities: Arc<dyn IdentityProvider>,
+    /// Port forwarding: the peer as the forwarding policy sees it.
+    pub(crate) forward: crate::forward::ForwardCtx,
 }
 
 /// Serves one SSH connection on `stream` until it ends or this future is dropped.
@@ -53,6 +55,7 @@ pub(crate) async fn run(
         authed: false,
         open: Arc::new(AtomicUsize::new(0)),
         tasks: JoinSet::new(),
+        listeners: crate::forward::Listeners::default(),
     };
     match russh::server::run_stream(config, stream, handler).await {
         Ok(running) => {
@@ -143,6 +146,8 @@ struct SshConn {
     open: Arc<AtomicUsize>,
     /// Every channel's task; dropped (aborted) with the connection.
     tasks: JoinSet<()>,
+    /// Remote forwards (`ssh -R`) of this connection; their tasks are in `tasks`.
+    listeners: crate::forward::Listeners,
 }
 
 impl SshConn {
@@ -294,13 +299,57 @@ impl russh::server::Handler for SshConn {
         Ok(())
     }
 
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        if !self.authed {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        while self.tasks.try_join_next().is_some() {}
+        crate::forward::direct_tcpip(
+            &self.s.forward,
+            channel,
+            host_to_connect,
+            port_to_connect,
+            reply,
+            &mut self.tasks,
+        );
+        Ok(())
+    }
+
     async fn tcpip_forward(
         &mut self,
-        _address: &str,
-        _port: &mut u32,
+        address: &str,
+        port: &mut u32,
+        session: &mut russh::server::Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.authed
+            && self.listeners.open(
+                &self.s.forward,
+                address,
+                port,
+                session.handle(),
+                &mut self.tasks,
+            ))
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
         _session: &mut russh::server::Session,
     ) -> Result<bool, Self::Error> {
-        Ok(false)
+        Ok(self.listeners.cancel(address, port))
     }
 }
 

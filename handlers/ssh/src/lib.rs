@@ -16,12 +16,14 @@
 //! `known_hosts` line), [`keys`] (parsing the SSH keys registered to peers), [`policy`] (who
 //! may do what, as a pure decision), `conn` (the russh handler of one connection),
 //! `channel` (one session channel: exec, shell, PTY, subsystem) and `login` (the account
-//! children run as). Not here: SFTP itself ([`sftp`]).
+//! children run as), `forward` (port forwarding under the gateway's `[tunnels]` policy). Not
+//! here: SFTP itself ([`sftp`]), the forwarding policy (`alknet-forward`).
 #![forbid(unsafe_code)]
 
 mod channel;
 pub mod config;
 mod conn;
+mod forward;
 pub mod hostkey;
 pub mod keys;
 mod login;
@@ -57,6 +59,7 @@ pub const SESSION_LIMIT: u32 = 0x101;
 pub struct Ssh {
     host_key: Option<PrivateKey>,
     sessions: Arc<SessionCount>,
+    forwarder: Option<Arc<alknet_forward::Forwarder>>,
 }
 
 impl Ssh {
@@ -65,7 +68,15 @@ impl Ssh {
         Self {
             host_key,
             sessions: Arc::default(),
+            forwarder: None,
         }
+    }
+
+    /// The service with port forwarding (`ssh -L/-R/-D/-W`) through the gateway's
+    /// forwarder and its `[tunnels]` policy; without one, every forward is refused.
+    pub fn with_forwarder(mut self, forwarder: Arc<alknet_forward::Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
     }
 }
 
@@ -138,6 +149,7 @@ impl Service for Ssh {
             identities: ctx.identities().clone(),
             rt: ctx.tokio().clone(),
             sessions: self.sessions.clone(),
+            forwarder: self.forwarder.clone(),
         }
     }
 }
@@ -154,6 +166,7 @@ pub struct SshHandler {
     identities: Arc<dyn IdentityProvider>,
     rt: Arc<SideRuntime>,
     sessions: Arc<SessionCount>,
+    forwarder: Option<Arc<alknet_forward::Forwarder>>,
 }
 
 impl SshHandler {
@@ -202,6 +215,11 @@ impl Handler for SshHandler {
                 fingerprint: auth.tls_client_fingerprint,
                 policy: self.policy_now(),
                 identities: self.identities.clone(),
+                forward: forward::ForwardCtx {
+                    forwarder: self.forwarder.clone(),
+                    peer: peer.clone(),
+                    scopes: auth.scopes.clone(),
+                },
             };
             let russh = russh.clone();
             conn.spawn(async move {

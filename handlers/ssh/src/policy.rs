@@ -7,7 +7,8 @@
 //! - `git` only: nothing yet (git over SSH is its own service's business); admitted so it
 //!   can be.
 //!
-//! Forwarding (TCP, agent, X11) is refused to everyone.
+//! Agent and X11 forwarding are refused to everyone. TCP port forwarding is open to `ssh`
+//! peers only, under the gateway's `[tunnels]` rules (the `forward` module).
 
 use crate::config::{AuthMode, Match, SshConfig};
 use crate::login::Account;
