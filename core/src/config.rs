@@ -6,6 +6,8 @@
 //!
 //! This module only reads and checks values; it does not open sockets or build TLS state.
 
+mod tunnels;
+
 use alknet_proto::Fingerprint;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -14,6 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+
+pub use tunnels::{
+    HostPattern, ListenPattern, MAX_NAME_LEN, PortRange, TargetPattern, TunnelRule, TunnelSubject,
+    TunnelsConfig, canonical_net, normalize_name,
+};
 
 /// Default listen address: every address, IPv6 and IPv4, UDP port 4433.
 pub const DEFAULT_LISTEN: &str = "[::]:4433";
@@ -349,6 +356,8 @@ pub struct Config {
     pub services: BTreeMap<String, toml::Table>,
     /// Peers allowed in.
     pub peers: Vec<PeerConfig>,
+    /// TCP forwarding (SSH port forwards, `alknet/tunnel`): who may reach what.
+    pub tunnels: TunnelsConfig,
     /// Where this configuration was read from.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -373,6 +382,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             services: BTreeMap::new(),
             peers: Vec::new(),
+            tunnels: TunnelsConfig::default(),
             source: ConfigSource::default(),
         }
     }
@@ -510,6 +520,14 @@ impl Config {
                 message: format!(
                     "{addr} is not a loopback address; the metrics tell anyone who reaches them how busy this gateway is: listen on 127.0.0.1, or set `allow_remote = true` under [metrics] and firewall the port"
                 ),
+            });
+        }
+        if let Err((key, message)) = self.tunnels.check() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: section_key_line(text, "tunnels", key).unwrap_or(1),
+                key: format!("tunnels.{key}"),
+                message,
             });
         }
         let mut ids = std::collections::HashSet::new();
@@ -1061,6 +1079,87 @@ scopes = ["echo"]
         let text = format!("[[peers]]\nid = \"a\"\nfingerprints = [\"{fp}\", \"{fp}\"]\n");
         let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.peer_origin(0), "alknet.toml:2");
+    }
+
+    #[test]
+    fn tunnel_rules_parse_and_bad_ones_name_line_and_key() {
+        let text = r#"
+[tunnels]
+max_connections_per_peer = 10
+
+[[tunnels.allow]]
+peer = "laptop"
+to = ["127.0.0.2:8080", "10.1.0.0/24:22", "db.lan:5432", "10.1.0.9:8000-8100"]
+listen = ["127.0.0.1:9000-9100"]
+
+[[tunnels.allow]]
+scope = "ops"
+to = ["*:443"]
+"#;
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.tunnels.max_connections_per_peer, 10);
+        assert_eq!(c.tunnels.allow.len(), 2);
+        assert_eq!(
+            c.tunnels.allow[0].subject,
+            TunnelSubject::Peer("laptop".into())
+        );
+        assert_eq!(c.tunnels.allow[0].to.len(), 4);
+        assert_eq!(c.tunnels.allow[0].listen.len(), 1);
+        assert_eq!(
+            c.tunnels.allow[1].subject,
+            TunnelSubject::Scope("ops".into())
+        );
+        assert!(Config::default().tunnels.allow.is_empty());
+
+        let bad = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = bad("[[tunnels.allow]]\npeer = \"a\"\nto = [\"db.lan:99999\"]\n");
+        assert!(
+            msg.starts_with("alknet.toml:3: key `tunnels.allow.to`"),
+            "{msg}"
+        );
+        assert!(msg.contains("not a port"), "{msg}");
+        let msg = bad("[[tunnels.allow]]\npeer = \"a\"\nlisten = [\"localhost:9000\"]\n");
+        assert!(
+            msg.starts_with("alknet.toml:3: key `tunnels.allow.listen`"),
+            "{msg}"
+        );
+        let msg = bad("\n[[tunnels.allow]]\npeer = \"a\"\nscope = \"ops\"\nto = []\n");
+        assert!(msg.contains("exactly one of `peer"), "{msg}");
+        assert!(
+            msg.starts_with("alknet.toml:2: key `tunnels.allow`")
+                || msg.starts_with("alknet.toml:3:"),
+            "{msg}"
+        );
+        let msg = bad("[[tunnels.allow]]\nto = [\"db.lan:1\"]\n");
+        assert!(msg.contains("exactly one of `peer"), "{msg}");
+        let msg = bad("[[tunnels.allow]]\npeer = \"a\"\ntoo = []\n");
+        assert!(
+            msg.starts_with("alknet.toml:3: key `tunnels.allow.too`"),
+            "{msg}"
+        );
+        let msg = bad("[tunnels]\n\nmax_connections_per_peer = 0\n");
+        assert!(
+            msg.starts_with("alknet.toml:3: key `tunnels.max_connections_per_peer`"),
+            "{msg}"
+        );
+        let msg = bad("[tunnels]\nconnect_timeout = \"10m\"\n");
+        assert!(
+            msg.starts_with("alknet.toml:2: key `tunnels.connect_timeout`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_example_config_documents_the_tunnel_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alknet.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (t, d) = (&c.tunnels, TunnelsConfig::default());
+        assert!(t.allow.is_empty());
+        assert_eq!(t.max_connections_per_peer, d.max_connections_per_peer);
+        assert_eq!(t.max_listeners_per_peer, d.max_listeners_per_peer);
+        assert_eq!(t.max_connections, d.max_connections);
+        assert_eq!(t.connect_timeout, d.connect_timeout);
+        assert!(c.source.text.contains("[tunnels]"));
     }
 
     #[test]
