@@ -75,3 +75,15 @@ pub fn replay_corpus(dir: &std::path::Path, target: fn(&[u8])) -> Result<usize, 
     }
     Ok(n)
 }
+
+/// Decodes arbitrary bytes as each `alknet/tunnel` header (request, verdict, accepted) and
+/// checks the round trip, the size bound and that prefixes are incomplete.
+pub fn fuzz_tunnel_header(data: &[u8]) {
+    crate::tunnel::fuzz_tunnel_header(data);
+}
+
+/// Decodes arbitrary bytes as each SOCKS5 message (greeting, request, reply) and checks the
+/// round trip, the size bound and that every failure has a reply code.
+pub fn fuzz_socks5(data: &[u8]) {
+    crate::socks5::fuzz_socks5(data);
+}

@@ -11,6 +11,8 @@ pub mod cid;
 pub mod der;
 pub mod fingerprint;
 pub mod join;
+pub mod socks5;
+pub mod tunnel;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -56,3 +56,20 @@ fn join_corpus() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 5, "only {n} seeds");
 }
+
+#[test]
+fn tunnel_header_corpus() {
+    let n = replay_corpus(
+        &corpus("tunnel_header"),
+        alknet_proto::fuzzing::fuzz_tunnel_header,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 8, "only {n} seeds");
+}
+
+#[test]
+fn socks5_corpus() {
+    let n = replay_corpus(&corpus("socks5"), alknet_proto::fuzzing::fuzz_socks5)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 8, "only {n} seeds");
+}
