@@ -20,6 +20,7 @@ mod onboard;
 mod quic;
 mod restart;
 mod revocation;
+mod sftp;
 mod ssh;
 mod ssh_migrate;
 mod support;
