@@ -19,6 +19,8 @@
 //! children run as). Not here: SFTP itself ([`sftp`]).
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod bench;
 mod channel;
 pub mod config;
 mod conn;
