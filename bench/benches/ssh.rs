@@ -5,7 +5,10 @@
 //! | system | server | client path |
 //! |---|---|---|
 //! | `alknet` | `alknet serve` (release build next to this bench) with `[services.ssh]` | `ssh`/`sftp` → `alknet connect` as `ProxyCommand` → QUIC on loopback |
+//! | `russh-tcp` | the same russh server and handler as `alknet`'s SSH service (`alknet_ssh::bench`, the `ssh-tcp-server` binary of this crate), on plain TCP: no QUIC, no tokio bridge, no proxy | `ssh`/`sftp` → TCP on loopback |
 //! | `sshd` (**baseline**) | Debian's `/usr/sbin/sshd` on a free loopback port, started here | `ssh`/`sftp` → TCP on loopback |
+//!
+//! `alknet` over `russh-tcp` is what QUIC, the bridge and the `alknet connect` proxy cost.
 //!
 //! Rounds alternate which system goes first, so the machine's load falls on both alike.
 //! Server CPU is `/proc/PID/stat` utime + stime (+ cutime + cstime) of `alknet serve`, and
@@ -16,7 +19,7 @@
 //! Environment: `ALKNET_BENCH_SSH_MB` (file size, default 1024), `ALKNET_BENCH_SSH_ROUNDS`
 //! (default 3), `ALKNET_BENCH_SSH_KEYS` (keystrokes per round and system, default 500),
 //! `ALKNET_BENCH_SSH_TRANSFERS` (`get,put,cat` by default: SFTP download, SFTP upload, and
-//! `ssh HOST cat FILE` down an exec channel), `ALKNET_BENCH_SSH_SYSTEMS` (`alknet,sshd` by default; `sshd` alone measures the baseline),
+//! `ssh HOST cat FILE` down an exec channel), `ALKNET_BENCH_SSH_SYSTEMS` (`alknet,russh-tcp,sshd` by default; `sshd` alone measures the baseline),
 //! `ALKNET_BIN` (the `alknet` binary; default `target/release/alknet` beside this bench).
 //! Build the server first: `cargo build --release -p alknet`.
 
@@ -44,6 +47,8 @@ const KEY_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
     Alknet,
+    /// The service's russh server on plain TCP (the bridge-cost variant).
+    RusshTcp,
     Sshd,
 }
 
@@ -51,6 +56,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Alknet => "alknet",
+            System::RusshTcp => "russh-tcp",
             System::Sshd => "sshd",
         }
     }
@@ -126,6 +132,8 @@ struct Rig {
     systems: Vec<System>,
     /// Alknet's server and client, unless only the baseline is measured.
     alknet: Option<(AlknetServe, SshClient)>,
+    /// The russh server on plain TCP and its client, when measured.
+    tcp: Option<(TcpServer, SshClient)>,
     sshd: Sshd,
     sshd_client: SshClient,
     ak_root: PathBuf,
@@ -168,6 +176,12 @@ impl Rig {
             None
         };
 
+        let tcp = if systems.contains(&System::RusshTcp) {
+            Some(TcpServer::start(d, &ak_root)?)
+        } else {
+            None
+        };
+
         let sshd = Sshd::start()?;
         let sshd_dir = d.join("client/ssh-sshd");
         std::fs::create_dir_all(&sshd_dir)?;
@@ -178,6 +192,7 @@ impl Rig {
             src_hash,
             systems,
             alknet,
+            tcp,
             sshd,
             sshd_client,
             ak_root,
@@ -241,9 +256,14 @@ impl Rig {
         self.alknet.as_ref().expect("alknet is among the systems")
     }
 
+    fn tcp(&self) -> &(TcpServer, SshClient) {
+        self.tcp.as_ref().expect("russh-tcp is among the systems")
+    }
+
     fn client(&self, s: System) -> &SshClient {
         match s {
             System::Alknet => &self.alk().1,
+            System::RusshTcp => &self.tcp().1,
             System::Sshd => &self.sshd_client,
         }
     }
@@ -251,6 +271,7 @@ impl Rig {
     fn log(&self, s: System) -> String {
         match s {
             System::Alknet => self.alk().0.log(),
+            System::RusshTcp => String::new(),
             System::Sshd => self.sshd.log(),
         }
     }
@@ -259,6 +280,7 @@ impl Rig {
     fn server_cpu(&self, s: System) -> Result<f64> {
         match s {
             System::Alknet => Ok(cpu_times(self.alk().0.pid())?.with_children()),
+            System::RusshTcp => Ok(cpu_times(self.tcp().0.child.id())?.with_children()),
             System::Sshd => {
                 if !procstat::wait_no_children(self.sshd.pid(), Duration::from_secs(10)) {
                     bail!("sshd's session processes still run 10 s after the client exited");
@@ -272,7 +294,7 @@ impl Rig {
     fn remote(&self, s: System, name: &str) -> (PathBuf, String) {
         match s {
             // Paths are shown to the client relative to `sftp_root`.
-            System::Alknet => (self.ak_root.join(name), name.to_owned()),
+            System::Alknet | System::RusshTcp => (self.ak_root.join(name), name.to_owned()),
             System::Sshd => {
                 let p = self.sshd_root.join(name);
                 let shown = p.display().to_string();
@@ -382,6 +404,54 @@ impl Rig {
     }
 }
 
+/// `ssh-tcp-server`: the service's russh server on plain TCP, killed on drop.
+struct TcpServer {
+    child: std::process::Child,
+}
+
+impl TcpServer {
+    fn start(d: &Path, root: &Path) -> Result<(Self, SshClient)> {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ssh-tcp-server"))
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        }
+        let server = Self { child };
+        let (addr, key) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("ssh-tcp-server printed {line:?}, not `ADDR KEY`"))?;
+        let addr: std::net::SocketAddr = addr.parse()?;
+        let dir = d.join("client/ssh-tcp");
+        std::fs::create_dir_all(&dir)?;
+        let client = SshClient::new(
+            &dir,
+            SshTarget {
+                alias: "russh-tcp-bench".into(),
+                host_name: addr.ip().to_string(),
+                port: Some(addr.port()),
+                user: current_user()?,
+                identity: None,
+                known_host_key: key.to_owned(),
+                proxy_command: None,
+            },
+        )?;
+        Ok((server, client))
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The CPU of the `alknet connect` process under an `sftp`/`ssh` client, sampled until
 /// [`ProxySampler::finish`].
 struct ProxySampler {
@@ -452,19 +522,29 @@ fn run() -> Result<()> {
     let keys = env_u64("ALKNET_BENCH_SSH_KEYS", 500)?;
     println!("ssh: {mb} MiB transfers, {keys} keystrokes, {rounds} rounds");
     let systems = match std::env::var("ALKNET_BENCH_SSH_SYSTEMS") {
-        Err(_) => vec![System::Alknet, System::Sshd],
+        Err(_) => vec![System::Alknet, System::RusshTcp, System::Sshd],
         Ok(v) => v
             .split(',')
             .map(|w| match w.trim() {
                 "alknet" => Ok(System::Alknet),
+                "russh-tcp" => Ok(System::RusshTcp),
                 "sshd" => Ok(System::Sshd),
                 other => Err(anyhow!(
-                    "ALKNET_BENCH_SSH_SYSTEMS: unknown system {other:?}; use alknet, sshd or both"
+                    "ALKNET_BENCH_SSH_SYSTEMS: unknown system {other:?}; use alknet, russh-tcp, sshd"
                 )),
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    let both = systems.len() == 2;
+    // Ratios are taken against sshd, for every other system measured.
+    let compared: Vec<System> = if systems.contains(&System::Sshd) {
+        systems
+            .iter()
+            .copied()
+            .filter(|&s| s != System::Sshd)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let transfers = Direction::parse(
         &std::env::var("ALKNET_BENCH_SSH_TRANSFERS").unwrap_or_else(|_| "get,put,cat".into()),
     )?;
@@ -529,17 +609,21 @@ fn run() -> Result<()> {
             println!("| {d:?} | {} | {rate:.1} | {cpu:.2} | {proxy} |", s.name());
         }
     }
-    if both {
-        println!("\n| transfer | throughput × sshd | server CPU/GB × sshd |\n|---|--:|--:|");
-    }
-    for &d in transfers.iter().filter(|_| both) {
-        let ratio =
-            |f: &dyn Fn(&Transfer) -> f64| pick(System::Alknet, d, f) / pick(System::Sshd, d, f);
+    if !compared.is_empty() {
         println!(
-            "| {d:?} | {:.2} | {:.2} |",
-            ratio(&|t| 1.0 / t.secs),
-            ratio(&|t| t.server_cpu)
+            "\n| transfer | system | throughput × sshd | server CPU/GB × sshd |\n|---|---|--:|--:|"
         );
+    }
+    for &d in &transfers {
+        for &s in &compared {
+            let ratio = |f: &dyn Fn(&Transfer) -> f64| pick(s, d, f) / pick(System::Sshd, d, f);
+            println!(
+                "| {d:?} | {} | {:.2} | {:.2} |",
+                s.name(),
+                ratio(&|t| 1.0 / t.secs),
+                ratio(&|t| t.server_cpu)
+            );
+        }
     }
     if keys > 0 {
         println!(
@@ -549,6 +633,7 @@ fn run() -> Result<()> {
         );
         let mut p = Vec::new();
         for (s, v) in &mut latency {
+            let s = *s;
             v.sort();
             let (p50, p99) = (percentile(v, 50), percentile(v, 99));
             println!(
@@ -557,14 +642,18 @@ fn run() -> Result<()> {
                 p50.as_micros(),
                 p99.as_micros()
             );
-            p.push((p50, p99));
+            p.push((s, p50, p99));
         }
-        if both {
-            println!(
-                "| × sshd | {:.2} | {:.2} |",
-                p[0].0.as_secs_f64() / p[1].0.as_secs_f64(),
-                p[0].1.as_secs_f64() / p[1].1.as_secs_f64()
-            );
+        let base = p.iter().find(|(s, _, _)| *s == System::Sshd).copied();
+        for &(s, p50, p99) in p.iter().filter(|(s, _, _)| compared.contains(s)) {
+            if let Some((_, b50, b99)) = base {
+                println!(
+                    "| {} × sshd | {:.2} | {:.2} |",
+                    s.name(),
+                    p50.as_secs_f64() / b50.as_secs_f64(),
+                    p99.as_secs_f64() / b99.as_secs_f64()
+                );
+            }
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ mod quic;
 mod reload;
 mod restart;
 mod revocation;
+mod sftp;
 mod ssh;
 mod ssh_forward;
 mod ssh_migrate;

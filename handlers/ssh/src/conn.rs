@@ -10,7 +10,6 @@ use crate::channel;
 use crate::config::AuthMode;
 use crate::policy::{Access, Policy};
 use alknet_core::IdentityProvider;
-use alknet_core::service::bridge::BridgedStream;
 use alknet_proto::Fingerprint;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, VerifiedPublicKey};
 use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
@@ -37,12 +36,12 @@ pub(crate) struct Session {
     pub(crate) forward: crate::forward::ForwardCtx,
 }
 
-/// Serves one SSH connection on `stream` until it ends or this future is dropped.
-pub(crate) async fn run(
-    config: Arc<russh::server::Config>,
-    stream: BridgedStream,
-    session: Session,
-) {
+/// Serves one SSH connection on `stream` (the bridged QUIC stream; a TCP stream in the
+/// bridge-cost benchmark, [`crate::bench`]) until it ends or this future is dropped.
+pub(crate) async fn run<S>(config: Arc<russh::server::Config>, stream: S, session: Session)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (guard, cancel) = oneshot::channel::<()>();
     let stream = Cancellable {
         inner: stream,
@@ -69,13 +68,13 @@ pub(crate) async fn run(
 }
 
 /// The bridged stream, failing every read and write once its guard is gone.
-struct Cancellable {
-    inner: BridgedStream,
+struct Cancellable<S> {
+    inner: S,
     cancel: oneshot::Receiver<()>,
     cancelled: bool,
 }
 
-impl Cancellable {
+impl<S> Cancellable<S> {
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if !self.cancelled && Pin::new(&mut self.cancel).poll(cx).is_ready() {
             self.cancelled = true;
@@ -93,7 +92,7 @@ impl Cancellable {
 
 use std::future::Future;
 
-impl AsyncRead for Cancellable {
+impl<S: AsyncRead + Unpin> AsyncRead for Cancellable<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -104,7 +103,7 @@ impl AsyncRead for Cancellable {
     }
 }
 
-impl AsyncWrite for Cancellable {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Cancellable<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -20,6 +20,8 @@
 //! here: SFTP itself ([`sftp`]), the forwarding policy (`alknet-forward`).
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod bench;
 mod channel;
 pub mod config;
 mod conn;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Feeds `data` as everything a client sends to a session rooted at a fresh temporary
-/// directory, then closes the client's side. Oracle: the session ends (within a bound),
+/// directory, then closes the client's side. Handles are predictable (slot index, zero
+/// nonce: `0000` + 16 zeros for the first), so an input can read and write what it opened. Oracle: the session ends (within a bound),
 /// never panics, and a file beside the root is neither changed nor leaked into a reply.
 pub fn fuzz_sftp(data: &[u8]) {
     let Ok(base) = tempfile::tempdir() else {
@@ -30,7 +31,7 @@ pub fn fuzz_sftp(data: &[u8]) {
             root,
             peer: "fuzz".into(),
         };
-        let server = tokio::spawn(super::serve(server, opts));
+        let server = tokio::spawn(super::serve_with(server, opts, true));
         let (mut rd, mut wr) = tokio::io::split(&mut client);
         let send = async {
             let _ = wr.write_all(&input).await;

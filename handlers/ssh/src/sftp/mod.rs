@@ -46,6 +46,19 @@ pub async fn serve<S>(stream: S, opts: SftpOptions) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_with(stream, opts, false).await
+}
+
+/// [`serve`], with zero handle nonces when `predictable_handles` (the fuzzing entry point,
+/// so an input can use the handles it opened).
+async fn serve_with<S>(
+    stream: S,
+    opts: SftpOptions,
+    predictable_handles: bool,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let root_path = opts.root.clone();
     let root = tokio::task::spawn_blocking(move || {
         cap_std::fs::Dir::open_ambient_dir(&root_path, cap_std::ambient_authority())
@@ -59,7 +72,7 @@ where
         )
     })?;
     tracing::debug!(peer = %opts.peer, root = %opts.root.display(), "sftp session started");
-    let result = session::run(stream, root).await;
+    let result = session::run(stream, root, predictable_handles).await;
     match &result {
         Ok(()) => tracing::debug!(peer = %opts.peer, "sftp session ended"),
         Err(e) => tracing::warn!(peer = %opts.peer, error = %e, "sftp session ended with an error"),

@@ -57,22 +57,8 @@ fn time32(secs: i64) -> u32 {
     secs.clamp(0, i64::from(u32::MAX)) as u32
 }
 
-/// SFTP attributes of a file, from confined metadata.
+/// SFTP attributes of a file, from confined metadata (or an open file's, see [`fstat`]).
 pub(crate) fn attrs_of(md: &Metadata) -> FileAttributes {
-    FileAttributes {
-        size: Some(md.size()),
-        uid: Some(md.uid()),
-        user: None,
-        gid: Some(md.gid()),
-        group: None,
-        permissions: Some(md.mode()),
-        atime: Some(time32(md.atime())),
-        mtime: Some(time32(md.mtime())),
-    }
-}
-
-fn std_attrs(md: &std::fs::Metadata) -> FileAttributes {
-    use std::os::unix::fs::MetadataExt as _;
     FileAttributes {
         size: Some(md.size()),
         uid: Some(md.uid()),
@@ -112,11 +98,12 @@ pub(crate) fn stat(root: &Dir, id: u32, path: &str, follow: bool) -> Bytes {
     )
 }
 
-/// FSTAT.
+/// FSTAT: the open file's metadata, read into cap-std's form so [`attrs_of`] serves both.
 pub(crate) fn fstat(file: &std::fs::File, id: u32) -> Bytes {
     reply(
         id,
-        file.metadata().map(|md| attrs_reply(id, std_attrs(&md))),
+        file.metadata()
+            .map(|md| attrs_reply(id, attrs_of(&Metadata::from_just_metadata(md)))),
     )
 }
 

@@ -67,6 +67,8 @@ struct Slot {
 struct Handles {
     slots: Vec<Option<Slot>>,
     open: usize,
+    /// Nonces are 0 (the fuzzing entry point: inputs can then name the handles they opened).
+    predictable: bool,
 }
 
 impl Handles {
@@ -81,7 +83,11 @@ impl Handles {
                 self.slots.len() - 1
             }
         };
-        let nonce = rand::random::<u64>();
+        let nonce = if self.predictable {
+            0
+        } else {
+            rand::random::<u64>()
+        };
         let slot = self.slots.get_mut(index)?;
         *slot = Some(Slot { nonce, open });
         self.open += 1;
@@ -148,8 +154,9 @@ pub(crate) struct Session {
     initialized: bool,
 }
 
-/// Serves `stream` with `root` as `/` until the client closes it.
-pub(crate) async fn run<S>(stream: S, root: Dir) -> io::Result<()>
+/// Serves `stream` with `root` as `/` until the client closes it. `predictable_handles`
+/// gives every handle a zero nonce (for fuzzing only).
+pub(crate) async fn run<S>(stream: S, root: Dir, predictable_handles: bool) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -158,7 +165,10 @@ where
     let writer = tokio::spawn(write_replies(wr, rx));
     let mut session = Session {
         root: Arc::new(root),
-        handles: Handles::default(),
+        handles: Handles {
+            predictable: predictable_handles,
+            ..Handles::default()
+        },
         tx,
         count: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         bytes: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES)),
