@@ -451,6 +451,7 @@ fn serve(
     tracing::info!(source = node.source, "node key loaded");
     let keys = ServiceKeys::load(data_dir, &config, &node)?;
     let mut registry = alknet_core::Registry::from_config(&config, services(Some(&keys)))?;
+    let forwarder = keys.forwarder.clone();
 
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
@@ -507,7 +508,14 @@ fn serve(
             offers: Box::new(|| services(None)),
             handle: handle.control(),
         })
-        .with_notifier(notifier.clone(), Box::new(status_line(&handle, &alpns))),
+        .with_notifier(notifier.clone(), Box::new(status_line(&handle, &alpns)))
+        .on_live_change(Box::new(move |config, keys| {
+            if let Some(f) = &forwarder
+                && keys.iter().any(|k| k == "tunnels")
+            {
+                f.set_policy(alknet_forward::Policy::new(&config.tunnels));
+            }
+        })),
     );
     let sock = match control::serve_with_reload(
         data_dir,

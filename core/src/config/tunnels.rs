@@ -28,7 +28,7 @@ use std::time::Duration;
 pub const MAX_NAME_LEN: usize = 253;
 
 /// The `[tunnels]` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelsConfig {
     /// The rules; with none, every forward is refused (default deny).

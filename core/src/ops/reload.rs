@@ -40,6 +40,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "admission.max_handshakes_per_source",
     "admission.max_connections_per_peer",
     "admission.max_connections_per_anonymous_source",
+    "tunnels",
 ];
 
 /// Keys read once at start (sockets, threads, the QUIC transport and Retry settings, the
@@ -97,6 +98,7 @@ fn key_differs(name: &str, a: &Config, b: &Config) -> bool {
         "admission.max_connections_per_anonymous_source" => {
             aa.max_connections_per_anonymous_source != ab.max_connections_per_anonymous_source
         }
+        "tunnels" => a.tunnels != b.tunnels,
         "listen" => a.listen != b.listen,
         "workers" => a.workers != b.workers,
         "server_id" => a.server_id != b.server_id,
@@ -211,6 +213,7 @@ pub fn merge_live(running: &Config, new: &Config) -> Config {
     a.max_connections_per_peer = n.max_connections_per_peer;
     a.max_connections_per_anonymous_source = n.max_connections_per_anonymous_source;
     out.services = new.services.clone();
+    out.tunnels = new.tunnels.clone();
     out.peers = new.peers.clone();
     out.source = new.source.clone();
     out
@@ -291,6 +294,10 @@ impl Overrides {
 /// sections with the same list the server started from).
 pub type OfferList = Box<dyn Fn() -> Vec<Offer> + Send + Sync>;
 
+/// Called with the configuration in force after each successful reload that changed a
+/// [`LIVE_KEYS`] key (the forwarding policy of `[tunnels]` is swapped this way).
+pub type OnLiveChange = Box<dyn Fn(&Config, &[String]) + Send + Sync>;
+
 /// The status line for the service manager after a reload.
 pub type StatusLine = Box<dyn Fn() -> String + Send + Sync>;
 
@@ -306,6 +313,7 @@ pub struct Reloader {
     handle: ControlHandle,
     notifier: Option<Arc<Notifier>>,
     status: Option<StatusLine>,
+    on_live_change: Option<OnLiveChange>,
     state: Mutex<Running>,
 }
 
@@ -347,6 +355,7 @@ impl Reloader {
             handle: parts.handle,
             notifier: None,
             status: None,
+            on_live_change: None,
             state: Mutex::new(Running {
                 config: parts.config,
                 disabled: Vec::new(),
@@ -359,6 +368,14 @@ impl Reloader {
     pub fn with_notifier(mut self, notifier: Arc<Notifier>, status: StatusLine) -> Self {
         self.notifier = Some(notifier);
         self.status = Some(status);
+        self
+    }
+
+    /// Runs `f` after each reload that changed a [`LIVE_KEYS`] key, with the new running
+    /// configuration and the changed keys (parts outside the shards, such as the forwarding
+    /// policy, follow the file this way).
+    pub fn on_live_change(mut self, f: OnLiveChange) -> Self {
+        self.on_live_change = Some(f);
         self
     }
 
@@ -471,6 +488,11 @@ impl Reloader {
         };
         state.disabled = plan.disabled.clone();
         plan.commit();
+        if let Some(f) = &self.on_live_change
+            && !changes.live_keys.is_empty()
+        {
+            f(&merged, &changes.live_keys);
+        }
         state.config = merged;
         Ok(outcome)
     }
@@ -523,6 +545,21 @@ mod tests {
             peer("new", FP_B, "\"echo\"")
         ));
         assert_eq!(diff(&new, &disabled).peers_changed, ["keep"]);
+    }
+
+    #[test]
+    fn the_tunnel_policy_is_live() {
+        let old = parse("");
+        let new = parse(
+            "[tunnels]\nmax_connections_per_peer = 3\n[[tunnels.allow]]\npeer = \"a\"\nto = [\"10.0.0.1:22\"]\n",
+        );
+        let c = diff(&old, &new);
+        assert_eq!(c.live_keys, ["tunnels"]);
+        assert!(c.restart_keys.is_empty(), "{c:?}");
+        let merged = merge_live(&old, &new);
+        assert_eq!(merged.tunnels, new.tunnels);
+        assert_eq!(merged.tunnels.allow.len(), 1);
+        assert!(diff(&new, &merged).live_keys.is_empty());
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub fn serve_tcp(
                 fingerprint: None,
                 policy: policy.clone(),
                 identities: identities.clone(),
+                forward: crate::forward::ForwardCtx {
+                    forwarder: None,
+                    peer: peer.to_owned(),
+                    scopes: scopes.clone(),
+                },
             };
             tokio::spawn(conn::run(russh.clone(), tcp, session));
         }
