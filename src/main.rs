@@ -387,6 +387,14 @@ fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
                 None => ssh,
             }
         }),
+        #[cfg(feature = "tunnel")]
+        Offer::new(alknet_tunnel::Tunnel::new(
+            keys.and_then(|k| k.forwarder.clone()).unwrap_or_else(|| {
+                std::sync::Arc::new(alknet_forward::Forwarder::new(
+                    alknet_forward::Policy::default(),
+                ))
+            }),
+        )),
         #[cfg(feature = "echo")]
         Offer::new(alknet_echo::Echo),
         #[cfg(feature = "perf")]
