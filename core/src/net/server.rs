@@ -571,7 +571,8 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
                 ctx.node,
                 ctx.stats.clone(),
             )
-            .with_tokio(ctx.tokio),
+            .with_tokio(ctx.tokio)
+            .with_penalties(ctx.penalties.clone()),
         );
         let state = ShardState::new(ShardConfig {
             id: shard_no,

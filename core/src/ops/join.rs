@@ -11,8 +11,11 @@
 //! ([`Service::requires_client_key`]), so turning it on leaves TLS client certificates
 //! required and the other services still refuse unknown keys (the shard's authorisation is
 //! per ALPN). Each connection carries one attempt; attempts per source are bounded
-//! ([`AttemptLimiter`]), and every refused invite is logged as a failed authentication on
-//! the `alknet::auth` target, with the source address, as fail2ban's filter expects.
+//! ([`AttemptLimiter`]), and every refused invite is reported as a failed authentication
+//! ([`AuthFailures`]): logged on the `alknet::auth` target with the source address, as
+//! fail2ban's filter expects, counted in `auth_failures`, and counted against the source's
+//! penalty, so a source trying codes is dropped before its next handshake like one
+//! presenting unknown keys.
 //!
 //! Not here: the invite code and messages (`alknet_proto::join`), creating and listing
 //! invites (`ops::admin`), the client side (`alknet join`).
@@ -20,7 +23,9 @@
 use crate::conn::Connection;
 use crate::identity::store::{FilePeer, Mutation, RedbStore};
 use crate::identity::{AuthContext, IdentityError, IdentityProvider, PeerEntry};
-use crate::service::{Handler, NoConfig, Service, ServiceContext, ServiceInfo, close_code};
+use crate::service::{
+    AuthFailures, Handler, NoConfig, Service, ServiceContext, ServiceInfo, close_code,
+};
 use alknet_proto::Fingerprint;
 use alknet_proto::join::{JoinRequest, JoinResponse, MAX_REQUEST, Refusal};
 use std::collections::HashMap;
@@ -74,6 +79,7 @@ impl Service for Join {
         JoinHandler {
             store: ctx.node().invites(),
             limiter: self.limiter.clone(),
+            auth_failures: ctx.auth_failures(),
         }
     }
 
@@ -90,6 +96,7 @@ impl Service for Join {
 pub struct JoinHandler {
     store: Option<Arc<RedbStore>>,
     limiter: Arc<Mutex<AttemptLimiter>>,
+    auth_failures: AuthFailures,
 }
 
 impl Handler for JoinHandler {
@@ -134,16 +141,11 @@ impl Handler for JoinHandler {
             }
             Err(reason) => {
                 if counts_as_failed_auth(reason) {
-                    // A root event (no connection span before the target), so the line has
-                    // the shape deploy/fail2ban/alknet.conf anchors on.
-                    tracing::warn!(
-                        target: "alknet::auth",
-                        parent: None,
-                        %remote,
-                        alpn = "alknet/join",
-                        fingerprint = %auth.tls_client_fingerprint.map(|f| f.to_string()).unwrap_or_else(|| "none".into()),
-                        reason = reason.log_reason(),
-                        "authentication failed"
+                    self.auth_failures.report(
+                        remote,
+                        "alknet/join",
+                        auth.tls_client_fingerprint,
+                        reason.log_reason(),
                     );
                 } else {
                     tracing::info!(%remote, reason = reason.log_reason(), "join refused");

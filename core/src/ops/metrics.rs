@@ -355,6 +355,7 @@ fn families(i: &Inputs<'_>) -> Vec<Family> {
         .with(&[("reason", "no_certificate")], t.auth_no_certificate)
         .with(&[("reason", "peer_disabled")], t.auth_peer_disabled)
         .with(&[("reason", "missing_scope")], t.auth_missing_scope)
+        .with(&[("reason", "invite")], t.auth_invite)
         .with(&[("reason", "other")], t.auth_other),
         Family::one(
             "alknet_retries_sent_total",

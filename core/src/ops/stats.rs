@@ -94,7 +94,8 @@ counters! {
     connections_established,
     /// Connections currently held by the shard.
     connections_open,
-    /// Clients refused after the handshake (unknown or disabled key, missing scope).
+    /// Clients refused after the handshake (unknown or disabled key, missing scope), and
+    /// refusals a service reports itself (`ServiceContext::auth_failures`: refused invites).
     auth_failures,
     /// Of `auth_failures`: the client key belongs to no peer.
     auth_unknown_key,
@@ -104,6 +105,9 @@ counters! {
     auth_peer_disabled,
     /// Of `auth_failures`: the peer lacks the service's scope.
     auth_missing_scope,
+    /// Of `auth_failures`: an invite refused on `alknet/join` (unknown, expired, used up,
+    /// malformed, or over the source's join attempts).
+    auth_invite,
     /// Of `auth_failures`: any other reason.
     auth_other,
     /// Handlers that panicked (their connection was closed).
@@ -130,6 +134,8 @@ impl ShardStats {
             "no certificate" => &self.auth_no_certificate,
             "peer disabled" => &self.auth_peer_disabled,
             "missing scope" => &self.auth_missing_scope,
+            "unknown invite" | "expired invite" | "invite used up" | "bad join request"
+            | "join rate limit" => &self.auth_invite,
             _ => &self.auth_other,
         }
     }

@@ -7,10 +7,13 @@ use super::spawn::Spawner;
 use crate::identity::store::RedbStore;
 use crate::identity::{IdentityError, IdentityProvider, IdentityStore};
 use crate::ops::admin::PeerView;
+use crate::ops::stats::{self, ShardStats};
 use crate::service::tokio_rt::SideRuntime;
+use crate::shard::sources::SharedAdmission;
 use crate::shard::{SessionBoard, SessionInfo};
 use alknet_proto::Fingerprint;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -87,6 +90,12 @@ impl<'a, C> ServiceContext<'a, C> {
         &self.shard.tokio
     }
 
+    /// Where the service reports a client it refused as a failed authentication (see
+    /// [`AuthFailures`]), to keep in a handler.
+    pub fn auth_failures(&self) -> AuthFailures {
+        self.shard.auth_failures.clone()
+    }
+
     /// Starts a task on this shard; the only way a service starts one (see [`Spawner`]).
     pub fn spawn<F>(&self, task: F)
     where
@@ -148,6 +157,59 @@ impl<C> ConfigWatch<C> {
         };
         *guard = Arc::new(config);
         self.inner.version.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// How a service reports a failed authentication it decided itself, after the shard let
+/// the connection in (the join service refusing a forged, expired or spent invite): the
+/// same one `alknet::auth` log line with the source address that fail2ban's filter matches,
+/// the same `auth_failures` counters (`alknet stats`, `alknet_auth_failures_total`), and a
+/// count against the source's penalty, so a source guessing at a service gets dropped
+/// before its next handshake exactly as one presenting unknown keys does.
+#[derive(Clone)]
+pub struct AuthFailures {
+    stats: Arc<ShardStats>,
+    /// The per-source penalties; `None` for a shard built without them (unit tests).
+    admission: Option<Arc<SharedAdmission>>,
+}
+
+impl AuthFailures {
+    pub(crate) fn new(stats: Arc<ShardStats>, admission: Option<Arc<SharedAdmission>>) -> Self {
+        Self { stats, admission }
+    }
+
+    pub(crate) fn with_penalties(self, admission: Arc<SharedAdmission>) -> Self {
+        Self {
+            admission: Some(admission),
+            ..self
+        }
+    }
+
+    /// Reports one failed authentication from `remote` on `alpn`: logs it, counts it under
+    /// `reason` (a short, fixed phrase such as `"unknown invite"`) and penalises the source.
+    pub fn report(
+        &self,
+        remote: SocketAddr,
+        alpn: &str,
+        fingerprint: Option<Fingerprint>,
+        reason: &'static str,
+    ) {
+        stats::bump(&self.stats.auth_failures);
+        stats::bump(self.stats.auth_reason(reason));
+        // A root event (no connection span before the target), so the line has the shape
+        // deploy/fail2ban/alknet.conf anchors on.
+        tracing::warn!(
+            target: "alknet::auth",
+            parent: None,
+            %remote,
+            alpn,
+            fingerprint = %fingerprint.map(|f| f.to_string()).unwrap_or_else(|| "none".into()),
+            reason,
+            "authentication failed"
+        );
+        if let Some(admission) = &self.admission {
+            crate::shard::state::penalise(admission, remote, std::time::Instant::now());
+        }
     }
 }
 

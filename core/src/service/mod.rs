@@ -59,7 +59,7 @@ mod drain;
 mod registry;
 mod spawn;
 
-pub use context::{ConfigWatch, NodeError, NodeFacts, ServiceContext};
+pub use context::{AuthFailures, ConfigWatch, NodeError, NodeFacts, ServiceContext};
 pub use drain::{Drain, DrainWait};
 pub use registry::{Offer, Registry, RegistryError, ServiceReload, SetupError};
 pub(crate) use registry::{Route, Router, ShardSetup};

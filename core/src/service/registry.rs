@@ -383,6 +383,7 @@ pub(crate) struct ShardSetup {
     pub(crate) drain: Drain,
     pub(crate) spawner: Spawner,
     pub(crate) tokio: Arc<SideRuntime>,
+    pub(crate) auth_failures: super::context::AuthFailures,
 }
 
 impl ShardSetup {
@@ -397,9 +398,20 @@ impl ShardSetup {
             identities,
             node,
             drain: Drain::new(),
-            spawner: Spawner::new(stats),
+            spawner: Spawner::new(stats.clone()),
             tokio: Arc::default(),
+            auth_failures: super::context::AuthFailures::new(stats, None),
         }
+    }
+
+    /// Counts the failed authentications services report against these per-source
+    /// penalties (without them, a report is logged and counted only).
+    pub(crate) fn with_penalties(
+        mut self,
+        admission: Arc<crate::shard::sources::SharedAdmission>,
+    ) -> Self {
+        self.auth_failures = self.auth_failures.with_penalties(admission);
+        self
     }
 
     /// Shares the node's tokio side runtime with this shard's services (without it they get

@@ -1222,7 +1222,7 @@ struct ConnHeld {
 
 /// Counts a failed handshake or authentication against the source of `remote`, and logs a
 /// penalty it starts.
-fn penalise(admission: &SharedAdmission, remote: SocketAddr, now: Instant) {
+pub(crate) fn penalise(admission: &SharedAdmission, remote: SocketAddr, now: Instant) {
     if let Some(penalty) = admission.penalties.record_failure(remote.ip(), now) {
         warn!(
             target: "alknet::auth",
