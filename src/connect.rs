@@ -150,12 +150,27 @@ async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Re
         }
     });
     // stream -> stdout
-    let (out_tx, out_rx) = flume::bounded::<Bytes>(8);
+    // QUIC hands over one chunk per STREAM frame (about a datagram): queue many, and write
+    // every chunk already waiting in one syscall, on stdout's fd itself (std's `Stdout` is
+    // line-buffered: it scans binary data for newlines and splits writes at them).
+    let (out_tx, out_rx) = flume::bounded::<Bytes>(256);
+    let out_fd = {
+        use std::os::fd::AsFd;
+        std::io::stdout().as_fd().try_clone_to_owned()?
+    };
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = std::fs::File::from(out_fd);
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * 4);
         while let Ok(chunk) = out_rx.recv() {
-            stdout.write_all(&chunk)?;
-            stdout.flush()?;
+            buf.extend_from_slice(&chunk);
+            while buf.len() < CHUNK * 4 {
+                match out_rx.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            stdout.write_all(&buf)?;
+            buf.clear();
         }
         Ok(())
     });
