@@ -206,4 +206,36 @@ fn shipped_units_verify_and_are_hardened() {
         score < 2.0,
         "alknet.service exposure {score}, must stay below 2.0"
     );
+    let readme = std::fs::read_to_string(deploy.join("../README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("deploy/alknet.service` is {score:.1}")),
+        "the README states another exposure for alknet.service than the measured {score:.1}"
+    );
+
+    // With the ssh-login drop-in beside it, as `systemctl` would read it.
+    let dropin_text =
+        std::fs::read_to_string(deploy.join("alknet.service.d/ssh-login.conf")).unwrap();
+    std::fs::create_dir(dir.path().join("alknet.service.d")).unwrap();
+    std::fs::write(
+        dir.path().join("alknet.service.d/ssh-login.conf"),
+        &dropin_text,
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.lines().any(|l| l.contains("alknet")),
+        "systemd-analyze verify with ssh-login.conf: {err}"
+    );
+    let with = exposure(&unit);
+    assert!(with > score, "the drop-in did not apply: {with} <= {score}");
+    // The cost the drop-in's own comment states is the one measured.
+    assert!(
+        dropin_text.contains(&format!("({with:.1} with this drop-in")),
+        "ssh-login.conf states another exposure than the measured {with:.1}"
+    );
 }
