@@ -434,3 +434,55 @@ fn fail2ban_accepts_the_shipped_jail() {
         assert!(dump.contains(want), "the jail lacks {want}: {dump}");
     }
 }
+
+/// Installing into `/` without root is refused before anything is touched, saying what to do.
+#[test]
+fn installing_into_the_root_needs_root() {
+    let script = std::fs::read(repo().join("deploy/install.sh")).unwrap();
+    // As an unprivileged user: this process itself, or `nobody` when the tests run as root.
+    let mut cmd = if runs_as_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-s",
+            "--",
+        ]);
+        c
+    } else {
+        let mut c = Command::new("bash");
+        c.args(["-s", "--"]);
+        c
+    };
+    let mut child = cmd
+        .args(["--bin", ALKNET])
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) and bash");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&script).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "installing into / needs root: run it with sudo, or stage it with --destdir DIR"
+        ),
+        "{err}"
+    );
+}
+
+/// Whether this process runs as root (read from /proc, no libc call needed).
+fn runs_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
+}
