@@ -89,7 +89,7 @@ pub(crate) fn run(
 }
 
 /// A queue that yields each stop signal as it arrives (from a thread of its own).
-fn stop_signals() -> Result<flume::Receiver<i32>> {
+pub(crate) fn stop_signals() -> Result<flume::Receiver<i32>> {
     let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)
         .context("cannot install signal handlers")?;
     let (tx, rx) = flume::bounded(1);

@@ -175,6 +175,27 @@ enum Command {
     /// `alknet connect`.
     #[cfg(feature = "call")]
     Call(alknet_call::cli::CallArgs),
+    /// Forward ports through a gateway's tunnel service (`alknet/tunnel`, scope `tunnel`),
+    /// as `ssh -L` and `ssh -R` do, each TCP connection on a QUIC stream of its own.
+    ///
+    /// All forwards share one connection, which follows network changes and reconnects by
+    /// itself with capped backoff (0.5 s doubling to 30 s) when it is lost. The first
+    /// connection must succeed; a changed server key, or the gateway refusing this client
+    /// (unknown, revoked, no `tunnel` scope), ends the command with an error. The gateway's
+    /// `[[tunnels.allow]]` rules decide what may be reached and where it may listen.
+    /// SIGTERM, SIGINT and SIGHUP close the connection and exit with 128 + the signal.
+    ///
+    /// Example: `alknet forward gw -L 5432:db.lan:5432 -R 8022:127.0.0.1:22`.
+    #[cfg(feature = "tunnel")]
+    Forward(alknet_tunnel::client::ForwardArgs),
+    /// A local SOCKS5 proxy (RFC 1928 CONNECT; IPv4, IPv6 and names, which the gateway
+    /// resolves) whose connections leave through a gateway's tunnel service.
+    ///
+    /// Connection, reconnection, pinning and signals work as for `alknet forward`. Use it
+    /// with `curl --socks5-hostname 127.0.0.1:1080 http://host.lan/` or a browser's SOCKS
+    /// setting.
+    #[cfg(feature = "tunnel")]
+    Socks(alknet_tunnel::client::SocksArgs),
     /// Serve one SFTP session on stdin/stdout, confined to --root (a drop-in for OpenSSH's
     /// sftp-server: `sftp -D 'alknet sftp-server --root DIR'`, or sshd's `Subsystem`).
     #[cfg(feature = "ssh")]
@@ -339,6 +360,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reload { json } => reload_cli::run(&data_dir, json),
         #[cfg(feature = "ssh")]
         Command::SftpServer(args) => sftp_cli::run(args),
+        #[cfg(feature = "tunnel")]
+        Command::Forward(args) => {
+            let key = node::load(&data_dir, args.common.passphrase_file.as_deref())?;
+            let stop = connect::stop_signals()?;
+            let alknet_tunnel::client::Ended::Signal(sig) =
+                alknet_tunnel::client::run_forward(args, &data_dir, key.key, stop)?;
+            std::process::exit(128 + sig)
+        }
+        #[cfg(feature = "tunnel")]
+        Command::Socks(args) => {
+            let key = node::load(&data_dir, args.common.passphrase_file.as_deref())?;
+            let stop = connect::stop_signals()?;
+            let alknet_tunnel::client::Ended::Signal(sig) =
+                alknet_tunnel::client::run_socks(args, &data_dir, key.key, stop)?;
+            std::process::exit(128 + sig)
+        }
         #[cfg(feature = "call")]
         Command::Call(args) => {
             let key = node::load(&data_dir, args.passphrase_file.as_deref())?;

@@ -29,3 +29,5 @@ mod ssh_forward;
 mod ssh_migrate;
 mod support;
 mod systemd;
+mod tcp_kit;
+mod tunnel;

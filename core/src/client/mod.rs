@@ -28,7 +28,7 @@ pub use servers::{
     ResolveError, ResolvedServer, SERVERS_FILE, ServerEntry, Servers, resolve_server, valid_name,
 };
 pub(crate) use trust::fuzz_known_servers;
-pub use trust::{KnownServers, TrustedConnect, connect_trusted};
+pub use trust::{KnownServers, TrustedConnect, connect_trusted, connect_trusted_on};
 
 /// File in the data directory remembering servers' keys.
 pub const KNOWN_SERVERS_FILE: &str = "known_servers";

@@ -45,10 +45,21 @@ pub struct TrustedConnect<'a> {
 pub async fn connect_trusted(
     t: &TrustedConnect<'_>,
 ) -> Result<(ClientEndpoint, Connection), ClientError> {
+    let endpoint = ClientEndpoint::new(t.config.clone(), t.node_key, t.addr)?;
+    let conn = connect_trusted_on(&endpoint, t).await?;
+    Ok((endpoint, conn))
+}
+
+/// [`connect_trusted`] on an endpoint the caller keeps, for clients that reconnect: each
+/// attempt reuses its socket instead of leaving one behind. The endpoint must have been
+/// opened for the address family of `t.addr`.
+pub async fn connect_trusted_on(
+    endpoint: &ClientEndpoint,
+    t: &TrustedConnect<'_>,
+) -> Result<Connection, ClientError> {
     let trust = trust_for(t.pinned, t.known, t.server_name);
     let (client_config, seen) =
         crate::net::endpoint::client_config(&t.config, t.node_key, t.alpn, trust.clone())?;
-    let endpoint = ClientEndpoint::new(t.config.clone(), t.node_key, t.addr)?;
     let conn = endpoint.connect(client_config, t.addr)?;
     if let Err(e) = conn.connected().await {
         return Err(explain_failure(
@@ -76,7 +87,7 @@ pub async fn connect_trusted(
             t.known.path().display()
         );
     }
-    Ok((endpoint, conn))
+    Ok(conn)
 }
 
 /// The known-servers file: one `host:port ed25519:…` line per server.

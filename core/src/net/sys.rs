@@ -26,6 +26,32 @@ pub fn set_udp_gro(socket: &impl AsRawFd, on: bool) -> io::Result<()> {
     }
 }
 
+/// Makes closing the TCP socket `fd` send a reset (`SO_LINGER` with a zero timeout) instead of
+/// a FIN: how a relay passes on a connection reset from the other side. The caller keeps the
+/// socket open for the duration of the call.
+pub fn set_linger_zero(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let val = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a `linger` on the stack; a
+    // stale descriptor only makes the call fail with EBADF or ENOTSOCK.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&val as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic value; libc exports it for Android only).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 

@@ -16,6 +16,8 @@
 //! `ABANDONED` code (0x4); a malformed or late header drops the stream the same way.
 #![forbid(unsafe_code)]
 
+pub mod client;
+
 use alknet_core::service::bridge::{BridgedStream, serve_on_tokio};
 use alknet_core::service::tokio_rt::SideRuntime;
 use alknet_core::{
