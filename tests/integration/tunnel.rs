@@ -340,7 +340,12 @@ fn a_client_the_gateway_does_not_serve_is_told_what_to_ask_for() {
         "forward",
         server.addr,
         &server.fingerprint,
-        &["-L".into(), format!("{local}:127.0.0.1:{target}")],
+        &[
+            "-L".into(),
+            format!("{local}:127.0.0.1:{target}"),
+            "-R".into(),
+            format!("0:127.0.0.1:{target}"),
+        ],
     );
     let status = fwd.wait_exit();
     assert_eq!(status.code(), Some(1), "{}", fwd.stderr());

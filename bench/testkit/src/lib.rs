@@ -5,8 +5,10 @@
 //!
 //! Also the pieces for measuring SSH against OpenSSH: [`openssh`] (a real `sshd` and the
 //! `ssh`/`sftp`/`scp` clients with generated configs), [`relay`] (a UDP relay whose source
-//! port changes on demand, for migration tests) and [`procstat`] (CPU times from `/proc`).
+//! port changes on demand, for migration tests), [`procstat`] (CPU times from `/proc`) and
+//! [`netns`] (a lossy wire between two network namespaces).
 
+pub mod netns;
 pub mod openssh;
 pub mod procstat;
 pub mod relay;

@@ -69,12 +69,20 @@ pub struct Sshd {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    listen: std::net::IpAddr,
     host_key: String,
 }
 
 impl Sshd {
     /// Starts it and waits (at most 10 s) until its port accepts connections.
     pub fn start() -> Result<Self> {
+        Self::start_via(&[], std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`Sshd::start`] run through `prefix` (e.g. `ip netns exec NAME`) and listening on
+    /// `listen`; ready once its log says it listens (its port may not be reachable from
+    /// here).
+    pub fn start_via(prefix: &[&str], listen: std::net::IpAddr) -> Result<Self> {
         if !Path::new(SSHD).exists() {
             bail!("{SSHD} is missing; install openssh-server");
         }
@@ -98,12 +106,13 @@ impl Sshd {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_tcp_port()?;
-            match Self::launch(&dir, port) {
+            match Self::launch(&dir, port, prefix, listen) {
                 Ok(child) => {
                     return Ok(Self {
                         child,
                         dir,
                         port,
+                        listen,
                         host_key: host_pub,
                     });
                 }
@@ -113,14 +122,19 @@ impl Sshd {
         bail!("sshd did not start: {last}")
     }
 
-    fn launch(dir: &tempfile::TempDir, port: u16) -> Result<Child> {
+    fn launch(
+        dir: &tempfile::TempDir,
+        port: u16,
+        prefix: &[&str],
+        listen: std::net::IpAddr,
+    ) -> Result<Child> {
         let d = dir.path();
         let config = d.join("sshd_config");
         std::fs::write(
             &config,
             format!(
                 "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
+                 ListenAddress {listen}\n\
                  HostKey {host}\n\
                  AuthorizedKeysFile {auth}\n\
                  PidFile {pid}\n\
@@ -139,7 +153,15 @@ impl Sshd {
             ),
         )?;
         let log = std::fs::File::create(d.join("sshd.log"))?;
-        let mut child = Command::new(SSHD)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(SSHD);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let mut child = cmd
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -147,7 +169,7 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .map_err(|e| anyhow!("cannot run {SSHD}: {e}"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::new(listen, port);
         let until = Instant::now() + READY_LIMIT;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -156,7 +178,14 @@ impl Sshd {
                     std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let ready = if prefix.is_empty() {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            } else {
+                std::fs::read_to_string(d.join("sshd.log"))
+                    .unwrap_or_default()
+                    .contains(&format!("Server listening on {listen} port {port}"))
+            };
+            if ready {
                 return Ok(child);
             }
             if Instant::now() >= until {
@@ -202,7 +231,7 @@ impl Sshd {
             dir,
             SshTarget {
                 alias: alias.to_owned(),
-                host_name: "127.0.0.1".to_owned(),
+                host_name: self.listen.to_string(),
                 port: Some(self.port),
                 user: current_user()?,
                 identity: Some(self.client_key()),

@@ -24,10 +24,24 @@ impl AlknetServe {
     /// Writes `config` to `dir/alknet.toml` and runs `alknet serve` with the data directory
     /// `dir/data`; returns once it printed where it listens.
     pub fn start(alknet: &Path, dir: &Path, config: &str) -> Result<Self> {
+        Self::start_via(&[], alknet, dir, config)
+    }
+
+    /// [`AlknetServe::start`] run through `prefix` (e.g. `ip netns exec NAME`, which execs
+    /// the server in a network namespace: the pid is still the server's).
+    pub fn start_via(prefix: &[&str], alknet: &Path, dir: &Path, config: &str) -> Result<Self> {
         let cfg = dir.join("alknet.toml");
         std::fs::write(&cfg, config)?;
         let log = std::fs::File::create(dir.join("serve.log"))?;
-        let mut child = Command::new(alknet)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(alknet);
+                c
+            }
+            None => Command::new(alknet),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&cfg)
             .arg("--data-dir")

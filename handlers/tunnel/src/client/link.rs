@@ -172,7 +172,13 @@ impl Link {
             let since = Instant::now();
             info!(server = %self.target.server, addr = %conn.remote_address(), "connected to the gateway");
             self.current.send_replace(Some(conn.clone()));
-            remote.clone().start(&conn, first).await?;
+            if let Err(e) = remote.clone().start(&conn, first).await {
+                // A refusal of the whole client shows first as a failed request.
+                if let Some(m) = conn.close_reason().as_ref().and_then(refused) {
+                    anyhow::bail!("{m}");
+                }
+                return Err(e);
+            }
             first = false;
             let reason = conn.closed().await;
             self.current.send_replace(None);
