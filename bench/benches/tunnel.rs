@@ -22,7 +22,9 @@
 //! `ssh` and `sshd`, and a release build: `cargo build --release -p alknet`.
 //! Environment: `ALKNET_BENCH_TUNNEL_SECS` (measuring time per system and round, default
 //! 10), `ALKNET_BENCH_TUNNEL_ROUNDS` (default 2), `ALKNET_BENCH_TUNNEL_LOSS` (percent,
-//! default 1), `ALKNET_BENCH_TUNNEL_MBIT` (rate each way, default 200), `ALKNET_BIN`.
+//! default 1), `ALKNET_BENCH_TUNNEL_MBIT` (rate each way, default 200),
+//! `ALKNET_BENCH_TUNNEL_CONGESTION` (the gateway's `[transport] congestion`, default
+//! `cubic`), `ALKNET_BIN`.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -289,7 +291,7 @@ struct Figures {
 }
 
 impl Rig {
-    fn start(loss: f64, mbit: u32) -> Result<Self> {
+    fn start(loss: f64, mbit: u32, congestion: &str) -> Result<Self> {
         let wire = Wire::create(loss, mbit, 5)?;
         let alknet = alknet_bin()?;
         let dir = tempfile::Builder::new()
@@ -310,7 +312,8 @@ impl Rig {
             &alknet,
             &d.join("serve"),
             &format!(
-                "listen = \"{gw_ip}:4433\"\n[services.ssh]\nenabled = true\n\
+                "listen = \"{gw_ip}:4433\"\n[transport]\ncongestion = \"{congestion}\"\n\
+                 [services.ssh]\nenabled = true\n\
                  [[peers]]\nid = \"bench\"\nfingerprints = [\"{fp}\"]\nscopes = [\"ssh\", \"tunnel\"]\n\
                  [[tunnels.allow]]\npeer = \"bench\"\nto = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
                 targets.sink, targets.echo
@@ -442,8 +445,11 @@ fn run() -> Result<()> {
     if alknet_core::net::sys::effective_uid() != 0 {
         bail!("this bench makes network namespaces: run it as root");
     }
-    let rig = Rig::start(loss, mbit)?;
+    let congestion =
+        std::env::var("ALKNET_BENCH_TUNNEL_CONGESTION").unwrap_or_else(|_| "cubic".into());
+    let rig = Rig::start(loss, mbit, &congestion)?;
     println!("wire: {}", rig.wire.shaping());
+    println!("alknet serve: [transport] congestion = \"{congestion}\"");
     println!(
         "{BULK_FLOWS} bulk downloads + 1 request flow ({REQUEST} B, every {REQUEST_GAP:?}), {secs} s per system and round, {rounds} rounds"
     );

@@ -172,6 +172,22 @@ pub struct TransportConfig {
     pub max_handshakes_per_shard: usize,
     /// Connections per shard above which new ones are refused.
     pub max_connections_per_shard: usize,
+    /// The congestion controller of every connection (what the sending side runs).
+    pub congestion: Congestion,
+}
+
+/// A congestion controller of quinn-proto.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), the default: as Linux TCP.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002's reference controller).
+    NewReno,
+    /// BBR: paces at the measured bottleneck rate and does not take random loss for
+    /// congestion, for lossy links (Wi-Fi, cellular, long paths).
+    Bbr,
 }
 
 impl Default for TransportConfig {
@@ -188,6 +204,7 @@ impl Default for TransportConfig {
             datagram_receive_buffer: 64 << 10,
             max_handshakes_per_shard: 256,
             max_connections_per_shard: 10_000,
+            congestion: Congestion::Cubic,
         }
     }
 }
@@ -1015,6 +1032,26 @@ scopes = ["echo"]
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.starts_with("alknet.toml:2: key `transport.idle_timeout`"),
+            "{msg}"
+        );
+
+        assert_eq!(
+            parse("[transport]\ncongestion = \"bbr\"\n")
+                .map(|c| c.transport.congestion)
+                .ok(),
+            Some(Congestion::Bbr)
+        );
+        assert_eq!(
+            parse("[transport]\ncongestion = \"newreno\"\n")
+                .map(|c| c.transport.congestion)
+                .ok(),
+            Some(Congestion::NewReno)
+        );
+        assert_eq!(Config::default().transport.congestion, Congestion::Cubic);
+        let e = parse("[transport]\ncongestion = \"vegas\"\n").map(|_| ());
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with("alknet.toml:2: key `transport.congestion`"),
             "{msg}"
         );
 

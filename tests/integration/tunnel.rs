@@ -259,6 +259,7 @@ fn socks_carries_curl_and_the_policy_refuses_what_it_does_not_name() {
         "::ffff:127.0.0.1",
         "localhost",
         "0.0.0.0",
+        "::",
     ]
     .iter()
     .map(|h| (h.to_string(), hidden))
@@ -272,12 +273,24 @@ fn socks_carries_curl_and_the_policy_refuses_what_it_does_not_name() {
             ("172.16.0.1", 80),
             ("192.168.0.1", 80),
             ("100.64.0.1", 80),
+            ("127.255.255.254", 80),
+            ("169.254.0.1", 443),
+            ("fe80::abcd", 22),
+            ("fc00::1", 80),
+            ("fd12:3456::1", 443),
+            ("10.255.255.254", 80),
+            ("172.31.255.254", 22),
+            ("192.168.255.254", 80),
+            ("100.127.255.254", 80),
+            ("::ffff:192.168.1.1", 80),
+            ("::ffff:169.254.169.254", 80),
         ]
         .map(|(h, p)| (h.to_string(), p)),
     );
     if let Some(own) = own_address() {
         forbidden.push((own, hidden));
     }
+    assert!(forbidden.len() >= 25);
     for (host, port) in &forbidden {
         let (code, _) = socks_connect(socks, host, *port);
         assert_eq!(code, 2, "{host}:{port} was not refused by the policy");

@@ -83,6 +83,18 @@ pub fn transport_config(config: &Config) -> quinn_proto::TransportConfig {
             (t.datagram_receive_buffer > 0).then_some(t.datagram_receive_buffer),
         )
         .datagram_send_buffer_size(t.datagram_receive_buffer.max(1 << 16));
+    use quinn_proto::congestion;
+    match t.congestion {
+        crate::config::Congestion::Cubic => {
+            tc.congestion_controller_factory(Arc::new(congestion::CubicConfig::default()))
+        }
+        crate::config::Congestion::NewReno => {
+            tc.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()))
+        }
+        crate::config::Congestion::Bbr => {
+            tc.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()))
+        }
+    };
     tc
 }
 

@@ -11,6 +11,7 @@
 use alknet_core::{RecvStream, SendStream, StreamError};
 use alknet_proto::tunnel::{Decoded, HeaderError, MAX_HEADER_LEN, Verdict, reset_code};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
@@ -21,6 +22,9 @@ use std::time::Duration;
 
 /// Bytes read from a TCP connection at a time.
 const CHUNK: usize = 64 << 10;
+
+/// The most bytes of waiting chunks gathered into one TCP write.
+const BATCH: usize = 256 << 10;
 
 /// Reads smaller than this are copied out, so the read buffer is reused and a small chunk
 /// does not pin a whole one while it waits for its acknowledgement.
@@ -132,14 +136,38 @@ async fn download<W: AsyncWriteRent>(
         wr.write_all(early).await.0.map_err(Broke::Tcp)?;
         count.set(count.get() + n);
     }
+    // QUIC hands over about one datagram per chunk: the chunks already waiting are written
+    // in one go (up to BATCH bytes), not one write per datagram.
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
     loop {
-        match recv.read_chunk(CHUNK).await.map_err(Broke::Quic)? {
-            Some(chunk) => {
-                let n = chunk.len() as u64;
-                wr.write_all(chunk).await.0.map_err(Broke::Tcp)?;
-                count.set(count.get() + n);
+        let Some(first) = recv.read_chunk(CHUNK).await.map_err(Broke::Quic)? else {
+            return wr.shutdown().await.map_err(Broke::Tcp);
+        };
+        let mut end = None;
+        let out = if first.len() >= CHUNK / 2 {
+            first
+        } else {
+            batch.extend_from_slice(&first);
+            while batch.len() < BATCH {
+                // Polled once: a chunk not there yet stays in the stream (cancel-safe).
+                match recv.read_chunk(CHUNK).now_or_never() {
+                    Some(Ok(Some(more))) => batch.extend_from_slice(&more),
+                    Some(r) => {
+                        end = Some(r);
+                        break;
+                    }
+                    None => break,
+                }
             }
-            None => return wr.shutdown().await.map_err(Broke::Tcp),
+            Bytes::from(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+        };
+        let n = out.len() as u64;
+        wr.write_all(out).await.0.map_err(Broke::Tcp)?;
+        count.set(count.get() + n);
+        match end {
+            None => {}
+            Some(Ok(_)) => return wr.shutdown().await.map_err(Broke::Tcp),
+            Some(Err(e)) => return Err(Broke::Quic(e)),
         }
     }
 }
