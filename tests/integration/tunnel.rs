@@ -114,6 +114,49 @@ fn socks_connect(socks: u16, host: &str, port: u16) -> (u8, Option<TcpStream>) {
     (head[1], (head[1] == 0).then_some(s))
 }
 
+/// `alknet forward` with one `-L LOCAL -> 127.0.0.1:TARGET` and one `-R EXPOSED ->
+/// 127.0.0.1:SERVICE`, once both listen.
+fn forward_both(
+    client: &Client,
+    server: &Server,
+    (local, target): (u16, u16),
+    (exposed, service): (u16, u16),
+) -> Bg {
+    let mut fwd = client.spawn(
+        "forward",
+        server.addr,
+        &server.fingerprint,
+        &[
+            "-L".into(),
+            format!("127.0.0.1:{local}:127.0.0.1:{target}"),
+            "-R".into(),
+            format!("{exposed}:127.0.0.1:{service}"),
+        ],
+    );
+    fwd.wait_listening(local);
+    // The gateway's port listens once the remote forward is confirmed.
+    fwd.wait_listening(exposed);
+    fwd
+}
+
+/// `n` connections to `port` at once, connection `i` sending `len(i)` bytes of its own
+/// pattern: each one's answer and the answer it should be.
+fn hash_in_parallel(port: u16, n: u64, seed: u64, len: fn(u64) -> usize) -> Vec<(String, String)> {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = pattern(seed + i, len(i));
+                let answer = send_and_hash(port, &data);
+                (answer, format!("{} {}", data.len(), sha256_hex(&data)))
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect()
+}
+
 /// Polls `cond` until it holds, failing with `what` (and `log`) after [`LIMIT`].
 fn wait_until(what: &str, log: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + LIMIT;
@@ -136,20 +179,7 @@ fn local_and_remote_forwards_carry_data_with_matching_checksums() {
         ),
     );
     let local = free_tcp_port();
-    let mut fwd = client.spawn(
-        "forward",
-        server.addr,
-        &server.fingerprint,
-        &[
-            "-L".into(),
-            format!("127.0.0.1:{local}:127.0.0.1:{target}"),
-            "-R".into(),
-            format!("{exposed}:127.0.0.1:{laptop_service}"),
-        ],
-    );
-    fwd.wait_listening(local);
-    // The gateway's port listens once the remote forward is confirmed.
-    fwd.wait_listening(exposed);
+    let mut fwd = forward_both(&client, &server, (local, target), (exposed, laptop_service));
 
     let data = pattern(31, 100 << 20);
     expect_hash(local, &data, &fwd);
@@ -199,17 +229,8 @@ fn a_hundred_concurrent_connections_each_keep_their_checksum() {
         &["-L".into(), format!("{local}:127.0.0.1:{target}")],
     );
     fwd.wait_listening(local);
-    let threads: Vec<_> = (0..100u64)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let data = pattern(1000 + i, (256 << 10) + i as usize * 977);
-                let answer = send_and_hash(local, &data);
-                (answer, format!("{} {}", data.len(), sha256_hex(&data)))
-            })
-        })
-        .collect();
-    for (i, t) in threads.into_iter().enumerate() {
-        let (got, want) = t.join().expect("thread");
+    let results = hash_in_parallel(local, 100, 1000, |i| (256 << 10) + i as usize * 977);
+    for (i, (got, want)) in results.iter().enumerate() {
         assert_eq!(got.trim(), want, "connection {i}: {}", fwd.stderr());
     }
 }
@@ -425,19 +446,7 @@ fn forwards_come_back_after_the_gateway_restarts() {
     );
     let mut server = Server::start(&config);
     let local = free_tcp_port();
-    let mut fwd = client.spawn(
-        "forward",
-        server.addr,
-        &server.fingerprint,
-        &[
-            "-L".into(),
-            format!("{local}:127.0.0.1:{target}"),
-            "-R".into(),
-            format!("{exposed}:127.0.0.1:{laptop_service}"),
-        ],
-    );
-    fwd.wait_listening(local);
-    fwd.wait_listening(exposed);
+    let mut fwd = forward_both(&client, &server, (local, target), (exposed, laptop_service));
     let data = pattern(41, 1 << 20);
     expect_hash(local, &data, &fwd);
 
@@ -500,15 +509,7 @@ fn a_source_port_change_keeps_every_forwarded_connection() {
         &["-L".into(), format!("{local}:127.0.0.1:{target}")],
     );
     fwd.wait_listening(local);
-    let threads: Vec<_> = (0..8u64)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let data = pattern(2000 + i, EACH);
-                let answer = send_and_hash(local, &data);
-                (answer, format!("{} {}", data.len(), sha256_hex(&data)))
-            })
-        })
-        .collect();
+    let transfers = std::thread::spawn(move || hash_in_parallel(local, 8, 2000, |_| EACH));
     // Switch once a quarter of the upload went through.
     wait_until(
         "the transfers are under way",
@@ -516,8 +517,8 @@ fn a_source_port_change_keeps_every_forwarded_connection() {
         || relay.paths()[0].to_server_bytes >= (8 * EACH as u64) / 4,
     );
     let switched = relay.switch().expect("switch");
-    for (i, t) in threads.into_iter().enumerate() {
-        let (got, want) = t.join().expect("thread");
+    let results = transfers.join().expect("transfers");
+    for (i, (got, want)) in results.iter().enumerate() {
         assert_eq!(got.trim(), want, "connection {i}: {}", fwd.stderr());
     }
     let paths = relay.paths();
