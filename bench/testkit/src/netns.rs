@@ -29,30 +29,20 @@ pub struct Wire {
 }
 
 fn run(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", args[0]))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    run_stdin(args, "")
 }
 
+/// Runs `args` with `input` on its stdin; an error carries its stderr.
 fn run_stdin(args: &[&str], input: &str) -> Result<()> {
     use std::io::Write;
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
+    let (program, rest) = args.split_first().context("no command")?;
+    let mut child = Command::new(program)
+        .args(rest)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot run {}", args[0]))?;
+        .with_context(|| format!("cannot run {program}"))?;
     if let Some(mut s) = child.stdin.take() {
         s.write_all(input.as_bytes())?;
     }
