@@ -36,6 +36,12 @@ impl Spawner {
         Self { stats }
     }
 
+    /// A spawner for a program without a server shard (a client command on its own
+    /// runtime): a task that panics is logged and ends alone, the rest of the program runs on.
+    pub fn standalone() -> Self {
+        Self::new(Arc::new(ShardStats::default()))
+    }
+
     /// Starts `task` on this shard. Called from a connection's task, the new task belongs to
     /// that connection: if it panics, the panic is caught, counted and logged, and that
     /// connection (only) is closed with [`close_code::INTERNAL`]. Called elsewhere, a panic

@@ -117,11 +117,15 @@ impl Drop for Slot {
     }
 }
 
-/// Starts a task on the client's runtime. (A panic ends the client, which has no other
-/// connections to protect, unlike a server shard.)
-#[allow(clippy::disallowed_methods)]
+thread_local! {
+    /// The guarded spawn of the client's runtime thread.
+    static SPAWNER: alknet_core::service::Spawner = alknet_core::service::Spawner::standalone();
+}
+
+/// Starts a task on the client's runtime through the guarded spawn: a task that panics
+/// (one forwarded connection) is logged and ends alone.
 fn spawn<F: std::future::Future<Output = ()> + 'static>(f: F) {
-    monoio::spawn(f);
+    SPAWNER.with(|s| s.spawn(f));
 }
 
 /// The verdict as words for a log line or an error.
