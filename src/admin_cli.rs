@@ -324,17 +324,18 @@ pub(crate) fn sessions(data_dir: &Path, json: bool) -> Result<()> {
     }
     let list: Vec<alknet_core::SessionInfo> = serde_json::from_value(v)?;
     println!(
-        "{:<20} {:<14} {:<40} {:<12} SHARD",
-        "PEER", "SERVICE", "FROM", "SINCE"
+        "{:<20} {:<14} {:<40} {:<12} {:<6} SHARD",
+        "PEER", "SERVICE", "FROM", "SINCE", "MTU"
     );
     let now = control::unix_now();
     for s in list {
         println!(
-            "{:<20} {:<14} {:<40} {:<12} {}",
+            "{:<20} {:<14} {:<40} {:<12} {:<6} {}",
             s.peer,
             s.alpn,
             s.remote,
             format!("{}s ago", now.saturating_sub(s.since_unix)),
+            s.mtu,
             s.shard
         );
     }

@@ -19,6 +19,7 @@ use alknet_core::{Connection, ConnectionError, StreamError, VarInt, close_code};
 use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -27,6 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CHUNK: usize = 64 * 1024;
+/// The most bytes of waiting stream chunks gathered into one stdout write.
+const BATCH: usize = 256 * 1024;
+/// Batches queued for the stdout thread: with `BATCH`, at most 512 KiB waits for the reader.
+const OUT_QUEUE: usize = 2;
 
 /// How long the close may take to be sent and acknowledged before the process exits anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -150,27 +155,20 @@ async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Re
         }
     });
     // stream -> stdout
-    // QUIC hands over one chunk per STREAM frame (about a datagram): queue many, and write
-    // every chunk already waiting in one syscall, on stdout's fd itself (std's `Stdout` is
-    // line-buffered: it scans binary data for newlines and splits writes at them).
-    let (out_tx, out_rx) = flume::bounded::<Bytes>(256);
+    // QUIC hands over one chunk per STREAM frame (about a datagram). The runtime gathers the
+    // chunks already waiting (up to BATCH bytes) into one buffer, so the writer thread wakes
+    // once per batch rather than once per datagram, and writes each in one syscall on
+    // stdout's fd itself (std's `Stdout` is line-buffered: it scans binary data for newlines
+    // and splits writes at them).
+    let (out_tx, out_rx) = flume::bounded::<Bytes>(OUT_QUEUE);
     let out_fd = {
         use std::os::fd::AsFd;
         std::io::stdout().as_fd().try_clone_to_owned()?
     };
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut stdout = std::fs::File::from(out_fd);
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * 4);
-        while let Ok(chunk) = out_rx.recv() {
-            buf.extend_from_slice(&chunk);
-            while buf.len() < CHUNK * 4 {
-                match out_rx.try_recv() {
-                    Ok(more) => buf.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            stdout.write_all(&buf)?;
-            buf.clear();
+        while let Ok(batch) = out_rx.recv() {
+            stdout.write_all(&batch)?;
         }
         Ok(())
     });
@@ -189,9 +187,29 @@ async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Re
         Ok::<_, StreamError>(())
     };
     let download = async {
-        while let Some(chunk) = recv.read_chunk(CHUNK).await? {
-            if out_tx.send_async(chunk).await.is_err() {
+        let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
+        while let Some(first) = recv.read_chunk(CHUNK).await? {
+            let mut end = None;
+            batch.extend_from_slice(&first);
+            while batch.len() < BATCH {
+                // Polled once: a chunk not there yet stays in the stream (cancel-safe).
+                match recv.read_chunk(CHUNK).now_or_never() {
+                    Some(Ok(Some(more))) => batch.extend_from_slice(&more),
+                    Some(r) => {
+                        end = Some(r);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let out = Bytes::from(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            if out_tx.send_async(out).await.is_err() {
                 break;
+            }
+            match end {
+                None => {}
+                Some(Ok(_)) => break,
+                Some(Err(e)) => return Err(e),
             }
         }
         drop(out_tx);

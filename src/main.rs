@@ -201,7 +201,8 @@ enum Command {
     #[cfg(feature = "ssh")]
     SftpServer(sftp_cli::SftpServerArgs),
     /// Who is connected now: peer, service, current address (it follows a client that moved
-    /// to another network; `--json` also gives the handshake address), since when.
+    /// to another network; `--json` also gives the handshake address), since when, and the
+    /// path MTU each connection's MTU discovery found (1200 at first).
     Sessions {
         /// Print JSON.
         #[arg(long)]

@@ -71,7 +71,12 @@ impl Pair {
                 .unwrap(),
         );
         let endpoint_cfg = match setup {
-            Setup::Alknet => alknet_core::net::endpoint::endpoint_config(&node, &codec, 0),
+            Setup::Alknet => alknet_core::net::endpoint::endpoint_config(
+                &node,
+                &codec,
+                0,
+                config.transport.max_udp_payload,
+            ),
             Setup::QuinnDefault => EndpointConfig::default(),
         };
         let server = Endpoint::new(Arc::new(endpoint_cfg), Some(server_cfg.clone()), true, None);

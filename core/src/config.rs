@@ -174,7 +174,16 @@ pub struct TransportConfig {
     pub max_connections_per_shard: usize,
     /// The congestion controller of every connection (what the sending side runs).
     pub congestion: Congestion,
+    /// The largest UDP payload this node accepts and MTU discovery probes for (1200 to
+    /// 65527). Each connection starts at 1200 bytes and finds what its path carries by
+    /// probing (RFC 8899): 1452 on Ethernet, 8952 with jumbo frames, ~64 KiB on loopback.
+    /// Fewer, larger packets cost less CPU per byte; a probe the path drops costs nothing
+    /// but the probe.
+    pub max_udp_payload: u16,
 }
+
+/// `[transport] max_udp_payload` by default: the largest UDP payload IPv6 carries.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 65527;
 
 /// A congestion controller of quinn-proto.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -205,6 +214,7 @@ impl Default for TransportConfig {
             max_handshakes_per_shard: 256,
             max_connections_per_shard: 10_000,
             congestion: Congestion::Cubic,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -480,6 +490,16 @@ impl Config {
                 "transport.connection_receive_window",
                 "connection_receive_window",
                 "must be at least stream_receive_window, and both above zero".into(),
+            ));
+        }
+        if !(1200..=65527).contains(&t.max_udp_payload) {
+            return Err(err(
+                "transport.max_udp_payload",
+                "max_udp_payload",
+                format!(
+                    "{} bytes; must be 1200..=65527 (QUIC needs 1200)",
+                    t.max_udp_payload
+                ),
             ));
         }
         if t.max_connections_per_shard == 0 || t.max_handshakes_per_shard == 0 {
@@ -1054,6 +1074,21 @@ scopes = ["echo"]
             msg.starts_with("alknet.toml:2: key `transport.congestion`"),
             "{msg}"
         );
+
+        assert_eq!(
+            parse("[transport]\nmax_udp_payload = 1452\n")
+                .map(|c| c.transport.max_udp_payload)
+                .ok(),
+            Some(1452)
+        );
+        for bad in ["1199", "65528", "70000"] {
+            let e = parse(&format!("[transport]\nmax_udp_payload = {bad}\n")).map(|_| ());
+            let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                msg.starts_with("alknet.toml:2: key `transport.max_udp_payload`"),
+                "{bad}: {msg}"
+            );
+        }
 
         let e = parse("[udp]\ngro = true\ngso_segments = 65\n").map(|_| ());
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();

@@ -95,6 +95,7 @@ impl EndpointPair {
                 &server_key,
                 &codec,
                 0,
+                crate::config::DEFAULT_MAX_UDP_PAYLOAD,
             )),
             Some(Arc::new(server_cfg)),
             true,

@@ -325,3 +325,85 @@ async fn retry_engages_above_the_handshake_cap_and_never_below() {
     assert_eq!(roomy.counter("retries_sent"), 0);
     assert_eq!(roomy.counter("connections_established"), 40);
 }
+
+/// The path MTU the server lists for its only session (`alknet sessions --json`).
+fn listed_mtu(server: &Server) -> Option<u64> {
+    let (code, out, err) = run_cli(&["sessions", "--json"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()?.first()?["mtu"].as_u64()
+}
+
+/// Pipes 4 MiB through `alknet connect` to the echo service and back, then waits (bounded)
+/// for the session to be listed above `climbed` bytes; returns the MTU listed last and the
+/// data sent and echoed.
+async fn mtu_after_echo(
+    server: &Server,
+    client: &std::path::Path,
+    climbed: u64,
+) -> (u64, Vec<u8>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new(ALKNET)
+        .args(["connect", &server.addr.to_string(), "--alpn", "alknet/echo"])
+        .args(["--fingerprint", &server.fingerprint, "--data-dir"])
+        .arg(client)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = pattern(7, 4 << 20);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&sent).map(|()| stdin));
+    let mut got = vec![0u8; data.len()];
+    stdout.read_exact(&mut got).unwrap();
+    // Discovery probes run in the background: the session is listed while stdin is open.
+    let mut mtu = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        mtu = listed_mtu(server).unwrap_or(0);
+        if mtu > climbed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(writer.join().unwrap().unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+    (mtu, data, got)
+}
+
+/// On loopback MTU discovery climbs past Ethernet's 1452 bytes (fewer packets per byte), and
+/// `[transport] max_udp_payload` caps it: a session of a server capped at 1400 is listed at
+/// no more than 1400 and still carries every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtu_discovery_uses_the_loopback_path_and_max_udp_payload_caps_it() {
+    let client = tempfile::tempdir().unwrap();
+    let (code, fp, err) = run_cli(&["id"], client.path(), b"");
+    assert_eq!(code, 0, "{err}");
+    let peer = format!(
+        "[[peers]]\nid = \"pipe\"\nfingerprints = [\"{}\"]\nscopes = [\"echo\"]\n",
+        fp.trim()
+    );
+
+    let open = Server::start(&format!("[services.echo]\nenabled = true\n{peer}"));
+    let (mtu, data, got) = mtu_after_echo(&open, client.path(), 1452).await;
+    assert!(got == data, "the echo through alknet connect differs");
+    assert!(mtu > 1452, "loopback session listed at MTU {mtu}");
+
+    let capped = Server::start(&format!(
+        "[transport]\nmax_udp_payload = 1400\n[services.echo]\nenabled = true\n{peer}"
+    ));
+    // Discovery halves the 1200..1400 range until it is under 20 bytes wide: past 1350.
+    let (mtu, data, got) = mtu_after_echo(&capped, client.path(), 1350).await;
+    assert!(
+        got == data,
+        "the echo through alknet connect differs (capped)"
+    );
+    assert!(
+        (1351..=1400).contains(&mtu),
+        "capped session listed at MTU {mtu}"
+    );
+}

@@ -24,7 +24,12 @@ pub fn configs(
         false,
     )?;
     let codec = alknet_core::net::endpoint::cid_codec(node, config.server_id);
-    let endpoint_config = alknet_core::net::endpoint::endpoint_config(node, &codec, 0);
+    let endpoint_config = alknet_core::net::endpoint::endpoint_config(
+        node,
+        &codec,
+        0,
+        config.transport.max_udp_payload,
+    );
     Ok((endpoint_config, server_config))
 }
 

@@ -116,7 +116,12 @@ impl ClientEndpoint {
         .map_err(ClientError::Socket)?;
         let io = UdpIo::new(socket, &config.udp).map_err(ClientError::Socket)?;
         let codec = crate::net::endpoint::cid_codec(node, 0);
-        let ep_cfg = Arc::new(crate::net::endpoint::endpoint_config(node, &codec, 0));
+        let ep_cfg = Arc::new(crate::net::endpoint::endpoint_config(
+            node,
+            &codec,
+            0,
+            config.transport.max_udp_payload,
+        ));
         let endpoint = quinn_proto::Endpoint::new(ep_cfg, None, !io.may_fragment(), None);
         let (tx, rx) = flume::bounded(64);
         let state = ShardState::new(ShardConfig {

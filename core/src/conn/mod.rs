@@ -380,6 +380,8 @@ pub(crate) struct ConnInner {
     /// The remote address the session board shows; follows the connection's path when it
     /// migrates.
     pub(crate) listed_remote: SocketAddr,
+    /// The path MTU the session board shows.
+    pub(crate) listed_mtu: u16,
     /// How often the connection may move to an address it has not used.
     pub(crate) migration: crate::shard::MigrationGate,
     /// The service takes no uni streams: the client's are stopped as they open.
@@ -395,6 +397,7 @@ impl ConnInner {
         Self {
             migration: crate::shard::MigrationGate::new(proto.remote_address()),
             listed_remote: proto.remote_address(),
+            listed_mtu: proto.current_mtu(),
             proto,
             handle,
             dirty: false,

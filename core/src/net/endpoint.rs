@@ -58,11 +58,19 @@ pub fn cid_codec(node: &NodeKey, server_id: u16) -> CidCodec {
     CidCodec::new(key, server_id)
 }
 
-/// The endpoint configuration of one shard.
-pub fn endpoint_config(node: &NodeKey, codec: &CidCodec, shard: u8) -> quinn_proto::EndpointConfig {
+/// The endpoint configuration of one shard, accepting UDP payloads of up to
+/// `max_udp_payload` bytes (`[transport] max_udp_payload`).
+pub fn endpoint_config(
+    node: &NodeKey,
+    codec: &CidCodec,
+    shard: u8,
+    max_udp_payload: u16,
+) -> quinn_proto::EndpointConfig {
     let reset = node.derive("alknet stateless reset key v1");
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset);
     let mut cfg = quinn_proto::EndpointConfig::new(Arc::new(reset_key));
+    // Out of range only if the config was not validated; quinn's default stays then.
+    let _ = cfg.max_udp_payload_size(max_udp_payload);
     let codec = codec.clone();
     cfg.cid_generator(move || Box::new(ShardCidGenerator::new(codec.clone(), shard)));
     cfg
@@ -83,6 +91,9 @@ pub fn transport_config(config: &Config) -> quinn_proto::TransportConfig {
             (t.datagram_receive_buffer > 0).then_some(t.datagram_receive_buffer),
         )
         .datagram_send_buffer_size(t.datagram_receive_buffer.max(1 << 16));
+    let mut mtu = quinn_proto::MtuDiscoveryConfig::default();
+    mtu.upper_bound(t.max_udp_payload);
+    tc.mtu_discovery_config(Some(mtu));
     use quinn_proto::congestion;
     match t.congestion {
         crate::config::Congestion::Cubic => {

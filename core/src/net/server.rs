@@ -330,7 +330,10 @@ pub fn start(
     let endpoint_configs: Vec<_> = (0..workers)
         .map(|i| {
             Arc::new(crate::net::endpoint::endpoint_config(
-                &node, &codec, i as u8,
+                &node,
+                &codec,
+                i as u8,
+                config.transport.max_udp_payload,
             ))
         })
         .collect();

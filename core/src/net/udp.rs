@@ -88,7 +88,6 @@ impl UdpIo {
         if cfg.send_buffer > 0 {
             let _ = state.set_send_buffer_size((&socket).into(), cfg.send_buffer);
         }
-        let gro = cfg.gro && state.gro_segments() > 1;
         if !cfg.gro {
             // quinn-udp turns GRO on where it can; honour the switch.
             let _ = crate::net::sys::set_udp_gro(&socket, false);
@@ -100,7 +99,9 @@ impl UdpIo {
         let twin = socket.try_clone()?;
         let ring = monoio::net::udp::UdpSocket::from_std(std::net::UdpSocket::from(twin))?;
         let slots = quinn_udp::BATCH_SIZE.max(1);
-        let slot = if gro { SLOT } else { 2048 };
+        // One GRO batch, or without GRO the largest datagram a peer may send
+        // (`[transport] max_udp_payload`, up to 64 KiB).
+        let slot = SLOT;
         Ok(Self {
             socket,
             ring,

@@ -67,6 +67,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "transport.connection_receive_window",
     "transport.send_window",
     "transport.datagram_receive_buffer",
+    "transport.congestion",
+    "transport.max_udp_payload",
     "admission.retry_token_lifetime",
     "admission.failures_before_penalty",
     "tokio.threads",
@@ -128,6 +130,8 @@ fn key_differs(name: &str, a: &Config, b: &Config) -> bool {
         "transport.datagram_receive_buffer" => {
             ta.datagram_receive_buffer != tb.datagram_receive_buffer
         }
+        "transport.congestion" => ta.congestion != tb.congestion,
+        "transport.max_udp_payload" => ta.max_udp_payload != tb.max_udp_payload,
         "admission.retry_token_lifetime" => aa.retry_token_lifetime != ab.retry_token_lifetime,
         "admission.failures_before_penalty" => {
             aa.failures_before_penalty != ab.failures_before_penalty

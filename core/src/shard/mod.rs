@@ -112,6 +112,10 @@ pub struct SessionInfo {
     pub handshake_remote: String,
     /// When the handshake finished, Unix seconds.
     pub since_unix: u64,
+    /// The largest UDP payload the connection's path carries now, as MTU discovery found it
+    /// (starts at 1200; see `[transport] max_udp_payload`).
+    #[serde(default)]
+    pub mtu: u16,
     /// The shard holding it.
     pub shard: usize,
 }

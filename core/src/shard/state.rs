@@ -954,19 +954,24 @@ impl ShardState {
 
     /// Shows a session's new remote address on the board once its connection moved there
     /// (quinn-proto migrates on a datagram from a new address, and moves back if the new
-    /// path fails validation).
+    /// path fails validation), and its path MTU once discovery changed it.
     fn follow_remote(&self, cell: &ConnRef) {
         let mut inner = cell.inner.borrow_mut();
         let remote = inner.proto.remote_address();
-        if remote == inner.listed_remote {
+        let mtu = inner.proto.current_mtu();
+        if remote == inner.listed_remote && mtu == inner.listed_mtu {
             return;
         }
+        inner.listed_mtu = mtu;
         let from = std::mem::replace(&mut inner.listed_remote, remote);
-        debug!(%from, to = %remote, peer = ?inner.peer, "connection moved to a new address");
+        if from != remote {
+            debug!(%from, to = %remote, peer = ?inner.peer, "connection moved to a new address");
+        }
         if let (Some(id), Role::Server(s)) = (inner.session, &self.role) {
             let mut board = s.board.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(info) = board.get_mut(&id) {
                 info.remote = remote.to_string();
+                info.mtu = mtu;
             }
         }
     }
@@ -1190,6 +1195,7 @@ impl ShardState {
             remote: remote.to_string(),
             handshake_remote: remote.to_string(),
             since_unix: self.wall.unix_at(now),
+            mtu: cell.inner.borrow().proto.current_mtu(),
             shard: self.id,
         };
         info!(

@@ -183,7 +183,12 @@ impl Pair {
         let forward_budget = ForwardBudget::new(setup.shards, config.udp.recv_buffer);
         let shards = (0..setup.shards)
             .map(|i| {
-                let ep_cfg = crate::net::endpoint::endpoint_config(&node, &codec, i as u8);
+                let ep_cfg = crate::net::endpoint::endpoint_config(
+                    &node,
+                    &codec,
+                    i as u8,
+                    crate::config::DEFAULT_MAX_UDP_PAYLOAD,
+                );
                 let endpoint =
                     Endpoint::new(Arc::new(ep_cfg), Some(server_config.clone()), true, None);
                 ShardState::new(ShardConfig {
