@@ -128,6 +128,43 @@ impl Handles {
     }
 }
 
+/// A READ or WRITE for the session's I/O thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The session's own thread for READs and WRITEs, started with its first one, as OpenSSH's
+/// `sftp-server` is a process of its own. Requests queue on it in order and it runs them
+/// back to back: a transfer's 64 pipelined requests cost one wake-up while it is busy,
+/// where a blocking-pool task per request costs two thread switches each. The queue is
+/// bounded by [`MAX_IN_FLIGHT`] (a request holds a permit until its reply is written), and
+/// the thread ends when the session drops its sender.
+#[derive(Default)]
+struct Worker {
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+}
+
+impl Worker {
+    fn run(&mut self, job: Job) -> io::Result<()> {
+        let tx = match &self.tx {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_IN_FLIGHT + 1);
+                std::thread::Builder::new()
+                    .name("alknet-sftp".into())
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            // A panicking request drops its reply slot (the writer skips
+                            // it) and its permits; the thread serves the next one.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                    })?;
+                self.tx.insert(tx)
+            }
+        };
+        tx.try_send(job)
+            .map_err(|_| io::Error::other("the sftp I/O thread is gone"))
+    }
+}
+
 /// A READ or WRITE in flight, for the overlap check.
 struct InFlight {
     slot: usize,
@@ -152,6 +189,7 @@ pub(crate) struct Session {
     in_flight: Vec<InFlight>,
     names: Option<Arc<Names>>,
     initialized: bool,
+    worker: Worker,
 }
 
 /// Serves `stream` with `root` as `/` until the client closes it. `predictable_handles`
@@ -175,6 +213,7 @@ where
         in_flight: Vec::new(),
         names: None,
         initialized: false,
+        worker: Worker::default(),
     };
     let read = session.read_loop(&mut rd).await;
     // Finish what is in flight; the writer ends when the last reply is written.
@@ -389,7 +428,7 @@ impl Session {
             done: done.clone(),
         });
         let reply = self.reply_slot().await?;
-        tokio::task::spawn_blocking(move || {
+        self.worker.run(Box::new(move || {
             let bytes = match &data {
                 Some(data) => ops::write(&file, id, offset, data),
                 None => ops::read(&file, id, offset, len),
@@ -401,8 +440,7 @@ impl Session {
                 bytes,
                 _permits: permits,
             });
-        });
-        Ok(())
+        }))
     }
 
     /// Runs one request alone; nothing else is in flight.
