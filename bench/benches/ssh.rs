@@ -20,7 +20,9 @@
 //! (default 3), `ALKNET_BENCH_SSH_KEYS` (keystrokes per round and system, default 500),
 //! `ALKNET_BENCH_SSH_TRANSFERS` (`get,put,cat` by default: SFTP download, SFTP upload, and
 //! `ssh HOST cat FILE` down an exec channel), `ALKNET_BENCH_SSH_SYSTEMS` (`alknet,russh-tcp,sshd` by default; `sshd` alone measures the baseline),
-//! `ALKNET_BIN` (the `alknet` binary; default `target/release/alknet` beside this bench).
+//! `ALKNET_BIN` (the `alknet` binary; default `target/release/alknet` beside this bench),
+//! `ALKNET_BENCH_SSH_SERVER_CONFIG` (TOML put at the top of `alknet serve`'s config, e.g.
+//! `[transport]` keys to compare).
 //! Build the server first: `cargo build --release -p alknet`.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -221,9 +223,10 @@ impl Rig {
             &alknet_path,
             &d.join("serve"),
             &format!(
-                "listen = \"127.0.0.1:0\"\n\
+                "listen = \"127.0.0.1:0\"\n{}\n\
                  [services.ssh]\nenabled = true\nsftp_root = \"{}\"\n\
                  [[peers]]\nid = \"bench\"\nfingerprints = [\"{fp}\"]\nscopes = [\"ssh\"]\n",
+                std::env::var("ALKNET_BENCH_SSH_SERVER_CONFIG").unwrap_or_default(),
                 ak_root.display()
             ),
         )?;
@@ -320,6 +323,8 @@ impl Rig {
             }
         };
         let _ = std::fs::remove_file(&check);
+        // Earlier transfers' files are written back now, not during this one.
+        std::process::Command::new("sync").status()?;
         let cpu0 = self.server_cpu(s)?;
         let start = Instant::now();
         let mut child = if dir == Direction::Cat {
