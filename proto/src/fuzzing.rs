@@ -87,3 +87,9 @@ pub fn fuzz_tunnel_header(data: &[u8]) {
 pub fn fuzz_socks5(data: &[u8]) {
     crate::socks5::fuzz_socks5(data);
 }
+
+/// Decodes arbitrary bytes as an `alknet/git` request header and checks the round trip, the
+/// size bound and that prefixes are incomplete.
+pub fn fuzz_git_header(data: &[u8]) {
+    crate::git::fuzz_git_header(data);
+}

@@ -10,6 +10,7 @@ pub mod call;
 pub mod cid;
 pub mod der;
 pub mod fingerprint;
+pub mod git;
 pub mod join;
 pub mod socks5;
 pub mod tunnel;

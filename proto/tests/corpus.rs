@@ -73,3 +73,13 @@ fn socks5_corpus() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(n >= 8, "only {n} seeds");
 }
+
+#[test]
+fn git_header_corpus() {
+    let n = replay_corpus(
+        &corpus("git_header"),
+        alknet_proto::fuzzing::fuzz_git_header,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(n >= 8, "only {n} seeds");
+}
