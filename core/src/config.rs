@@ -6,6 +6,7 @@
 //!
 //! This module only reads and checks values; it does not open sockets or build TLS state.
 
+mod git;
 mod tunnels;
 
 use alknet_proto::Fingerprint;
@@ -17,6 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
+pub use git::{
+    GitAccess, GitAccessConfig, GitRule, GitSubject, ProtectRule, RefPattern, RepoPattern,
+    repo_segment_char,
+};
 pub use tunnels::{
     HostPattern, ListenPattern, MAX_NAME_LEN, PortRange, TargetPattern, TunnelRule, TunnelSubject,
     TunnelsConfig, canonical_net, normalize_name,
@@ -385,6 +390,8 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// TCP forwarding (SSH port forwards, `alknet/tunnel`): who may reach what.
     pub tunnels: TunnelsConfig,
+    /// Git repositories (`alknet/git`, git over SSH): who may read, push and create what.
+    pub git: GitAccessConfig,
     /// Where this configuration was read from.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -410,6 +417,7 @@ impl Default for Config {
             services: BTreeMap::new(),
             peers: Vec::new(),
             tunnels: TunnelsConfig::default(),
+            git: GitAccessConfig::default(),
             source: ConfigSource::default(),
         }
     }
@@ -1182,6 +1190,32 @@ to = ["*:443"]
             TunnelSubject::Scope("ops".into())
         );
         assert!(Config::default().tunnels.allow.is_empty());
+
+        let git = parse(
+            "[[git.allow]]\npeer = \"laptop\"\nrepos = [\"org/*\"]\naccess = [\"read\", \"write\", \"create\"]\n\
+             [[git.allow]]\nscope = \"dev\"\nrepos = [\"org/**\"]\naccess = [\"read\"]\n\
+             [[git.protect]]\nrefs = [\"refs/heads/main\", \"refs/heads/release/*\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(git.git.allow.len(), 2);
+        assert_eq!(git.git.allow[1].subject, GitSubject::Scope("dev".into()));
+        assert_eq!(git.git.allow[0].access.len(), 3);
+        assert_eq!(git.git.protect[0].refs.len(), 2);
+        assert!(Config::default().git.allow.is_empty());
+        assert!(!Config::default().git.protect.is_empty());
+        let gbad = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = gbad("[[git.allow]]\npeer = \"a\"\nrepos = [\"../x\"]\naccess = [\"read\"]\n");
+        assert!(
+            msg.starts_with("alknet.toml:3: key `git.allow.repos`"),
+            "{msg}"
+        );
+        let msg = gbad("[[git.allow]]\npeer = \"a\"\nrepos = [\"x\"]\naccess = [\"admin\"]\n");
+        assert!(
+            msg.starts_with("alknet.toml:4: key `git.allow.access`"),
+            "{msg}"
+        );
+        let msg = gbad("[[git.allow]]\nrepos = [\"x\"]\naccess = [\"read\"]\n");
+        assert!(msg.contains("exactly one of `peer"), "{msg}");
 
         let bad = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
         let msg = bad("[[tunnels.allow]]\npeer = \"a\"\nto = [\"db.lan:99999\"]\n");

@@ -41,6 +41,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "admission.max_connections_per_peer",
     "admission.max_connections_per_anonymous_source",
     "tunnels",
+    "git",
 ];
 
 /// Keys read once at start (sockets, threads, the QUIC transport and Retry settings, the
@@ -101,6 +102,7 @@ fn key_differs(name: &str, a: &Config, b: &Config) -> bool {
             aa.max_connections_per_anonymous_source != ab.max_connections_per_anonymous_source
         }
         "tunnels" => a.tunnels != b.tunnels,
+        "git" => a.git != b.git,
         "listen" => a.listen != b.listen,
         "workers" => a.workers != b.workers,
         "server_id" => a.server_id != b.server_id,
