@@ -67,6 +67,23 @@ pub(crate) fn run(
     if alpn.is_empty() || alpn.len() > 255 {
         bail!("--alpn must be 1..=255 bytes, e.g. alknet/echo");
     }
+    pipe(data_dir, addr, alpn, pinned, passphrase_file, None, &|| {
+        Ok(())
+    })
+}
+
+/// Connects to `addr` on `alpn`, opens one stream, sends `preamble` on it, calls `opened`,
+/// then pipes stdin and stdout through it (what `alknet connect` and `git-remote-alknet`
+/// do).
+pub(crate) fn pipe(
+    data_dir: &Path,
+    addr: &str,
+    alpn: &str,
+    pinned: Option<Fingerprint>,
+    passphrase_file: Option<&Path>,
+    preamble: Option<Bytes>,
+    opened: &dyn Fn() -> std::io::Result<()>,
+) -> Result<()> {
     let server = alknet_core::client::resolve_server(data_dir, addr)?;
     let node = crate::node::load(data_dir, passphrase_file)?;
     let known = KnownServers::in_dir(data_dir);
@@ -83,7 +100,7 @@ pub(crate) fn run(
 
     let mut result: Result<Ended> = Ok(Ended::Done);
     alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
-        result = session(&target, &stop).await;
+        result = session(&target, &stop, preamble, opened).await;
     })
     .context("cannot start the runtime")?;
     match result? {
@@ -116,27 +133,42 @@ async fn next_signal(stop: &flume::Receiver<i32>) -> i32 {
     }
 }
 
-async fn session(target: &TrustedConnect<'_>, stop: &flume::Receiver<i32>) -> Result<Ended> {
+async fn session(
+    target: &TrustedConnect<'_>,
+    stop: &flume::Receiver<i32>,
+    preamble: Option<Bytes>,
+    opened: &dyn Fn() -> std::io::Result<()>,
+) -> Result<Ended> {
     let connected = match select(pin!(connect_trusted(target)), pin!(next_signal(stop))).await {
         Either::Left((r, _)) => r?,
         // Nothing was said yet; the server forgets the handshake.
         Either::Right((sig, _)) => return Ok(Ended::Signal(sig)),
     };
     let (endpoint, conn) = connected;
-    let opened = match select(pin!(conn.open_bi()), pin!(next_signal(stop))).await {
+    let streams = match select(pin!(conn.open_bi()), pin!(next_signal(stop))).await {
         Either::Left((r, _)) => r.map_err(|e| anyhow!("connection closed: {e}")),
         Either::Right((sig, _)) => {
             close(&endpoint, &conn, b"client stopped by a signal").await;
             return Ok(Ended::Signal(sig));
         }
     };
-    let (mut send, mut recv) = match opened {
+    let (mut send, mut recv) = match streams {
         Ok(s) => s,
         Err(e) => {
             close(&endpoint, &conn, b"").await;
             return Err(e);
         }
     };
+    if let Some(p) = preamble
+        && let Err(e) = send.write_chunk(p).await
+    {
+        close(&endpoint, &conn, b"").await;
+        return Err(describe(e, &conn));
+    }
+    if let Err(e) = opened() {
+        close(&endpoint, &conn, b"").await;
+        return Err(anyhow!("cannot write to stdout: {e}"));
+    }
 
     // stdin -> stream
     let (in_tx, in_rx) = flume::bounded::<Bytes>(8);

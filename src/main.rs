@@ -4,6 +4,7 @@
 mod admin_cli;
 mod backup_cli;
 mod connect;
+mod git_remote;
 mod invite_cli;
 mod logfmt;
 mod node;
@@ -289,6 +290,15 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
 }
 
 fn main() {
+    if git_remote::invoked_as_helper() {
+        init_logging(LogFormat::Text, Some("warn"));
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Err(e) = git_remote::run(&args) {
+            eprintln!("error: {e:#}");
+            std::process::exit(128);
+        }
+        return;
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log.as_deref());
     if let Err(e) = run(cli) {
@@ -433,6 +443,8 @@ fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
                 ))
             }),
         )),
+        #[cfg(feature = "git")]
+        Offer::new(alknet_git::Git::new(keys.and_then(|k| k.git.clone()))),
         #[cfg(feature = "echo")]
         Offer::new(alknet_echo::Echo),
         #[cfg(feature = "perf")]
@@ -450,6 +462,9 @@ struct ServiceKeys {
     ssh_host: Option<alknet_ssh::hostkey::PrivateKey>,
     /// The gateway's TCP forwarder under `[tunnels]`, shared by every forwarding service.
     forwarder: Option<std::sync::Arc<alknet_forward::Forwarder>>,
+    /// The git repositories under `[services.git]` and `[git]`.
+    #[cfg(feature = "git")]
+    git: Option<std::sync::Arc<alknet_git::Gateway>>,
 }
 
 impl ServiceKeys {
@@ -465,6 +480,17 @@ impl ServiceKeys {
             forwarder: Some(std::sync::Arc::new(alknet_forward::Forwarder::new(
                 alknet_forward::Policy::new(&config.tunnels),
             ))),
+            #[cfg(feature = "git")]
+            git: {
+                let section = config.service_section::<alknet_git::GitSettings>("git")?;
+                if section.enabled == Some(false) {
+                    None
+                } else {
+                    let gw = alknet_git::Gateway::new(data_dir, section.config, &config.git)
+                        .context("cannot create the git repository root")?;
+                    Some(std::sync::Arc::new(gw))
+                }
+            },
         })
     }
 }
@@ -498,6 +524,8 @@ fn serve(
     let keys = ServiceKeys::load(data_dir, &config, &node)?;
     let mut registry = alknet_core::Registry::from_config(&config, services(Some(&keys)))?;
     let forwarder = keys.forwarder.clone();
+    #[cfg(feature = "git")]
+    let git_gateway = keys.git.clone();
 
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
@@ -560,6 +588,15 @@ fn serve(
                 && keys.iter().any(|k| k == "tunnels")
             {
                 f.set_policy(alknet_forward::Policy::new(&config.tunnels));
+            }
+            #[cfg(feature = "git")]
+            if let Some(g) = &git_gateway {
+                if keys.iter().any(|k| k == "git") {
+                    g.set_rules(&config.git);
+                }
+                if let Ok(section) = config.service_section::<alknet_git::GitSettings>("git") {
+                    g.set_settings(section.config);
+                }
             }
         })),
     );

@@ -14,8 +14,9 @@
 //!   printable ASCII without spaces. What names are *valid* (no `..`, no absolute paths, …)
 //!   is the server's decision, made before it touches the filesystem; this module only
 //!   bounds the bytes.
-//! - `PROTOCOL`: git's `GIT_PROTOCOL` value (`version=2`), 1..=128 bytes of letters, digits
-//!   and `=:._-`; absent means protocol v0.
+//! - `PROTOCOL`: git's `GIT_PROTOCOL` value (`version=2`): `KEY=VALUE` pairs separated by
+//!   `:`, keys and values of letters, digits and `._-`, 1..=128 bytes in all; absent means
+//!   protocol v0.
 //!
 //! Fields are separated by one space. The line is at most [`MAX_HEADER_LEN`] bytes with its
 //! newline; decoding reports [`Decoded::Incomplete`] until the newline is there and never
@@ -111,7 +112,9 @@ pub enum GitHeaderError {
     #[error("repository path must be 1..={MAX_REPO_LEN} printable ASCII bytes without spaces")]
     BadRepo,
     /// A malformed `PROTOCOL` value.
-    #[error("protocol must be 1..={MAX_PROTOCOL_LEN} bytes of letters, digits and =:._-")]
+    #[error(
+        "protocol must be KEY=VALUE pairs separated by `:` (e.g. version=2), at most {MAX_PROTOCOL_LEN} bytes"
+    )]
     BadProtocol,
 }
 
@@ -128,11 +131,19 @@ fn repo_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_REPO_LEN && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// `key=value` pairs separated by `:` (what git puts in `GIT_PROTOCOL`, e.g. `version=2`).
 fn protocol_ok(s: &str) -> bool {
+    let chars_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
     !s.is_empty()
         && s.len() <= MAX_PROTOCOL_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b':' | b'.' | b'_' | b'-'))
+        && s.split(':').all(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, v)| chars_ok(k) && chars_ok(v))
+        })
 }
 
 impl GitRequest {
@@ -258,8 +269,10 @@ pub(crate) fn fuzz_git_header(data: &[u8]) {
         return;
     };
     assert!(used <= data.len() && used <= MAX_HEADER_LEN);
-    let encoded = request.encode().expect("a decoded header encodes");
-    assert_eq!(encoded.as_slice(), data.get(..used).unwrap_or_default());
+    match request.encode() {
+        Ok(encoded) => assert_eq!(encoded.as_slice(), data.get(..used).unwrap_or_default()),
+        Err(e) => panic!("a decoded header does not encode: {e}"),
+    }
     for cut in 0..used {
         assert!(matches!(
             decode(data.get(..cut).unwrap_or_default()),
@@ -334,6 +347,18 @@ mod tests {
             ),
             (
                 b"alknet-git/1 git-upload-pack a \n",
+                GitHeaderError::BadProtocol,
+            ),
+            (
+                b"alknet-git/1 git-upload-pack a b\n",
+                GitHeaderError::BadProtocol,
+            ),
+            (
+                b"alknet-git/1 git-upload-pack a version=\n",
+                GitHeaderError::BadProtocol,
+            ),
+            (
+                b"alknet-git/1 git-upload-pack a version=2::\n",
                 GitHeaderError::BadProtocol,
             ),
         ];

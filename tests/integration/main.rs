@@ -14,6 +14,7 @@ mod abuse_quic;
 mod backup;
 mod cli;
 mod dispatch;
+mod git;
 mod identity;
 mod install;
 mod join_abuse;

@@ -1,0 +1,376 @@
+//! The git service with the real `git` binary: `git-remote-alknet` (a symlink to the
+//! `alknet` binary) on the PATH, a real `alknet serve`, QUIC on loopback.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const GIT_ALPN: &[u8] = b"alknet/git";
+
+/// A git client: its Alknet data directory (key), a PATH directory with the helper, and a
+/// scratch directory for work trees.
+struct GitClient {
+    dir: tempfile::TempDir,
+    fingerprint: String,
+    server_fp: String,
+}
+
+impl GitClient {
+    fn new(server_fp: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, fp, err) = run_cli(&["id"], &dir.path().join("alknet"), b"");
+        assert_eq!(code, 0, "{err}");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(ALKNET, bin.join("git-remote-alknet")).unwrap();
+        Self {
+            dir,
+            fingerprint: fp.trim().to_owned(),
+            server_fp: server_fp.to_owned(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `git ARGS` in `cwd` with the helper on the PATH and the client's key.
+    fn git(&self, cwd: &Path, args: &[&str]) -> Output {
+        self.git_env(cwd, args, &[])
+    }
+
+    fn git_env(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("PATH", path)
+            .env("ALKNET_DATA_DIR", self.path("alknet"))
+            .env("ALKNET_SERVER_FINGERPRINT", &self.server_fp)
+            .env("HOME", self.dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, cwd: &Path, args: &[&str]) -> String {
+        let out = self.git(cwd, args);
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A work tree at `rel` with `n` commits on `main`, each adding a file.
+    fn repo_with_commits(&self, rel: &str, n: usize) -> PathBuf {
+        let wt = self.path(rel);
+        std::fs::create_dir_all(&wt).unwrap();
+        self.ok(&wt, &["init", "-q", "-b", "main"]);
+        for i in 0..n {
+            std::fs::write(wt.join(format!("f{i}.txt")), format!("commit {i}\n")).unwrap();
+            self.ok(&wt, &["add", "."]);
+            self.ok(&wt, &["commit", "-q", "-m", &format!("c{i}")]);
+        }
+        wt
+    }
+}
+
+fn head(c: &GitClient, wt: &Path) -> String {
+    c.ok(wt, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+fn server_for(dev: &GitClient, reader: &GitClient) -> Server {
+    Server::start(&format!(
+        "[[peers]]\nid = \"dev\"\nfingerprints = [\"{}\"]\nscopes = [\"git\"]\n\
+         [[peers]]\nid = \"reader\"\nfingerprints = [\"{}\"]\nscopes = [\"git\"]\n\
+         [[git.allow]]\npeer = \"dev\"\nrepos = [\"org/*\"]\naccess = [\"read\", \"write\", \"create\"]\n\
+         [[git.allow]]\npeer = \"reader\"\nrepos = [\"org/public\"]\naccess = [\"read\"]\n",
+        dev.fingerprint, reader.fingerprint
+    ))
+}
+
+/// Push creates the repository, clone gives the same history, fetch brings a later push,
+/// a shallow clone has one commit, and both protocol versions work.
+#[test]
+fn push_clone_fetch_shallow_and_both_protocols() {
+    let mut dev = GitClient::new("");
+    let reader = GitClient::new("");
+    let server = server_for(&dev, &reader);
+    dev.server_fp = server.fingerprint.clone();
+    let url = format!("alknet://{}/org/app.git", server.addr);
+
+    let wt = dev.repo_with_commits("src", 3);
+    dev.ok(&wt, &["push", "-q", &url, "main"]);
+    assert!(server.data_dir().join("git/org/app.git/HEAD").is_file());
+
+    let clone = dev.path("clone");
+    dev.ok(
+        dev.dir.path(),
+        &["clone", "-q", &url, clone.to_str().unwrap()],
+    );
+    assert_eq!(head(&dev, &clone), head(&dev, &wt));
+    assert!(clone.join("f2.txt").is_file());
+
+    std::fs::write(wt.join("later.txt"), "later\n").unwrap();
+    dev.ok(&wt, &["add", "."]);
+    dev.ok(&wt, &["commit", "-q", "-m", "later"]);
+    dev.ok(&wt, &["push", "-q", &url, "main"]);
+    dev.ok(&clone, &["pull", "-q", "--ff-only"]);
+    assert_eq!(head(&dev, &clone), head(&dev, &wt));
+
+    let shallow = dev.path("shallow");
+    dev.ok(
+        dev.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            &url,
+            shallow.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        dev.ok(&shallow, &["rev-list", "--count", "HEAD"]).trim(),
+        "1"
+    );
+    assert_eq!(head(&dev, &shallow), head(&dev, &wt));
+
+    // The server's answer shows the version: v2 starts with `version 2`, v0 with the refs.
+    for (version, v2) in [("2", true), ("0", false)] {
+        let out = dev.git_env(
+            dev.dir.path(),
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "ls-remote",
+                &url,
+            ],
+            &[("GIT_TRACE_PACKET", "1")],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("refs/heads/main"));
+        assert_eq!(
+            err.contains("< version 2"),
+            v2,
+            "protocol.version={version}: {err}"
+        );
+    }
+    let fresh = dev.path("fresh-v0");
+    dev.ok(
+        dev.dir.path(),
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &url,
+            fresh.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(head(&dev, &fresh), head(&dev, &wt));
+}
+
+/// A peer without a rule for a repository cannot read it, and git shows the server's
+/// reason; a read-only peer cannot push.
+#[test]
+fn reads_and_pushes_outside_the_rules_are_refused() {
+    let mut dev = GitClient::new("");
+    let mut reader = GitClient::new("");
+    let server = server_for(&dev, &reader);
+    dev.server_fp = server.fingerprint.clone();
+    reader.server_fp = server.fingerprint.clone();
+    let wt = dev.repo_with_commits("src", 1);
+    for repo in ["org/app", "org/public"] {
+        dev.ok(
+            &wt,
+            &[
+                "push",
+                "-q",
+                &format!("alknet://{}/{repo}.git", server.addr),
+                "main",
+            ],
+        );
+    }
+
+    let out = reader.git(
+        reader.dir.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("alknet://{}/org/app.git", server.addr),
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("remote error: access denied"), "{err}");
+    assert!(!reader.path("x/.git").exists());
+
+    let public = format!("alknet://{}/org/public.git", server.addr);
+    reader.ok(reader.dir.path(), &["clone", "-q", &public, "p"]);
+    let p = reader.path("p");
+    std::fs::write(p.join("mine.txt"), "x\n").unwrap();
+    reader.ok(&p, &["add", "."]);
+    reader.ok(&p, &["commit", "-q", "-m", "mine"]);
+    let out = reader.git(&p, &["push", "-q", &public, "HEAD:main"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("access denied"), "{err}");
+
+    // Outside org/* even dev may not create.
+    let out = dev.git(
+        &wt,
+        &[
+            "push",
+            "-q",
+            &format!("alknet://{}/elsewhere.git", server.addr),
+            "main",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(!server.data_dir().join("git/elsewhere.git").exists());
+}
+
+/// Hostile repository names sent as raw headers are refused with an ERR pkt-line, and
+/// nothing is created or read outside (or inside) the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_repository_paths_are_refused_before_the_filesystem() {
+    let key = ClientKey::generate().unwrap();
+    let server = Server::start(&format!(
+        "{}[[git.allow]]\nscope = \"git\"\nrepos = [\"**\"]\naccess = [\"read\", \"write\", \"create\"]\n",
+        peer_toml("dev", &key, &["git"])
+    ));
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "secret").unwrap();
+    let root = server.data_dir().join("git");
+    std::os::unix::fs::symlink(outside.path(), root.join("escape.git")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+    let before = listing(server.data_dir().as_path());
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, server.addr, Some(&key), GIT_ALPN)
+        .await
+        .unwrap();
+    let outside_path = format!("{}/secret", outside.path().display());
+    let mut names: Vec<String> = HOSTILE.iter().map(|s| s.to_string()).collect();
+    names.extend([
+        outside_path.clone(),
+        "escape.git".into(),
+        "escape".into(),
+        "link/x.git".into(),
+        "link/x".into(),
+    ]);
+    assert!(names.len() >= 50, "{}", names.len());
+    for name in &names {
+        for service in ["git-upload-pack", "git-receive-pack"] {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let mut header = format!("alknet-git/1 {service} ").into_bytes();
+            header.extend_from_slice(name.as_bytes());
+            header.push(b'\n');
+            send.write_all(&header).await.unwrap();
+            let _ = send.finish();
+            let got = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+                .await
+                .expect("an answer")
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                got.len() >= 8 && &got[4..8] == b"ERR ",
+                "{service} {name:?} answered {text:?}"
+            );
+        }
+    }
+    assert_eq!(listing(server.data_dir().as_path()), before);
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+}
+
+/// Every path below `dir` (not following symlinks), sorted, without the server's own
+/// changing files (the store, the log, the control socket).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            out.push(rel);
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(&p, base, out);
+            }
+        }
+    }
+    walk(&dir.join("git"), dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Names no repository path may be: traversal, absolute paths, option-like and shell-like
+/// strings, git-internal paths, control characters, encodings.
+const HOSTILE: &[&str] = &[
+    "/",
+    ".git",
+    "..",
+    "../x",
+    "a/../../b",
+    "a/./b",
+    "/etc/passwd",
+    "//x",
+    "a//b",
+    "a/",
+    "./a",
+    ".hidden/x",
+    "a/.git/config",
+    "a.git/config",
+    "x.git/objects",
+    "a/b.git/c",
+    "a\\b",
+    "~root",
+    "$HOME/x",
+    "a;id",
+    "a|id",
+    "`id`",
+    "a*",
+    "a?",
+    "a[1]",
+    "-u",
+    "--upload-pack=id",
+    "a:b",
+    "a@b",
+    "%2e%2e/x",
+    "a/%2e%2e",
+    "a/b/c/d/e/f/g/h/i",
+    "C:\\x",
+    "a/..",
+    "..git",
+    "a/.",
+    "....",
+    ".../x",
+    "a.git.git/x",
+    "../../../../../../etc/shadow",
+    "-",
+    "org/-rf",
+    "a/../.git",
+    "a\tb",
+    "a b",
+    "a\u{1b}b",
+    "\u{e9}",
+    "a\u{202e}b",
+    "x/ /y",
+    "a\rb",
+    "%00",
+    "a%00b",
+];
