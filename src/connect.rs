@@ -110,6 +110,56 @@ pub(crate) fn pipe(
     }
 }
 
+/// Connects to `addr` on `alpn`, sends `body` on one stream and finishes it, and returns the
+/// server's answer (at most `limit` bytes), for one-shot requests such as `alknet git repos`.
+pub(crate) fn request(
+    data_dir: &Path,
+    addr: &str,
+    alpn: &str,
+    pinned: Option<Fingerprint>,
+    passphrase_file: Option<&Path>,
+    body: Bytes,
+    limit: usize,
+) -> Result<Vec<u8>> {
+    let server = alknet_core::client::resolve_server(data_dir, addr)?;
+    let node = crate::node::load(data_dir, passphrase_file)?;
+    let known = KnownServers::in_dir(data_dir);
+    let target = TrustedConnect {
+        config: Arc::new(Config::default()),
+        node_key: &node.key,
+        known: &known,
+        server_name: &server.server_name,
+        addr: server.addr,
+        alpn: alpn.as_bytes(),
+        pinned: pinned.or(server.pinned),
+    };
+    let mut result: Result<Vec<u8>> = Ok(Vec::new());
+    alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
+        result = async {
+            let (endpoint, conn) = connect_trusted(&target).await?;
+            let answer = async {
+                let (mut send, mut recv) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| anyhow!("connection closed: {e}"))?;
+                send.write_chunk(body)
+                    .await
+                    .map_err(|e| describe(e, &conn))?;
+                send.finish().map_err(|e| describe(e, &conn))?;
+                recv.read_to_end(limit)
+                    .await
+                    .map_err(|e| describe(e, &conn))
+            }
+            .await;
+            close(&endpoint, &conn, b"").await;
+            answer
+        }
+        .await;
+    })
+    .context("cannot start the runtime")?;
+    result
+}
+
 /// A queue that yields each stop signal as it arrives (from a thread of its own).
 pub(crate) fn stop_signals() -> Result<flume::Receiver<i32>> {
     let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)

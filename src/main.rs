@@ -4,6 +4,8 @@
 mod admin_cli;
 mod backup_cli;
 mod connect;
+#[cfg(feature = "git")]
+mod git_cli;
 mod git_remote;
 mod invite_cli;
 mod logfmt;
@@ -92,12 +94,28 @@ enum Command {
         /// Service ALPN, e.g. `alknet/echo`.
         #[arg(long)]
         alpn: String,
-        /// Expected server key, `ed25519:<64 lowercase hex>`.
-        #[arg(long, value_name = "FINGERPRINT")]
+        /// Expected server key, `ed25519:<64 lowercase hex>` (scripts may set
+        /// ALKNET_SERVER_FINGERPRINT instead, which git-remote-alknet reads too).
+        #[arg(long, value_name = "FINGERPRINT", env = "ALKNET_SERVER_FINGERPRINT")]
         fingerprint: Option<String>,
         /// File holding the vault passphrase, when the node key lives in a vault.
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
+    },
+    /// Git repositories: list what you may read on a gateway, or create one on this server.
+    /// Clone and push with stock git through `git-remote-alknet` (a symlink to `alknet` by
+    /// that name on the PATH): `git clone alknet://gw/org/app.git`.
+    #[cfg(feature = "git")]
+    Git {
+        #[command(subcommand)]
+        command: git_cli::GitCommand,
+    },
+    /// Run by the gateway's git hooks, not by hand.
+    #[cfg(feature = "git")]
+    #[command(hide = true)]
+    GitHook {
+        /// The hook: `pre-receive`.
+        hook: String,
     },
     /// Print this node's fingerprint (creating the node key on first use).
     Id {
@@ -371,6 +389,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reload { json } => reload_cli::run(&data_dir, json),
         #[cfg(feature = "ssh")]
         Command::SftpServer(args) => sftp_cli::run(args),
+        #[cfg(feature = "git")]
+        Command::Git { command } => git_cli::run(&data_dir, command),
+        #[cfg(feature = "git")]
+        Command::GitHook { hook } => match hook.as_str() {
+            "pre-receive" => std::process::exit(alknet_git::hook::pre_receive_main()),
+            other => bail!("unknown git hook {other:?} (pre-receive)"),
+        },
         #[cfg(feature = "tunnel")]
         Command::Forward(args) => {
             let key = node::load(&data_dir, args.common.passphrase_file.as_deref())?;

@@ -374,3 +374,93 @@ const HOSTILE: &[&str] = &[
     "%00",
     "a%00b",
 ];
+
+/// Protected refs (the default: main, master, tags) move forward only and are never
+/// deleted, with git's own rejection; other branches may be rewritten.
+#[test]
+fn protected_refs_refuse_force_pushes_and_deletion() {
+    let mut dev = GitClient::new("");
+    let reader = GitClient::new("");
+    let server = server_for(&dev, &reader);
+    dev.server_fp = server.fingerprint.clone();
+    let url = format!("alknet://{}/org/app.git", server.addr);
+    let wt = dev.repo_with_commits("src", 2);
+    dev.ok(&wt, &["push", "-q", &url, "main", "main:topic"]);
+
+    dev.ok(&wt, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    let out = dev.git(&wt, &["push", "--force", &url, "main"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("pre-receive hook declined"), "{err}");
+    assert!(err.contains("refs/heads/main is protected"), "{err}");
+
+    let out = dev.git(&wt, &["push", &url, ":main"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot be deleted"), "{err}");
+
+    // An unprotected branch may be force-pushed and deleted.
+    dev.ok(&wt, &["push", "-q", "--force", &url, "main:topic"]);
+    dev.ok(&wt, &["push", "-q", &url, ":topic"]);
+    let refs = dev.ok(&wt, &["ls-remote", &url]);
+    assert!(
+        refs.contains("refs/heads/main") && !refs.contains("refs/heads/topic"),
+        "{refs}"
+    );
+
+    // A fast-forward of main goes through.
+    dev.ok(&wt, &["fetch", "-q", &url, "main"]);
+    dev.ok(&wt, &["reset", "-q", "--hard", "FETCH_HEAD"]);
+    std::fs::write(wt.join("more.txt"), "more\n").unwrap();
+    dev.ok(&wt, &["add", "."]);
+    dev.ok(&wt, &["commit", "-q", "-m", "more"]);
+    dev.ok(&wt, &["push", "-q", &url, "main"]);
+}
+
+/// `alknet git init` creates a bare repository under the server's root, and `alknet git
+/// repos` shows each peer exactly what it may read.
+#[test]
+fn git_init_and_repos_list_per_peer() {
+    let dev = GitClient::new("");
+    let reader = GitClient::new("");
+    let server = server_for(&dev, &reader);
+    for name in ["org/app", "org/public", "other/x"] {
+        let (code, out, err) = run_cli(&["git", "init", name], &server.data_dir(), b"");
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("created {name}")), "{out}");
+    }
+    let (code, _, err) = run_cli(&["git", "init", "org/app"], &server.data_dir(), b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = run_cli(&["git", "init", "../evil"], &server.data_dir(), b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("repository"), "{err}");
+
+    let list = |c: &GitClient| {
+        let (code, out, err) = run_cli(
+            &[
+                "git",
+                "repos",
+                &server.addr.to_string(),
+                "--fingerprint",
+                &server.fingerprint,
+                "--json",
+            ],
+            &c.path("alknet"),
+            b"",
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    assert_eq!(
+        list(&dev),
+        serde_json::json!([
+            {"name": "org/app", "access": ["read", "write"]},
+            {"name": "org/public", "access": ["read", "write"]},
+        ])
+    );
+    assert_eq!(
+        list(&reader),
+        serde_json::json!([{"name": "org/public", "access": ["read"]}])
+    );
+}

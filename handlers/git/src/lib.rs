@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod hook;
 pub mod name;
 mod run;
 
@@ -50,6 +51,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// max_push_bytes = 1073741824    # the largest pack one push may send
 /// max_operations_per_peer = 8    # clones, fetches and pushes at once per peer
 /// default_branch = "main"        # HEAD of repositories created by a push
+/// pre_receive = "/etc/alknet/git-pre-receive"    # run after the gateway's own checks
+/// post_receive = "/etc/alknet/git-post-receive"
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,6 +67,11 @@ pub struct GitSettings {
     pub max_operations_per_peer: u32,
     /// The branch `HEAD` names in a repository created by a push (what a clone checks out).
     pub default_branch: String,
+    /// A command run as every push's pre-receive hook, after the protected-ref checks pass
+    /// (git's `OLD NEW REF` lines on stdin; a non-zero exit refuses the push).
+    pub pre_receive: Option<PathBuf>,
+    /// A command run as every push's post-receive hook.
+    pub post_receive: Option<PathBuf>,
 }
 
 impl Default for GitSettings {
@@ -74,6 +82,8 @@ impl Default for GitSettings {
             max_push_bytes: 1 << 30,
             max_operations_per_peer: 8,
             default_branch: "main".into(),
+            pre_receive: None,
+            post_receive: None,
         }
     }
 }
@@ -88,6 +98,8 @@ pub struct Gateway {
 
 struct GatewayState {
     settings: GitSettings,
+    /// The protected ref patterns, joined by `:` for the hook.
+    protect: String,
     rules: Arc<Rules>,
     running: HashMap<String, u32>,
 }
@@ -107,11 +119,13 @@ impl Gateway {
         std::fs::create_dir_all(&root)?;
         let hooks = data_dir.join("git-hooks");
         std::fs::create_dir_all(&hooks)?;
+        hook::install(&hooks)?;
         Ok(Self {
             root,
             hooks,
             state: Mutex::new(GatewayState {
                 settings,
+                protect: protect_of(rules),
                 rules: Arc::new(Rules::new(rules)),
                 running: HashMap::new(),
             }),
@@ -124,7 +138,13 @@ impl Gateway {
 
     /// Takes new `[git]` rules (a reload); operations already running keep theirs.
     pub fn set_rules(&self, rules: &GitAccessConfig) {
-        self.state().rules = Arc::new(Rules::new(rules));
+        let mut st = self.state();
+        st.rules = Arc::new(Rules::new(rules));
+        st.protect = protect_of(rules);
+    }
+
+    fn protect(&self) -> String {
+        self.state().protect.clone()
     }
 
     /// Takes new `[services.git]` limits (a reload); the root stays as at start.
@@ -164,6 +184,15 @@ impl Gateway {
     pub fn access(&self, peer: &str, scopes: &[String], name: &name::RepoName) -> Access {
         self.rules().access(peer, scopes, name.as_str())
     }
+}
+
+fn protect_of(rules: &GitAccessConfig) -> String {
+    let all: Vec<&str> = rules
+        .protect
+        .iter()
+        .flat_map(|p| p.refs.iter().map(|r| r.0.as_str()))
+        .collect();
+    all.join(":")
 }
 
 /// One running operation of a peer; released on drop.

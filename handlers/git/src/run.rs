@@ -210,6 +210,16 @@ where
     let settings = gw.settings();
     let mut cmd = git_command(&gw, req.protocol.as_deref());
     if push {
+        if let Ok(bin) = std::env::current_exe() {
+            cmd.env(crate::hook::ENV_BIN, bin);
+        }
+        cmd.env(crate::hook::ENV_PROTECT, gw.protect());
+        if let Some(p) = &settings.pre_receive {
+            cmd.env(crate::hook::ENV_PRE_RECEIVE, p);
+        }
+        if let Some(p) = &settings.post_receive {
+            cmd.env(crate::hook::ENV_POST_RECEIVE, p);
+        }
         cmd.arg("-c")
             .arg(format!("receive.maxInputSize={}", settings.max_push_bytes))
             .args(["receive-pack", "."]);
