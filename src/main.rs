@@ -455,10 +455,16 @@ fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
         #[cfg(feature = "ssh")]
         Offer::new({
             let ssh = alknet_ssh::Ssh::new(keys.and_then(|k| k.ssh_host.clone()));
-            match keys.and_then(|k| k.forwarder.clone()) {
+            let ssh = match keys.and_then(|k| k.forwarder.clone()) {
                 Some(f) => ssh.with_forwarder(f),
                 None => ssh,
-            }
+            };
+            #[cfg(feature = "git")]
+            let ssh = match keys.and_then(|k| k.git.clone()) {
+                Some(g) => ssh.with_git(g),
+                None => ssh,
+            };
+            ssh
         }),
         #[cfg(feature = "tunnel")]
         Offer::new(alknet_tunnel::Tunnel::new(

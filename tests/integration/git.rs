@@ -464,3 +464,168 @@ fn git_init_and_repos_list_per_peer() {
         serde_json::json!([{"name": "org/public", "access": ["read"]}])
     );
 }
+
+/// Git over SSH: `git clone gw:org/app.git` through the ProxyCommand runs the same code path
+/// and rules, for a peer holding only `git` (which gets no shell), protocol v2 included.
+#[test]
+fn git_over_ssh_for_a_git_only_peer() {
+    let client = SshClient::new();
+    let server = Server::start(&format!(
+        "[services.ssh]\nenabled = true\n\
+         [[peers]]\nid = \"gitonly\"\nfingerprints = [\"{}\"]\nscopes = [\"git\"]\n\
+         [[git.allow]]\npeer = \"gitonly\"\nrepos = [\"org/*\"]\naccess = [\"read\", \"write\", \"create\"]\n",
+        client.fingerprint
+    ));
+    client.paste_config(&server, "gw");
+    let ssh = client.ssh(None);
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let ssh_command = std::iter::once(quote(ssh.get_program()))
+        .chain(ssh.get_args().map(quote))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let home = tempfile::tempdir().unwrap();
+    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_SSH_COMMAND", &ssh_command)
+            .env("GIT_SSH_VARIANT", "ssh")
+            .env("HOME", home.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let ok = |cwd: &Path, args: &[&str]| {
+        let out = git(cwd, args, &[]);
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}\nserver: {}",
+            String::from_utf8_lossy(&out.stderr),
+            server.stderr()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wt = home.path().join("src");
+    std::fs::create_dir_all(&wt).unwrap();
+    ok(&wt, &["init", "-q", "-b", "main"]);
+    std::fs::write(wt.join("a.txt"), "a\n").unwrap();
+    ok(&wt, &["add", "."]);
+    ok(&wt, &["commit", "-q", "-m", "a"]);
+    ok(&wt, &["push", "-q", "gw:org/app.git", "main"]);
+    assert!(server.data_dir().join("git/org/app.git/HEAD").is_file());
+
+    ok(home.path(), &["clone", "-q", "gw:org/app.git", "clone"]);
+    assert_eq!(
+        ok(&home.path().join("clone"), &["rev-parse", "HEAD"]),
+        ok(&wt, &["rev-parse", "HEAD"])
+    );
+    let out = git(
+        home.path(),
+        &["-c", "protocol.version=2", "ls-remote", "gw:org/app.git"],
+        &[("GIT_TRACE_PACKET", "1")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("< version 2"), "{err}");
+
+    // Refused by the rules, and no shell for a git-only peer.
+    let out = git(home.path(), &["clone", "-q", "gw:other/x.git", "x"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("access denied"));
+    let (code, out, _) = client.run(None, &[], "echo hi");
+    assert_ne!(code, 0);
+    assert!(!out.contains("hi"));
+}
+
+/// A 100 MB repository (incompressible blobs) pushed and cloned back byte for byte.
+#[test]
+fn a_hundred_megabyte_repository_round_trips() {
+    let mut dev = GitClient::new("");
+    let reader = GitClient::new("");
+    let server = server_for(&dev, &reader);
+    dev.server_fp = server.fingerprint.clone();
+    let url = format!("alknet://{}/org/big.git", server.addr);
+    let wt = dev.path("big");
+    std::fs::create_dir_all(&wt).unwrap();
+    dev.ok(&wt, &["init", "-q", "-b", "main"]);
+    for i in 0..4u64 {
+        for j in 0..25u64 {
+            std::fs::write(
+                wt.join(format!("blob-{i}-{j}.bin")),
+                pattern(i * 100 + j, 1 << 20),
+            )
+            .unwrap();
+        }
+        dev.ok(&wt, &["add", "."]);
+        dev.ok(&wt, &["commit", "-q", "-m", &format!("part {i}")]);
+    }
+    dev.ok(&wt, &["push", "-q", &url, "main"]);
+    let clone = dev.path("big-clone");
+    dev.ok(
+        dev.dir.path(),
+        &["clone", "-q", &url, clone.to_str().unwrap()],
+    );
+    assert_eq!(head(&dev, &clone), head(&dev, &wt));
+    dev.ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    for name in ["blob-0-0.bin", "blob-3-24.bin"] {
+        assert!(std::fs::read(clone.join(name)).unwrap() == std::fs::read(wt.join(name)).unwrap());
+    }
+}
+
+/// Revoking a peer ends its running git operation: the connection closes and the
+/// `git upload-pack` child is killed within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_kills_a_running_upload_pack() {
+    let key = ClientKey::generate().unwrap();
+    let server =
+        Server::start("[[git.allow]]\nscope = \"git\"\nrepos = [\"**\"]\naccess = [\"read\"]\n");
+    let (code, _, err) = run_cli(
+        &[
+            "peer",
+            "add",
+            "cloner",
+            "--fingerprint",
+            &key.fingerprint,
+            "--scope",
+            "git",
+        ],
+        &server.data_dir(),
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(&["git", "init", "org/app"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "{err}");
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, server.addr, Some(&key), GIT_ALPN)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"alknet-git/1 git-upload-pack org/app.git\n")
+        .await
+        .unwrap();
+    // The advertisement arrives; upload-pack then waits for wants that never come.
+    let mut first = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut first))
+        .await
+        .expect("the advertisement")
+        .unwrap();
+    let marker = format!("{}/git-hooks upload-pack", server.data_dir().display());
+    assert_eq!(pgrep(&marker).len(), 1, "one upload-pack runs");
+
+    let (code, _, err) = run_cli(&["peer", "revoke", "cloner"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "{err}");
+    tokio::time::timeout(Duration::from_secs(1), conn.closed())
+        .await
+        .expect("the revoked connection closed within a second");
+    wait_for(
+        Duration::from_secs(1),
+        "the upload-pack child to be killed",
+        || pgrep(&marker).is_empty(),
+    )
+    .await;
+}

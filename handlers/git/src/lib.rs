@@ -19,6 +19,7 @@ pub mod access;
 pub mod hook;
 pub mod name;
 mod run;
+pub mod ssh;
 
 use access::{Access, Rules};
 use alknet_core::config::{ConfigDuration, GitAccessConfig};

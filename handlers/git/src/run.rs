@@ -25,16 +25,20 @@ where
     let header = tokio::time::timeout(crate::HEADER_TIMEOUT, read_header(&mut stream)).await;
     let (request, rest) = match header {
         Ok(Ok(h)) => h,
-        Ok(Err(msg)) => return refuse(stream, &who, "?", &msg).await,
+        Ok(Err(msg)) => {
+            refuse(stream, &who, "?", &msg).await;
+            return;
+        }
         Err(_) => {
             let msg = format!("no request header within {:?}", crate::HEADER_TIMEOUT);
-            return refuse(stream, &who, "?", &msg).await;
+            refuse(stream, &who, "?", &msg).await;
+            return;
         }
     };
     match request.service {
         GitService::List => list(&gw, &who, stream).await,
         GitService::UploadPack | GitService::ReceivePack => {
-            serve_pack(gw, who, request, rest, stream).await
+            serve_pack(gw, who, request, rest, stream).await;
         }
     }
 }
@@ -65,8 +69,8 @@ async fn read_header<S: AsyncRead + Unpin>(
     }
 }
 
-/// Answers with git's `ERR` line and ends the stream.
-async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, who: &Caller, repo: &str, msg: &str) {
+/// Answers with git's `ERR` line and ends the stream (always `false`: the operation failed).
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, who: &Caller, repo: &str, msg: &str) -> bool {
     warn!(
         peer = %who.peer,
         remote = %who.remote,
@@ -76,6 +80,7 @@ async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, who: &Caller, repo: &str, 
     );
     let _ = stream.write_all(&err_pkt_line(msg)).await;
     let _ = stream.shutdown().await;
+    false
 }
 
 /// Where `name` lives under `root`, checked component by component: every existing one a
@@ -167,7 +172,14 @@ impl Drop for Group {
     }
 }
 
-async fn serve_pack<S>(gw: Arc<Gateway>, who: Caller, req: GitRequest, rest: Vec<u8>, stream: S)
+/// Runs one upload-pack or receive-pack; whether it ended well.
+pub(crate) async fn serve_pack<S>(
+    gw: Arc<Gateway>,
+    who: Caller,
+    req: GitRequest,
+    rest: Vec<u8>,
+    stream: S,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -248,7 +260,7 @@ where
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return;
+        return false;
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let up = async move {
@@ -299,6 +311,7 @@ where
             let err = String::from_utf8_lossy(&err);
             if ok {
                 info!(peer = %who.peer, repo = %name, service, bytes, "git operation done");
+                true
             } else {
                 info!(
                     peer = %who.peer,
@@ -309,10 +322,12 @@ where
                     stderr = %err.trim(),
                     "git operation failed"
                 );
+                false
             }
         }
         Err(_) => {
             warn!(peer = %who.peer, repo = %name, service, "git operation hit the time limit; killed");
+            false
         }
     }
 }

@@ -63,6 +63,7 @@ pub fn serve_tcp(
                     peer: peer.to_owned(),
                     scopes: scopes.clone(),
                 },
+                git: None,
             };
             tokio::spawn(conn::run(russh.clone(), tcp, session));
         }

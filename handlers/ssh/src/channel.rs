@@ -32,11 +32,14 @@ pub(crate) struct ChannelCtx {
     pub(crate) policy: Arc<Policy>,
     pub(crate) peer: String,
     pub(crate) remote: SocketAddr,
+    pub(crate) scopes: Arc<[String]>,
+    pub(crate) git: Option<Arc<alknet_git::Gateway>>,
 }
 
-/// Environment variables a client may set: `LANG`, `LC_*`, `TERM`.
+/// Environment variables a client may set: `LANG`, `LC_*`, `TERM`, and `GIT_PROTOCOL` (read
+/// by the git path only, checked there; never passed to a shell).
 pub(crate) fn env_allowed(name: &str) -> bool {
-    name == "LANG" || name == "TERM" || name.starts_with("LC_")
+    name == "LANG" || name == "TERM" || name.starts_with("LC_") || name == "GIT_PROTOCOL"
 }
 
 /// Most `env` requests kept per channel, and the longest value.
@@ -72,6 +75,7 @@ struct PtyReq {
 
 enum Start {
     Exec(Vec<u8>),
+    Git(alknet_proto::git::GitService, String),
     Shell,
     Sftp,
 }
@@ -126,6 +130,16 @@ pub(crate) async fn run(mut ch: Channel<Msg>, ctx: ChannelCtx) {
                 ok
             }
             ChannelMsg::Exec { command, .. } => {
+                let git_allowed =
+                    ctx.access == Access::Full || ctx.scopes.iter().any(|s| s == "git");
+                if let (Some(_), true, Some((service, repo))) = (
+                    &ctx.git,
+                    git_allowed && pty.is_none(),
+                    alknet_git::ssh::parse_command(&command),
+                ) {
+                    reply(&ctx.handle, id, true).await;
+                    break Start::Git(service, repo);
+                }
                 if command.len() <= MAX_COMMAND && ctx.policy.may_exec(ctx.access, &command) {
                     reply(&ctx.handle, id, true).await;
                     break Start::Exec(command);
@@ -160,8 +174,51 @@ pub(crate) async fn run(mut ch: Channel<Msg>, ctx: ChannelCtx) {
         };
         reply(&ctx.handle, id, ok).await;
     };
+    if let (Start::Git(service, repo), Some(gw)) = (&start, ctx.git.clone()) {
+        let protocol = env
+            .iter()
+            .find(|(k, _)| k == "GIT_PROTOCOL")
+            .map(|(_, v)| v.clone());
+        // git's output goes out through the channel's own writer, so the exit status, EOF
+        // and close sent after it on the same channel cannot overtake it; the client's data
+        // comes in through a bounded pipe fed from the channel's messages.
+        let (mut to_git, from_client) = tokio::io::duplex(256 * 1024);
+        let stream = tokio::io::join(from_client, ch.make_writer());
+        let serve = alknet_git::ssh::serve(
+            gw,
+            ctx.peer.clone(),
+            ctx.scopes.to_vec(),
+            ctx.remote.to_string(),
+            *service,
+            repo.clone(),
+            protocol,
+            stream,
+        );
+        // Fed while git runs (both are polled together, so a full pipe never stalls git).
+        let feed = async {
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } if to_git.write_all(&data).await.is_err() => break,
+                    ChannelMsg::Eof | ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            let _ = to_git.shutdown().await;
+            std::future::pending::<()>().await
+        };
+        let code = tokio::select! {
+            code = serve => code,
+            () = feed => 1,
+        };
+        let _ = ch.exit_status(code).await;
+        let _ = ch.eof().await;
+        let _ = ch.close().await;
+        return;
+    }
     let account = &ctx.placement.account;
     let result = match start {
+        // Served above (a git exec is only accepted with the git gateway present).
+        Start::Git(..) => return,
         Start::Sftp if !account.needs_switch() => {
             info!(peer = %ctx.peer, root = %ctx.placement.sftp_root.display(), "SFTP session");
             let opts = sftp::SftpOptions {
@@ -279,7 +336,7 @@ fn shell_command(
             cmd.arg0(format!("-{name}"));
         }
     }
-    for (k, v) in env {
+    for (k, v) in env.iter().filter(|(k, _)| k != "GIT_PROTOCOL") {
         cmd.env(k, v);
     }
     if let Some(p) = pty {

@@ -34,6 +34,8 @@ pub(crate) struct Session {
     pub(crate) identities: Arc<dyn IdentityProvider>,
     /// Port forwarding: the peer as the forwarding policy sees it.
     pub(crate) forward: crate::forward::ForwardCtx,
+    /// Git over SSH.
+    pub(crate) git: Option<Arc<alknet_git::Gateway>>,
 }
 
 /// Serves one SSH connection on `stream` (the bridged QUIC stream; a TCP stream in the
@@ -288,6 +290,8 @@ impl russh::server::Handler for SshConn {
             policy: self.s.policy.clone(),
             peer: self.s.peer.clone(),
             remote: self.s.remote,
+            scopes: self.s.scopes.clone(),
+            git: self.s.git.clone(),
         };
         self.tasks.spawn(async move {
             channel::run(channel, ctx).await;

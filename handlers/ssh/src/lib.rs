@@ -62,6 +62,7 @@ pub struct Ssh {
     host_key: Option<PrivateKey>,
     sessions: Arc<SessionCount>,
     forwarder: Option<Arc<alknet_forward::Forwarder>>,
+    git: Option<Arc<alknet_git::Gateway>>,
 }
 
 impl Ssh {
@@ -71,7 +72,16 @@ impl Ssh {
             host_key,
             sessions: Arc::default(),
             forwarder: None,
+            git: None,
         }
+    }
+
+    /// The service with git over SSH (`git clone gw:org/app.git`) through the gateway's git
+    /// repositories and their `[git]` rules; without them, git execs are refused like any
+    /// command the peer may not run.
+    pub fn with_git(mut self, git: Arc<alknet_git::Gateway>) -> Self {
+        self.git = Some(git);
+        self
     }
 
     /// The service with port forwarding (`ssh -L/-R/-D/-W`) through the gateway's
@@ -152,6 +162,7 @@ impl Service for Ssh {
             rt: ctx.tokio().clone(),
             sessions: self.sessions.clone(),
             forwarder: self.forwarder.clone(),
+            git: self.git.clone(),
         }
     }
 }
@@ -169,6 +180,7 @@ pub struct SshHandler {
     rt: Arc<SideRuntime>,
     sessions: Arc<SessionCount>,
     forwarder: Option<Arc<alknet_forward::Forwarder>>,
+    git: Option<Arc<alknet_git::Gateway>>,
 }
 
 impl SshHandler {
@@ -222,6 +234,7 @@ impl Handler for SshHandler {
                     peer: peer.clone(),
                     scopes: auth.scopes.clone(),
                 },
+                git: self.git.clone(),
             };
             let russh = russh.clone();
             conn.spawn(async move {
