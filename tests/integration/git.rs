@@ -629,3 +629,66 @@ async fn revocation_kills_a_running_upload_pack() {
     )
     .await;
 }
+
+/// `[services.git]` limits: a peer's operations beyond `max_operations_per_peer` are refused
+/// while the others run, an operation past `timeout` is killed, and a push larger than
+/// `max_push_bytes` is refused by git itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_cap_time_limit_and_push_size_limit() {
+    let key = ClientKey::generate().unwrap();
+    let mut dev = GitClient::new("");
+    let server = Server::start(&format!(
+        "[services.git]\nmax_operations_per_peer = 2\ntimeout = \"2s\"\nmax_push_bytes = 200000\n\
+         {}[[peers]]\nid = \"dev\"\nfingerprints = [\"{}\"]\nscopes = [\"git\"]\n\
+         [[git.allow]]\nscope = \"git\"\nrepos = [\"**\"]\naccess = [\"read\", \"write\", \"create\"]\n",
+        peer_toml("raw", &key, &["git"]),
+        dev.fingerprint
+    ));
+    dev.server_fp = server.fingerprint.clone();
+    let (code, _, err) = run_cli(&["git", "init", "org/app"], &server.data_dir(), b"");
+    assert_eq!(code, 0, "{err}");
+    let ep = quinn_endpoint();
+    let conn = connect(&ep, server.addr, Some(&key), GIT_ALPN).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"alknet-git/1 git-upload-pack org/app\n").await.unwrap();
+        let mut first = [0u8; 4];
+        recv.read_exact(&mut first).await.unwrap();
+        assert_ne!(&first, b"0000", "an advertisement, not a refusal");
+        held.push((send, recv));
+    }
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"alknet-git/1 git-upload-pack org/app\n").await.unwrap();
+    let _ = send.finish();
+    let got = recv.read_to_end(4096).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&got).contains("ERR too many git operations"),
+        "{got:?}"
+    );
+    // The two held operations hit the 2 s limit: killed, their streams end.
+    for (_, mut recv) in held {
+        let rest = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+            .await
+            .expect("the time limit ends the operation");
+        let _ = rest;
+    }
+    let marker = format!("{}/git-hooks upload-pack", server.data_dir().display());
+    wait_for(Duration::from_secs(2), "the timed-out children to be gone", || {
+        pgrep(&marker).is_empty()
+    })
+    .await;
+
+    // 1 MiB of incompressible data is more than the 200 kB push limit.
+    let wt = dev.path("src");
+    std::fs::create_dir_all(&wt).unwrap();
+    dev.ok(&wt, &["init", "-q", "-b", "main"]);
+    std::fs::write(wt.join("big.bin"), pattern(9, 1 << 20)).unwrap();
+    dev.ok(&wt, &["add", "."]);
+    dev.ok(&wt, &["commit", "-q", "-m", "big"]);
+    let url = format!("alknet://{}/org/app.git", server.addr);
+    let out = dev.git(&wt, &["push", &url, "main"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("maximum allowed size"), "{err}");
+}
