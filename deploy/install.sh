@@ -10,6 +10,7 @@ Usage: deploy/install.sh [--prefix P] [--destdir D] [--bin PATH] [--[no-]ssh-log
 Installs Alknet on a systemd gateway:
   PREFIX/bin/alknet                              the binary (--bin PATH, default
                                                  target/release/alknet: cargo build --release)
+  PREFIX/bin/git-remote-alknet                   a symlink to it: git's helper for alknet:// URLs
   /etc/systemd/system/alknet.service             the unit, ExecStart pointing at PREFIX/bin
   /etc/systemd/system/alknet.service.d/ssh-login.conf
                                                  with --ssh-login: SSH sessions as login users
@@ -129,7 +130,8 @@ trap 'rm -rf -- "$work"' EXIT
 sha() { sha256sum -- "$1" | cut -d' ' -f1; }
 mode_of() { printf '%04o' "0$(stat -c %a -- "$1")"; }
 
-# What the previous run recorded: "file SHA256 MODE PATH" and "dir PATH" lines.
+# What the previous run recorded: "file SHA256 MODE PATH", "link TARGET PATH" and "dir PATH"
+# lines.
 declare -A recorded=()
 declare -a old_dirs=()
 if [ -f "$manifest" ]; then
@@ -172,6 +174,13 @@ if [ "$uninstall" -eq 1 ]; then
                 fi
                 rm -f -- "$target"
                 note "removed $target"
+                ;;
+            link)
+                target="$destdir$b"
+                if [ -L "$target" ]; then
+                    rm -f -- "$target"
+                    note "removed $target"
+                fi
                 ;;
             dir) dirs+=("$a") ;;
             esac
@@ -292,6 +301,21 @@ put() {
 }
 
 put "$bin" 0755 "$prefix/bin/alknet"
+
+# link TARGET PATH: PATH (absolute, below destdir) as a symlink to TARGET.
+link() {
+    local to="$1" rel="$2"
+    local target="$destdir$rel"
+    make_dir "$(dirname "$rel")"
+    new_entries+=("link $to $rel")
+    if [ -L "$target" ] && [ "$(readlink -- "$target")" = "$to" ]; then
+        return
+    fi
+    ln -s -- "$to" "$target.alknet-tmp"
+    mv -fT -- "$target.alknet-tmp" "$target"
+    note "installed $target -> $to"
+}
+link alknet "$prefix/bin/git-remote-alknet"
 put "$work/alknet.service" 0644 "$unit_rel"
 put "$here/alknet.toml" 0644 /etc/alknet/alknet.toml
 put "$here/99-alknet.conf" 0644 /etc/sysctl.d/99-alknet.conf

@@ -648,18 +648,24 @@ async fn operation_cap_time_limit_and_push_size_limit() {
     let (code, _, err) = run_cli(&["git", "init", "org/app"], &server.data_dir(), b"");
     assert_eq!(code, 0, "{err}");
     let ep = quinn_endpoint();
-    let conn = connect(&ep, server.addr, Some(&key), GIT_ALPN).await.unwrap();
+    let conn = connect(&ep, server.addr, Some(&key), GIT_ALPN)
+        .await
+        .unwrap();
     let mut held = Vec::new();
     for _ in 0..2 {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(b"alknet-git/1 git-upload-pack org/app\n").await.unwrap();
+        send.write_all(b"alknet-git/1 git-upload-pack org/app\n")
+            .await
+            .unwrap();
         let mut first = [0u8; 4];
         recv.read_exact(&mut first).await.unwrap();
         assert_ne!(&first, b"0000", "an advertisement, not a refusal");
         held.push((send, recv));
     }
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(b"alknet-git/1 git-upload-pack org/app\n").await.unwrap();
+    send.write_all(b"alknet-git/1 git-upload-pack org/app\n")
+        .await
+        .unwrap();
     let _ = send.finish();
     let got = recv.read_to_end(4096).await.unwrap();
     assert!(
@@ -674,9 +680,11 @@ async fn operation_cap_time_limit_and_push_size_limit() {
         let _ = rest;
     }
     let marker = format!("{}/git-hooks upload-pack", server.data_dir().display());
-    wait_for(Duration::from_secs(2), "the timed-out children to be gone", || {
-        pgrep(&marker).is_empty()
-    })
+    wait_for(
+        Duration::from_secs(2),
+        "the timed-out children to be gone",
+        || pgrep(&marker).is_empty(),
+    )
     .await;
 
     // 1 MiB of incompressible data is more than the 200 kB push limit.

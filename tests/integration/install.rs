@@ -149,6 +149,21 @@ fn assert_installed(root: &Path, want: &BTreeMap<String, (u32, Vec<u8>)>) {
     let mut got = files(root);
     let (_, manifest) = got.remove(MANIFEST).expect("no manifest");
     let manifest = String::from_utf8(manifest).unwrap();
+    // git's remote helper: a symlink to the binary beside it, listed as a link.
+    let helper = format!("{PREFIX}/bin/git-remote-alknet");
+    got.remove(&helper)
+        .unwrap_or_else(|| panic!("{helper} was not installed"));
+    let on_disk = root.join(helper.trim_start_matches('/'));
+    assert_eq!(
+        std::fs::read_link(&on_disk).unwrap(),
+        Path::new("alknet"),
+        "{helper} is not a symlink to alknet"
+    );
+    let line = format!("link alknet {helper}");
+    assert!(
+        manifest.lines().any(|l| l == line),
+        "manifest lacks `{line}`:\n{manifest}"
+    );
     for (path, (mode, content)) in want {
         let (got_mode, got_content) = got
             .remove(path)
@@ -220,6 +235,10 @@ fn install_upgrade_and_uninstall_in_a_staging_root() {
         want["/etc/sysctl.d/99-alknet.conf"]
     );
     got.remove(MANIFEST);
+    assert!(
+        got.remove(&format!("{PREFIX}/bin/git-remote-alknet"))
+            .is_some()
+    );
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
