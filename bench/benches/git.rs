@@ -293,8 +293,14 @@ fn main() -> Result<()> {
     };
     let daemon = if systems.contains(&System::Daemon) {
         let port = free_tcp_port()?;
-        let child = git(dir.path())
-            .args(["daemon", "--reuseaddr", "--listen=127.0.0.1", "--export-all"])
+        // git-daemon itself (`git daemon` would run it as a child of its own): its forks per
+        // connection are then the server's children.
+        let exec_path = git(dir.path()).arg("--exec-path").output()?;
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout).trim().to_owned();
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .env("HOME", dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["--reuseaddr", "--listen=127.0.0.1", "--export-all"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", root.display()))
             .arg(&root)
