@@ -625,7 +625,9 @@ fn serve(
                 if keys.iter().any(|k| k == "git") {
                     g.set_rules(&config.git);
                 }
-                if let Ok(section) = config.service_section::<alknet_git::GitSettings>("git") {
+                if keys.iter().any(|k| k == "services.git")
+                    && let Ok(section) = config.service_section::<alknet_git::GitSettings>("git")
+                {
                     g.set_settings(section.config);
                 }
             }

@@ -54,7 +54,9 @@ impl System {
 
 fn env_num(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|_| anyhow!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow!("{name}={v:?} is not a number")),
         Err(_) => Ok(default),
     }
 }
@@ -92,7 +94,10 @@ fn git(home: &Path) -> Command {
 fn run_ok(mut c: Command, what: &str) -> Result<()> {
     let out = c.output().with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -117,11 +122,19 @@ fn generate(home: &Path, path: &Path, commits: usize, blob_mb: usize) -> Result<
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for i in 0..commits {
             writeln!(w, "commit refs/heads/main")?;
-            writeln!(w, "committer bench <bench@example.org> {} +0000", 1_700_000_000 + i)?;
+            writeln!(
+                w,
+                "committer bench <bench@example.org> {} +0000",
+                1_700_000_000 + i
+            )?;
             let msg = format!("commit {i}\n");
             write!(w, "data {}\n{msg}", msg.len())?;
             let body = format!("line {i}\n");
-            write!(w, "M 100644 inline counter.txt\ndata {}\n{body}\n", body.len())?;
+            write!(
+                w,
+                "M 100644 inline counter.txt\ndata {}\n{body}\n",
+                body.len()
+            )?;
             if i % every == 0 && blobs < blob_mb {
                 writeln!(w, "M 100644 inline blobs/b{blobs}.bin\ndata {}", 1 << 20)?;
                 let mut buf = vec![0u8; 1 << 20];
@@ -212,7 +225,10 @@ impl Rig {
         let pid = self.server_pid(s);
         // upload-pack (and, for sshd, the session) counts once reaped.
         if !procstat::wait_no_children(pid, Duration::from_secs(10)) {
-            bail!("{}'s processes still run 10 s after the client exited", s.name());
+            bail!(
+                "{}'s processes still run 10 s after the client exited",
+                s.name()
+            );
         }
         Ok(cpu_times(pid)?.with_children())
     }
@@ -245,7 +261,9 @@ fn main() -> Result<()> {
             other => Err(anyhow!("unknown system {other:?} (alknet, sshd, daemon)")),
         })
         .collect::<Result<_>>()?;
-    let dir = tempfile::Builder::new().prefix("alknet-bench-git").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("alknet-bench-git")
+        .tempdir()?;
 
     // The alknet server first: the repository is generated inside its git root, and the
     // other servers serve that same directory.
@@ -340,19 +358,33 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&work);
             std::fs::create_dir_all(&work)?;
             let url = rig.url(s);
-            let (secs, cpu) = rig.timed(s, &["clone", "--bare", "--quiet", &url, "clone.git"], &work)?;
-            println!("round {round} {:<7} clone {secs:>7.2} s  server CPU {cpu:.2} s", s.name());
+            let (secs, cpu) =
+                rig.timed(s, &["clone", "--bare", "--quiet", &url, "clone.git"], &work)?;
+            println!(
+                "round {round} {:<7} clone {secs:>7.2} s  server CPU {cpu:.2} s",
+                s.name()
+            );
             results.push((s, "clone", secs, cpu));
 
             let mut base = rig.client(s);
-            base.args(["clone", "--bare", "--quiet", "--single-branch", "--branch", "base"])
-                .arg(&url)
-                .arg("old.git")
-                .current_dir(&work);
+            base.args([
+                "clone",
+                "--bare",
+                "--quiet",
+                "--single-branch",
+                "--branch",
+                "base",
+            ])
+            .arg(&url)
+            .arg("old.git")
+            .current_dir(&work);
             run_ok(base, "the clone of base")?;
             let old = work.join("old.git");
             let (secs, cpu) = rig.timed(s, &["fetch", "--quiet", &url, "main:main"], &old)?;
-            println!("round {round} {:<7} fetch {secs:>7.2} s  server CPU {cpu:.2} s", s.name());
+            println!(
+                "round {round} {:<7} fetch {secs:>7.2} s  server CPU {cpu:.2} s",
+                s.name()
+            );
             results.push((s, "fetch", secs, cpu));
         }
     }

@@ -700,3 +700,65 @@ async fn operation_cap_time_limit_and_push_size_limit() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("maximum allowed size"), "{err}");
 }
+
+/// The operator's hooks from `[services.git]` run (after the gateway's checks), never the
+/// repository's own; a bad `[services.git]` value stops start-up naming file and key.
+#[test]
+fn operator_hooks_run_and_repository_hooks_do_not() {
+    let mut dev = GitClient::new("");
+    let hooks = tempfile::tempdir().unwrap();
+    let pre = hooks.path().join("pre");
+    let post = hooks.path().join("post");
+    let marker = hooks.path().join("post-ran");
+    std::fs::write(
+        &pre,
+        "#!/bin/sh\nwhile read old new ref; do\n  [ \"$ref\" = refs/heads/blocked ] && { echo \"policy: no blocked\"; exit 1; }\ndone\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::write(&post, format!("#!/bin/sh\ncat > {}\n", marker.display())).unwrap();
+    for p in [&pre, &post] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let server = Server::start(&format!(
+        "[services.git]\npre_receive = \"{}\"\npost_receive = \"{}\"\n\
+         [[peers]]\nid = \"dev\"\nfingerprints = [\"{}\"]\nscopes = [\"git\"]\n\
+         [[git.allow]]\npeer = \"dev\"\nrepos = [\"**\"]\naccess = [\"read\", \"write\", \"create\"]\n",
+        pre.display(),
+        post.display(),
+        dev.fingerprint
+    ));
+    dev.server_fp = server.fingerprint.clone();
+    let url = format!("alknet://{}/app.git", server.addr);
+    let wt = dev.repo_with_commits("src", 1);
+    dev.ok(&wt, &["push", "-q", &url, "main"]);
+    let ran = std::fs::read_to_string(&marker).unwrap();
+    assert!(ran.contains("refs/heads/main"), "{ran}");
+
+    let out = dev.git(&wt, &["push", &url, "main:blocked"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("policy: no blocked"), "{err}");
+
+    // A hook planted in the repository itself never runs.
+    let planted = server.data_dir().join("git/app.git/hooks/pre-receive");
+    std::fs::write(&planted, "#!/bin/sh\necho planted-hook-ran\nexit 1\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dev.ok(&wt, &["push", "-q", &url, "main:other"]);
+
+    for (bad, key) in [
+        ("timeout = \"0s\"", "timeout"),
+        ("max_operations_per_peer = 0", "max_operations_per_peer"),
+        ("default_branch = \"../x\"", "default_branch"),
+        ("pre_receive = \"relative/hook\"", "pre_receive"),
+    ] {
+        let err = Server::try_start(&format!("[services.git]\n{bad}\n"))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("alknet.toml:"), "{bad}: {err}");
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}

@@ -301,7 +301,9 @@ impl Overrides {
 pub type OfferList = Box<dyn Fn() -> Vec<Offer> + Send + Sync>;
 
 /// Called with the configuration in force after each successful reload that changed a
-/// [`LIVE_KEYS`] key (the forwarding policy of `[tunnels]` is swapped this way).
+/// [`LIVE_KEYS`] key or a `[services.NAME]` section, with the changed keys and
+/// `services.NAME` for each changed section (the forwarding policy of `[tunnels]` and the git
+/// gateway's rules and limits are swapped this way).
 pub type OnLiveChange = Box<dyn Fn(&Config, &[String]) + Send + Sync>;
 
 /// The status line for the service manager after a reload.
@@ -495,9 +497,16 @@ impl Reloader {
         state.disabled = plan.disabled.clone();
         plan.commit();
         if let Some(f) = &self.on_live_change
-            && !changes.live_keys.is_empty()
+            && (!changes.live_keys.is_empty() || !changes.sections_changed.is_empty())
         {
-            f(&merged, &changes.live_keys);
+            let mut keys = changes.live_keys.clone();
+            keys.extend(
+                changes
+                    .sections_changed
+                    .iter()
+                    .map(|s| format!("services.{s}")),
+            );
+            f(&merged, &keys);
         }
         state.config = merged;
         Ok(outcome)

@@ -56,7 +56,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// post_receive = "/etc/alknet/git-post-receive"
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawSettings")]
 pub struct GitSettings {
     /// Where the bare repositories live (`NAME.git` below it).
     pub root: Option<PathBuf>,
@@ -73,6 +73,93 @@ pub struct GitSettings {
     pub pre_receive: Option<PathBuf>,
     /// A command run as every push's post-receive hook.
     pub post_receive: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    root: Option<PathBuf>,
+    timeout: ConfigDuration,
+    max_push_bytes: u64,
+    max_operations_per_peer: u32,
+    default_branch: String,
+    pre_receive: Option<PathBuf>,
+    post_receive: Option<PathBuf>,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        let d = GitSettings::default();
+        Self {
+            root: d.root,
+            timeout: d.timeout,
+            max_push_bytes: d.max_push_bytes,
+            max_operations_per_peer: d.max_operations_per_peer,
+            default_branch: d.default_branch,
+            pre_receive: d.pre_receive,
+            post_receive: d.post_receive,
+        }
+    }
+}
+
+impl TryFrom<RawSettings> for GitSettings {
+    type Error = String;
+    fn try_from(r: RawSettings) -> Result<Self, String> {
+        let t = r.timeout.0;
+        if t < Duration::from_secs(1) || t > Duration::from_secs(86_400) {
+            return Err("`timeout` must be between 1s and 24h".into());
+        }
+        if r.max_push_bytes < 1024 {
+            return Err("`max_push_bytes` must be at least 1024".into());
+        }
+        if !(1..=1024).contains(&r.max_operations_per_peer) {
+            return Err("`max_operations_per_peer` must be 1..=1024".into());
+        }
+        let b = &r.default_branch;
+        let branch_ok = !b.is_empty()
+            && b.len() <= 100
+            && !b.starts_with(['-', '/', '.'])
+            && !b.ends_with(['/', '.'])
+            && !b.contains("..")
+            && !b.ends_with(".lock")
+            && b.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
+        if !branch_ok {
+            return Err(format!(
+                "`default_branch` {b:?} is not a branch name (e.g. \"main\")"
+            ));
+        }
+        for (key, p) in [
+            ("pre_receive", &r.pre_receive),
+            ("post_receive", &r.post_receive),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err(format!(
+                    "`{key}` must be an absolute path, not {}",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(root) = &r.root
+            && !root.is_absolute()
+        {
+            return Err(format!(
+                "`root` must be an absolute path, not {}",
+                root.display()
+            ));
+        }
+        Ok(GitSettings {
+            root: r.root,
+            timeout: r.timeout,
+            max_push_bytes: r.max_push_bytes,
+            max_operations_per_peer: r.max_operations_per_peer,
+            default_branch: r.default_branch,
+            pre_receive: r.pre_receive,
+            post_receive: r.post_receive,
+        })
+    }
 }
 
 impl Default for GitSettings {
