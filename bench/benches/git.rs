@@ -247,7 +247,19 @@ impl Rig {
     }
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // `cargo test --benches` runs this without `--bench`: nothing to measure then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("git bench: run it with `cargo bench -p alknet-bench --bench git`");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("git bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let commits = env_num("ALKNET_BENCH_GIT_COMMITS", 10_000)?;
     let blob_mb = env_num("ALKNET_BENCH_GIT_BLOB_MB", 200)?;
     let rounds = env_num("ALKNET_BENCH_GIT_ROUNDS", 3)?.max(1);
