@@ -58,18 +58,45 @@ pub(crate) fn run(
     fingerprint: Option<&str>,
     passphrase_file: Option<&Path>,
 ) -> Result<()> {
-    let pinned = fingerprint
-        .map(|f| {
-            f.parse::<Fingerprint>()
-                .map_err(|e| anyhow!("--fingerprint {f:?}: {e}"))
-        })
-        .transpose()?;
+    let pinned =
+        alknet_core::client::parse_pin("--fingerprint", fingerprint).map_err(anyhow::Error::msg)?;
     if alpn.is_empty() || alpn.len() > 255 {
         bail!("--alpn must be 1..=255 bytes, e.g. alknet/echo");
     }
     pipe(data_dir, addr, alpn, pinned, passphrase_file, None, &|| {
         Ok(())
     })
+}
+
+/// What a client connection needs before it dials: the server resolved (a stored name or
+/// `HOST:PORT`), this node's key, the known servers.
+struct Dial {
+    server: alknet_core::client::ResolvedServer,
+    node: crate::node::LoadedKey,
+    known: KnownServers,
+}
+
+impl Dial {
+    fn new(data_dir: &Path, addr: &str, passphrase_file: Option<&Path>) -> Result<Self> {
+        Ok(Self {
+            server: alknet_core::client::resolve_server(data_dir, addr)?,
+            node: crate::node::load(data_dir, passphrase_file)?,
+            known: KnownServers::in_dir(data_dir),
+        })
+    }
+
+    /// The connection to `alpn`, the server's key pinned to `pinned`, else the stored one.
+    fn target<'a>(&'a self, alpn: &'a str, pinned: Option<Fingerprint>) -> TrustedConnect<'a> {
+        TrustedConnect {
+            config: Arc::new(Config::default()),
+            node_key: &self.node.key,
+            known: &self.known,
+            server_name: &self.server.server_name,
+            addr: self.server.addr,
+            alpn: alpn.as_bytes(),
+            pinned: pinned.or(self.server.pinned),
+        }
+    }
 }
 
 /// Connects to `addr` on `alpn`, opens one stream, sends `preamble` on it, calls `opened`,
@@ -84,18 +111,8 @@ pub(crate) fn pipe(
     preamble: Option<Bytes>,
     opened: &dyn Fn() -> std::io::Result<()>,
 ) -> Result<()> {
-    let server = alknet_core::client::resolve_server(data_dir, addr)?;
-    let node = crate::node::load(data_dir, passphrase_file)?;
-    let known = KnownServers::in_dir(data_dir);
-    let target = TrustedConnect {
-        config: Arc::new(Config::default()),
-        node_key: &node.key,
-        known: &known,
-        server_name: &server.server_name,
-        addr: server.addr,
-        alpn: alpn.as_bytes(),
-        pinned: pinned.or(server.pinned),
-    };
+    let dial = Dial::new(data_dir, addr, passphrase_file)?;
+    let target = dial.target(alpn, pinned);
     let stop = stop_signals()?;
 
     let mut result: Result<Ended> = Ok(Ended::Done);
@@ -121,18 +138,8 @@ pub(crate) fn request(
     body: Bytes,
     limit: usize,
 ) -> Result<Vec<u8>> {
-    let server = alknet_core::client::resolve_server(data_dir, addr)?;
-    let node = crate::node::load(data_dir, passphrase_file)?;
-    let known = KnownServers::in_dir(data_dir);
-    let target = TrustedConnect {
-        config: Arc::new(Config::default()),
-        node_key: &node.key,
-        known: &known,
-        server_name: &server.server_name,
-        addr: server.addr,
-        alpn: alpn.as_bytes(),
-        pinned: pinned.or(server.pinned),
-    };
+    let dial = Dial::new(data_dir, addr, passphrase_file)?;
+    let target = dial.target(alpn, pinned);
     let mut result: Result<Vec<u8>> = Ok(Vec::new());
     alknet_core::net::server::run_on_driver(DriverKind::Auto, 0, || async {
         result = async {

@@ -3,7 +3,6 @@
 
 use alknet_git::GitSettings;
 use alknet_git::name::RepoName;
-use alknet_proto::Fingerprint;
 use alknet_proto::git::{GitRequest, GitService};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
@@ -61,12 +60,8 @@ fn repos(
     passphrase_file: Option<&Path>,
     json: bool,
 ) -> Result<()> {
-    let pinned = fingerprint
-        .map(|f| {
-            f.parse::<Fingerprint>()
-                .map_err(|e| anyhow!("--fingerprint {f:?}: {e}"))
-        })
-        .transpose()?;
+    let pinned =
+        alknet_core::client::parse_pin("--fingerprint", fingerprint).map_err(anyhow::Error::msg)?;
     let header = GitRequest {
         service: GitService::List,
         repo: String::new(),

@@ -18,7 +18,6 @@
 //! git's config, else version 2 for fetches (git's default); pushes use version 0, which is
 //! all `receive-pack` speaks.
 
-use alknet_proto::Fingerprint;
 use alknet_proto::git::{GitRequest, GitService};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{BufRead, Write};
@@ -98,13 +97,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     };
     let url = parse_url(&url)?;
     let data_dir = alknet_core::fsutil::resolve_data_dir(None);
-    let pinned = match std::env::var("ALKNET_SERVER_FINGERPRINT") {
-        Ok(f) if !f.is_empty() => Some(
-            f.parse::<Fingerprint>()
-                .map_err(|e| anyhow!("ALKNET_SERVER_FINGERPRINT {f:?}: {e}"))?,
-        ),
-        _ => None,
-    };
+    let pin = std::env::var("ALKNET_SERVER_FINGERPRINT").ok();
+    let pinned = alknet_core::client::parse_pin("ALKNET_SERVER_FINGERPRINT", pin.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let passphrase = std::env::var_os("ALKNET_PASSPHRASE_FILE").map(PathBuf::from);
     let stdin = std::io::stdin();
     let mut line = String::new();

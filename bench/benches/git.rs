@@ -62,21 +62,7 @@ fn env_num(name: &str, default: usize) -> Result<usize> {
 }
 
 fn alknet_bin() -> Result<PathBuf> {
-    let path = match std::env::var_os("ALKNET_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("alknet"))
-            .ok_or_else(|| anyhow!("cannot locate the target directory"))?,
-    };
-    if !path.exists() {
-        bail!(
-            "{} is missing; build it with `cargo build --release -p alknet` or set ALKNET_BIN",
-            path.display()
-        );
-    }
-    Ok(path)
+    alknet_testkit::serve::release_alknet()
 }
 
 /// `git` with no system or user config.

@@ -108,22 +108,7 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
 }
 
 fn alknet_bin() -> Result<PathBuf> {
-    let path = match std::env::var_os("ALKNET_BIN") {
-        Some(p) => PathBuf::from(p),
-        // target/release/deps/ssh-… → target/release/alknet
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("alknet"))
-            .ok_or_else(|| anyhow!("cannot locate the target directory"))?,
-    };
-    if !path.exists() {
-        bail!(
-            "{} is missing; build it with `cargo build --release -p alknet` or set ALKNET_BIN",
-            path.display()
-        );
-    }
-    Ok(path)
+    alknet_testkit::serve::release_alknet()
 }
 
 /// Both servers, their clients, and the files.

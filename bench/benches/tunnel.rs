@@ -34,7 +34,7 @@ use alknet_testkit::serve::{AlknetServe, alknet_cli, host_key_of};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,23 +76,7 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
 }
 
 fn alknet_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("ALKNET_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    // target/release/deps/tunnel-HASH -> target/release/alknet
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("alknet"))
-        .ok_or_else(|| anyhow!("cannot find the target directory"))?;
-    if !p.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p alknet` first (or set ALKNET_BIN)",
-            p.display()
-        );
-    }
-    Ok(p)
+    alknet_testkit::serve::release_alknet()
 }
 
 // ---- roles run inside the namespaces (this same binary, started with ROLE set) ----

@@ -159,6 +159,26 @@ pub fn host_key_of(known_hosts_line: &str) -> Option<String> {
     None
 }
 
+/// The `alknet` binary a bench measures: `ALKNET_BIN`, else `target/release/alknet` beside
+/// the running bench (`target/release/deps/NAME-HASH`).
+pub fn release_alknet() -> Result<PathBuf> {
+    let path = match std::env::var_os("ALKNET_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("alknet"))
+            .ok_or_else(|| anyhow!("cannot locate the target directory"))?,
+    };
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p alknet` (or set ALKNET_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -30,6 +30,21 @@ pub use servers::{
 pub(crate) use trust::fuzz_known_servers;
 pub use trust::{KnownServers, TrustedConnect, connect_trusted, connect_trusted_on};
 
+/// A pinned server key as a client option gives it (`--fingerprint`, or
+/// `ALKNET_SERVER_FINGERPRINT`): `None` when absent or empty; the error names `what`.
+pub fn parse_pin(
+    what: &str,
+    value: Option<&str>,
+) -> Result<Option<alknet_proto::Fingerprint>, String> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(f) => f
+            .parse::<alknet_proto::Fingerprint>()
+            .map(Some)
+            .map_err(|e| format!("{what} {f:?}: {e}")),
+    }
+}
+
 /// File in the data directory remembering servers' keys.
 pub const KNOWN_SERVERS_FILE: &str = "known_servers";
 

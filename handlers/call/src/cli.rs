@@ -9,7 +9,6 @@ use crate::ops::{CallError, Operations};
 use alknet_core::client::{KnownServers, TrustedConnect, connect_trusted};
 use alknet_core::config::{Config, DriverKind};
 use alknet_core::identity::tls::NodeKey;
-use alknet_proto::Fingerprint;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::Write;
@@ -49,14 +48,8 @@ pub struct CallArgs {
 
 /// Runs `alknet call` with the client key `node_key` and the known-servers file of `data_dir`.
 pub fn run(args: CallArgs, data_dir: &Path, node_key: NodeKey) -> Result<()> {
-    let pinned = args
-        .fingerprint
-        .as_deref()
-        .map(|f| {
-            f.parse::<Fingerprint>()
-                .map_err(|e| anyhow!("--fingerprint {f:?}: {e}"))
-        })
-        .transpose()?;
+    let pinned = alknet_core::client::parse_pin("--fingerprint", args.fingerprint.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let input: Value = match &args.input {
         None => Value::Null,
         Some(text) => serde_json::from_str(text)

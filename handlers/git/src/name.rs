@@ -80,6 +80,60 @@ fn shown(raw: &str) -> String {
     raw.chars().filter(|c| !c.is_control()).take(80).collect()
 }
 
+/// Names no repository may have (traversal, absolute paths, git-internal paths, option- and
+/// shell-like strings, control characters, encodings): the unit tests check each is refused
+/// here, the integration tests that the service answers each with an `ERR` line.
+#[doc(hidden)]
+pub const HOSTILE_EXAMPLES: &[&str] = &[
+    "",
+    "/",
+    ".git",
+    "..",
+    "../x",
+    "a/../../b",
+    "a/./b",
+    "/etc/passwd",
+    "//x",
+    "a//b",
+    "a/",
+    "./a",
+    ".hidden/x",
+    "a/.git/config",
+    "a.git/config",
+    "x.git/objects",
+    "a/b.git/c",
+    "a\\b",
+    "a b",
+    "a\tb",
+    "a\nb",
+    "a\0b",
+    "~root",
+    "$HOME/x",
+    "a;id",
+    "a|id",
+    "`id`",
+    "a*",
+    "a?",
+    "a[1]",
+    "-u",
+    "--upload-pack=id",
+    "a:b",
+    "a@b",
+    "%2e%2e/x",
+    "a/%2e%2e",
+    "é",
+    "a/b/c/d/e/f/g/h/i",
+    "C:\\x",
+    "\u{202e}x",
+    "a/..",
+    "..git",
+    "a/.",
+    "x/ /y",
+    "....",
+    ".../x",
+    "a.git.git/x",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,64 +148,13 @@ mod tests {
         );
     }
 
-    /// Hostile names, refused before any filesystem access.
-    pub(crate) const HOSTILE: &[&str] = &[
-        "",
-        "/",
-        ".git",
-        "..",
-        "../x",
-        "a/../../b",
-        "a/./b",
-        "/etc/passwd",
-        "//x",
-        "a//b",
-        "a/",
-        "./a",
-        ".hidden/x",
-        "a/.git/config",
-        "a.git/config",
-        "x.git/objects",
-        "a/b.git/c",
-        "a\\b",
-        "a b",
-        "a\tb",
-        "a\nb",
-        "a\0b",
-        "~root",
-        "$HOME/x",
-        "a;id",
-        "a|id",
-        "`id`",
-        "a*",
-        "a?",
-        "a[1]",
-        "-u",
-        "--upload-pack=id",
-        "a:b",
-        "a@b",
-        "%2e%2e/x",
-        "a/%2e%2e",
-        "é",
-        "a/b/c/d/e/f/g/h/i",
-        "C:\\x",
-        "\u{202e}x",
-        "a/..",
-        "..git",
-        "a/.",
-        "x/ /y",
-        "....",
-        ".../x",
-        "a.git.git/x",
-    ];
-
     #[test]
     fn hostile_names_are_refused() {
         let long = "a".repeat(101);
-        for raw in HOSTILE.iter().copied().chain([long.as_str()]) {
+        for raw in HOSTILE_EXAMPLES.iter().copied().chain([long.as_str()]) {
             let r = RepoName::parse(raw);
             assert!(r.is_err(), "{raw:?} was accepted as {r:?}");
         }
-        assert!(HOSTILE.len() >= 45);
+        assert!(HOSTILE_EXAMPLES.len() >= 45);
     }
 }

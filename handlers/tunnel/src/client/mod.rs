@@ -235,11 +235,7 @@ fn bind(host: &Host, port: u16, what: &str) -> Result<std::net::TcpListener> {
 }
 
 fn parse_pin(f: Option<&str>) -> Result<Option<Fingerprint>> {
-    f.map(|f| {
-        f.parse::<Fingerprint>()
-            .map_err(|e| anyhow!("--fingerprint {f:?}: {e}"))
-    })
-    .transpose()
+    alknet_core::client::parse_pin("--fingerprint", f).map_err(anyhow::Error::msg)
 }
 
 /// What one local listener does with its connections.
