@@ -30,6 +30,10 @@ use std::time::Duration;
 const CHUNK: usize = 64 * 1024;
 /// The most bytes of waiting stream chunks gathered into one stdout write.
 const BATCH: usize = 256 * 1024;
+/// Reads of stdin queued for the runtime: with `BATCH`, at most 1 MiB.
+const IN_QUEUE: usize = 4;
+/// The size asked for stdin's and stdout's pipes: four batches.
+const PIPE_SIZE: usize = 1 << 20;
 /// Batches queued for the stdout thread: with `BATCH`, at most 512 KiB waits for the reader.
 const OUT_QUEUE: usize = 2;
 
@@ -227,11 +231,12 @@ async fn session(
         return Err(anyhow!("cannot write to stdout: {e}"));
     }
 
-    // stdin -> stream
-    let (in_tx, in_rx) = flume::bounded::<Bytes>(8);
+    // stdin -> stream: whatever the pipe holds (up to BATCH bytes) in one read and one
+    // hand-over to the runtime.
+    let (in_tx, in_rx) = flume::bounded::<Bytes>(IN_QUEUE);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; BATCH];
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => return,
@@ -254,6 +259,13 @@ async fn session(
         use std::os::fd::AsFd;
         std::io::stdout().as_fd().try_clone_to_owned()?
     };
+    {
+        // A pipe (as under ssh's ProxyCommand) big enough for a whole batch; anything else
+        // (a file, a terminal) is left as it is.
+        use std::os::fd::AsFd;
+        let _ = alknet_core::net::sys::set_pipe_size(out_fd.as_fd(), PIPE_SIZE);
+        let _ = alknet_core::net::sys::set_pipe_size(std::io::stdin().as_fd(), PIPE_SIZE);
+    }
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut stdout = std::fs::File::from(out_fd);
         while let Ok(batch) = out_rx.recv() {
