@@ -14,6 +14,8 @@ struct GitClient {
     dir: tempfile::TempDir,
     fingerprint: String,
     server_fp: String,
+    /// Set on every git command (e.g. `GIT_SSH_COMMAND`).
+    env: Vec<(String, String)>,
 }
 
 impl GitClient {
@@ -28,6 +30,7 @@ impl GitClient {
             dir,
             fingerprint: fp.trim().to_owned(),
             server_fp: server_fp.to_owned(),
+            env: Vec::new(),
         }
     }
 
@@ -58,6 +61,7 @@ impl GitClient {
             .env("GIT_AUTHOR_EMAIL", "t@example.org")
             .env("GIT_COMMITTER_NAME", "t")
             .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .output()
             .unwrap()
@@ -447,49 +451,20 @@ fn git_over_ssh_for_a_git_only_peer() {
         .chain(ssh.get_args().map(quote))
         .collect::<Vec<_>>()
         .join(" ");
-    let home = tempfile::tempdir().unwrap();
-    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .env("GIT_SSH_COMMAND", &ssh_command)
-            .env("GIT_SSH_VARIANT", "ssh")
-            .env("HOME", home.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.org")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.org")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    };
-    let ok = |cwd: &Path, args: &[&str]| {
-        let out = git(cwd, args, &[]);
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}\nserver: {}",
-            String::from_utf8_lossy(&out.stderr),
-            server.stderr()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let wt = home.path().join("src");
-    std::fs::create_dir_all(&wt).unwrap();
-    ok(&wt, &["init", "-q", "-b", "main"]);
-    std::fs::write(wt.join("a.txt"), "a\n").unwrap();
-    ok(&wt, &["add", "."]);
-    ok(&wt, &["commit", "-q", "-m", "a"]);
-    ok(&wt, &["push", "-q", "gw:org/app.git", "main"]);
+    let mut git = GitClient::new("");
+    git.env = vec![
+        ("GIT_SSH_COMMAND".into(), ssh_command),
+        ("GIT_SSH_VARIANT".into(), "ssh".into()),
+    ];
+    let home = git.dir.path();
+    let wt = git.repo_with_commits("src", 1);
+    git.ok(&wt, &["push", "-q", "gw:org/app.git", "main"]);
     assert!(server.data_dir().join("git/org/app.git/HEAD").is_file());
 
-    ok(home.path(), &["clone", "-q", "gw:org/app.git", "clone"]);
-    assert_eq!(
-        ok(&home.path().join("clone"), &["rev-parse", "HEAD"]),
-        ok(&wt, &["rev-parse", "HEAD"])
-    );
-    let out = git(
-        home.path(),
+    git.ok(home, &["clone", "-q", "gw:org/app.git", "clone"]);
+    assert_eq!(head(&git, &git.path("clone")), head(&git, &wt));
+    let out = git.git_env(
+        home,
         &["-c", "protocol.version=2", "ls-remote", "gw:org/app.git"],
         &[("GIT_TRACE_PACKET", "1")],
     );
@@ -498,7 +473,7 @@ fn git_over_ssh_for_a_git_only_peer() {
     assert!(err.contains("< version 2"), "{err}");
 
     // Refused by the rules, and no shell for a git-only peer.
-    let out = git(home.path(), &["clone", "-q", "gw:other/x.git", "x"], &[]);
+    let out = git.git(home, &["clone", "-q", "gw:other/x.git", "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("access denied"));
     let (code, out, _) = client.run(None, &[], "echo hi");

@@ -338,6 +338,7 @@ async fn list<S: AsyncWrite + Unpin>(gw: &Gateway, who: &Caller, mut stream: S) 
     let found = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         walk(&root, String::new(), 0, &mut out);
+        out.sort();
         out
     })
     .await
@@ -391,5 +392,4 @@ fn walk(dir: &Path, prefix: String, depth: usize, out: &mut Vec<String>) {
             walk(&e.path(), name, depth + 1, out);
         }
     }
-    out.sort();
 }
