@@ -374,7 +374,9 @@ pub(crate) struct RawClient {
 
 impl RawClient {
     pub(crate) fn connect(server: SocketAddr, key: &alknet_core::identity::tls::NodeKey) -> Self {
-        let config = alknet_core::config::Config::default();
+        let mut config = alknet_core::config::Config::default();
+        // Plain sockets and 2 KiB buffers here: no MTU probes past Ethernet's size.
+        config.transport.max_udp_payload = 1452;
         let (mut cc, _) = alknet_core::net::endpoint::client_config(
             &config,
             key,

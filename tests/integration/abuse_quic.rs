@@ -431,7 +431,9 @@ async fn retire_connection_id_loop_is_answered_within_the_cid_limit() {
         .unwrap();
     let addr = server.addr;
     let (baseline, grown, stats) = tokio::task::spawn_blocking(move || {
-        let config = alknet_core::config::Config::default();
+        let mut config = alknet_core::config::Config::default();
+        // The raw client sends with a plain socket: no MTU probes past Ethernet's size.
+        config.transport.max_udp_payload = 1452;
         let mut raw = Raw::connect(
             addr,
             &node,
@@ -492,7 +494,9 @@ async fn spoofed_migrations_get_three_times_their_bytes_at_most_and_the_path_com
         .unwrap();
     let addr = server.addr;
     let (sent, got, grown, attack) = tokio::task::spawn_blocking(move || {
-        let config = alknet_core::config::Config::default();
+        let mut config = alknet_core::config::Config::default();
+        // The raw client sends with a plain socket: no MTU probes past Ethernet's size.
+        config.transport.max_udp_payload = 1452;
         let mut raw = Raw::connect(
             addr,
             &node,
