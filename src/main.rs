@@ -482,6 +482,8 @@ fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
         Offer::new(alknet_perf::Perf),
         #[cfg(feature = "call")]
         Offer::new(alknet_call::CallService::new()),
+        #[cfg(feature = "http")]
+        Offer::new(alknet_http::HttpService::new(alknet_call::Operations::new())),
     ]
 }
 

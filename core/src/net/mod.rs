@@ -5,4 +5,5 @@
 pub mod endpoint;
 pub mod server;
 pub mod sys;
+pub mod tcp;
 pub mod udp;

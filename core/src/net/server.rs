@@ -60,6 +60,9 @@ pub enum ServeError {
     /// TLS set-up failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A TCP listener a service asked for could not be set up.
+    #[error("{0}")]
+    Tcp(String),
     /// A worker could not start.
     #[error("worker {shard}: {message}")]
     Worker {
@@ -307,7 +310,10 @@ pub fn start(
         .and_then(|a| a.as_socket())
         .unwrap_or(addr);
 
+    let mut tcp_groups = crate::net::tcp::bind(local_addr, &node, &registry.tcp_offers(), workers)
+        .map_err(ServeError::Tcp)?;
     let alpns = registry.alpns();
+    let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
     let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
     // One tokio side runtime for the node, started only when a service first uses it.
     let tokio = Arc::new(crate::service::tokio_rt::SideRuntime::new(&config.tokio));
@@ -318,7 +324,8 @@ pub fn start(
             boards.clone(),
             registry.peer_store(),
         )
-        .with_invites(registry.invite_store()),
+        .with_invites(registry.invite_store())
+        .with_stats(stats.clone()),
     );
     let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,
@@ -343,7 +350,6 @@ pub fn start(
         .unzip();
     // Forwarded datagrams waiting for a shard are bounded like those waiting in its socket.
     let forward_budget = crate::shard::ForwardBudget::new(workers, config.udp.recv_buffer);
-    let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -364,7 +370,13 @@ pub fn start(
     let mut threads = Vec::with_capacity(workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for (shard, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+        let tcp = tcp_groups
+            .iter_mut()
+            .filter_map(|g| Some((g.addr, g.listeners.pop()?, g.tls.clone())))
+            .collect();
         let ctx = WorkerCtx {
+            tcp,
+            quic_addr: local_addr,
             #[cfg(debug_assertions)]
             fault: fault_rxs.remove(0),
             beats: beats.clone(),
@@ -488,6 +500,10 @@ fn try_bind_group(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<socke
 }
 
 struct WorkerCtx {
+    /// This shard's TCP listeners, with their address and TLS configuration.
+    tcp: Vec<(SocketAddr, std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    /// The QUIC socket's address (a TCP offer without an address of its own listens there).
+    quic_addr: SocketAddr,
     #[cfg(debug_assertions)]
     fault: flume::Receiver<Fault>,
     beats: Arc<Heartbeats>,
@@ -577,6 +593,28 @@ fn run_worker(ctx: WorkerCtx, ready: std::sync::mpsc::Sender<Result<(), String>>
             .with_tokio(ctx.tokio)
             .with_penalties(ctx.penalties.clone()),
         );
+        if !ctx.tcp.is_empty() {
+            let t = &ctx.config.transport;
+            crate::net::tcp::start_shard(
+                std::rc::Rc::new(crate::net::tcp::TcpShard {
+                    routes: router.tcp_routes(),
+                    identities: ctx.identities.clone(),
+                    admission: ctx.penalties.clone(),
+                    failures: crate::service::AuthFailures::new(
+                        ctx.stats.clone(),
+                        Some(ctx.penalties.clone()),
+                    ),
+                    spawner: crate::service::Spawner::new(ctx.stats.clone()),
+                    drain: router.drain_signal(),
+                    quic_addr: ctx.quic_addr,
+                    handshake_timeout: t.handshake_timeout.0,
+                    max_connections: t.max_connections_per_shard,
+                    anonymous_cap: ctx.config.admission.max_connections_per_anonymous_source,
+                    open: std::cell::Cell::new(0),
+                }),
+                ctx.tcp,
+            );
+        }
         let state = ShardState::new(ShardConfig {
             id: shard_no,
             shards: ctx.shards,

@@ -234,6 +234,7 @@ pub struct NodeFacts {
     boards: Vec<SessionBoard>,
     peer_store: Option<Arc<dyn IdentityStore>>,
     invites: Option<Arc<RedbStore>>,
+    stats: Vec<Arc<crate::ops::stats::ShardStats>>,
 }
 
 impl NodeFacts {
@@ -251,7 +252,19 @@ impl NodeFacts {
             boards,
             peer_store,
             invites: None,
+            stats: Vec::new(),
         }
+    }
+
+    /// The same facts with the shards' counters (for [`NodeFacts::stats`]).
+    pub(crate) fn with_stats(mut self, stats: Vec<Arc<crate::ops::stats::ShardStats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The node's counters, summed over its shards (what `alknet stats` shows).
+    pub fn stats(&self) -> crate::ops::stats::StatsSnapshot {
+        crate::ops::stats::sum(self.stats.iter().map(|s| s.as_ref()))
     }
 
     /// The same facts with the store that holds the invites (for the join service).

@@ -61,8 +61,8 @@ mod spawn;
 
 pub use context::{AuthFailures, ConfigWatch, NodeError, NodeFacts, ServiceContext};
 pub use drain::{Drain, DrainWait};
+pub(crate) use registry::{ErasedHandler, Route, Router, ShardSetup};
 pub use registry::{Offer, Registry, RegistryError, ServiceReload, SetupError};
-pub(crate) use registry::{Route, Router, ShardSetup};
 pub use spawn::Spawner;
 pub(crate) use spawn::{spawn_for, spawn_handler};
 
@@ -71,6 +71,7 @@ pub mod tokio_rt;
 
 use crate::conn::Connection;
 use crate::identity::AuthContext;
+pub use crate::net::tcp::TcpOffer;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
@@ -154,6 +155,14 @@ pub trait Service: Send + Sync + 'static {
     fn requires_client_key(&self, _config: &Self::Config) -> bool {
         false
     }
+
+    /// Whether (and where) the service is also reached over TCP+TLS, for clients that cannot
+    /// use QUIC ([`crate::net::tcp`]); its handler then serves [`Handler::handle_tcp`].
+    /// The client key is authorised there as over QUIC, by [`Service::info`]'s scopes and
+    /// anonymity.
+    fn tcp(&self, _config: &Self::Config) -> Option<TcpOffer> {
+        None
+    }
 }
 
 /// One service's instance on one shard; may be `!Send`.
@@ -167,6 +176,18 @@ pub trait Handler: 'static {
         conn: Connection,
         auth: AuthContext,
     ) -> impl Future<Output = ()> + 'static;
+
+    /// Serves one TCP+TLS connection of a service that declared a [`TcpOffer`]; `auth.alpn`
+    /// is the ALPN negotiated there (one of the offer's). The connection is closed when the
+    /// future finishes. Services without a TCP offer never see one.
+    fn handle_tcp(
+        self: Rc<Self>,
+        stream: crate::net::tcp::TlsStream,
+        auth: AuthContext,
+    ) -> impl Future<Output = ()> + 'static {
+        drop((self, stream, auth));
+        std::future::ready(())
+    }
 }
 
 /// The config of a service without keys of its own: only `enabled` is accepted.

@@ -7,10 +7,11 @@
 use super::context::{ConfigWatch, NodeFacts, ServiceContext};
 use super::drain::Drain;
 use super::spawn::Spawner;
-use super::{Handler, LocalBoxFuture, Service, ServiceInfo};
+use super::{Handler, LocalBoxFuture, Service, ServiceInfo, TcpOffer};
 use crate::config::{Config, ConfigError};
 use crate::conn::Connection;
 use crate::identity::{AuthContext, IdentityProvider, IdentityStore};
+use crate::net::tcp::TlsStream;
 use crate::ops::stats::ShardStats;
 use crate::service::tokio_rt::SideRuntime;
 use std::rc::Rc;
@@ -107,8 +108,11 @@ trait Build: Send + Sync {
     fn build(&self, shard: &ShardSetup) -> Rc<dyn ErasedHandler>;
     /// Parses the service's section of `config` and declares the service from it, without
     /// storing anything: the commit stores it.
-    fn prepare(&self, config: &Config) -> Result<(ServiceInfo, Commit), ConfigError>;
+    fn prepare(&self, config: &Config) -> Result<(Declared, Commit), ConfigError>;
 }
+
+/// What a service declares from its config: the QUIC side and the TCP side.
+type Declared = (ServiceInfo, Option<TcpOffer>);
 
 struct Entry<S: Service> {
     service: S,
@@ -122,9 +126,12 @@ impl<S: Service> Build for Entry<S> {
         Rc::new(self.service.build(&ctx))
     }
 
-    fn prepare(&self, config: &Config) -> Result<(ServiceInfo, Commit), ConfigError> {
+    fn prepare(&self, config: &Config) -> Result<(Declared, Commit), ConfigError> {
         let section = config.service_section::<S::Config>(S::NAME)?;
-        let info = self.service.info(&section.config);
+        let info = (
+            self.service.info(&section.config),
+            self.service.tcp(&section.config),
+        );
         let watch = self.config.clone();
         Ok((info, Box::new(move || watch.replace(section.config))))
     }
@@ -178,6 +185,8 @@ struct Registered {
     info: ServiceInfo,
     /// An anonymous service whose clients must still present a key (`alknet/join`).
     requires_key: bool,
+    /// Where it is reached over TCP+TLS too.
+    tcp: Option<TcpOffer>,
     entry: Arc<dyn Build>,
 }
 
@@ -252,6 +261,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let info = service.info(&config);
         let requires_key = service.requires_client_key(&config);
+        let tcp = service.tcp(&config);
         let alpn = info.alpn;
         if alpn.is_empty() || alpn.len() > 255 {
             return Err(RegistryError::BadAlpn {
@@ -270,6 +280,7 @@ impl Registry {
             name: S::NAME,
             info,
             requires_key,
+            tcp,
             entry: Arc::new(Entry {
                 service,
                 config: ConfigWatch::new(config),
@@ -299,8 +310,8 @@ impl Registry {
             if old.services.get(s.name) == new.services.get(s.name) {
                 continue;
             }
-            let (info, commit) = s.entry.prepare(new)?;
-            if info == s.info {
+            let ((info, tcp), commit) = s.entry.prepare(new)?;
+            if info == s.info && tcp == s.tcp {
                 plan.sections.push(s.name);
                 plan.commits.push(commit);
             } else {
@@ -353,6 +364,15 @@ impl Registry {
             .any(|s| s.info.anonymous && !s.requires_key)
     }
 
+    /// The TCP offers of the registered services, each with whether the service serves
+    /// clients without a known key.
+    pub(crate) fn tcp_offers(&self) -> Vec<(TcpOffer, bool)> {
+        self.services
+            .iter()
+            .filter_map(|s| s.tcp.map(|t| (t, s.info.anonymous && !s.requires_key)))
+            .collect()
+    }
+
     /// True when no service is registered.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
@@ -365,7 +385,9 @@ impl Registry {
                 .services
                 .iter()
                 .map(|s| Route {
+                    name: s.name,
                     info: s.info,
+                    tcp: s.tcp,
                     handler: s.entry.build(setup),
                 })
                 .collect(),
@@ -425,18 +447,25 @@ impl ShardSetup {
 /// A handler behind a pointer: [`Handler::handle`] returns an unnamed future.
 pub(crate) trait ErasedHandler {
     fn serve(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()>;
+    fn serve_tcp(self: Rc<Self>, stream: TlsStream, auth: AuthContext) -> LocalBoxFuture<()>;
 }
 
 impl<H: Handler> ErasedHandler for H {
     fn serve(self: Rc<Self>, conn: Connection, auth: AuthContext) -> LocalBoxFuture<()> {
         Box::pin(<H as Handler>::handle(self, conn, auth))
     }
+
+    fn serve_tcp(self: Rc<Self>, stream: TlsStream, auth: AuthContext) -> LocalBoxFuture<()> {
+        Box::pin(<H as Handler>::handle_tcp(self, stream, auth))
+    }
 }
 
 /// One service on one shard: its declaration and its handler.
 #[derive(Clone)]
 pub(crate) struct Route {
+    pub(crate) name: &'static str,
     pub(crate) info: ServiceInfo,
+    pub(crate) tcp: Option<TcpOffer>,
     pub(crate) handler: Rc<dyn ErasedHandler>,
 }
 
@@ -465,6 +494,28 @@ impl Router {
     /// The ALPNs whose services are off from now on (replacing the previous list).
     pub(crate) fn set_disabled(&mut self, alpns: Vec<Vec<u8>>) {
         self.disabled = alpns;
+    }
+
+    /// The services reached over TCP, for the shard's TCP accept loops.
+    pub(crate) fn tcp_routes(&self) -> Vec<crate::net::tcp::TcpRoute> {
+        self.routes
+            .iter()
+            .filter_map(|r| {
+                Some(crate::net::tcp::TcpRoute {
+                    name: r.name,
+                    offer: r.tcp?,
+                    alpn: r.info.alpn,
+                    scopes: r.info.scopes,
+                    anonymous: r.info.anonymous,
+                    handler: r.handler.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The shard's drain signal.
+    pub(crate) fn drain_signal(&self) -> Drain {
+        self.drain.clone()
     }
 
     /// Tells every service of the shard that it is draining (the shard got `Shutdown`).

@@ -25,7 +25,7 @@
 //! counters.
 
 mod admit;
-mod auth;
+pub(crate) mod auth;
 pub(crate) mod driver;
 mod forward;
 mod migrate;

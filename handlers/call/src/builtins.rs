@@ -67,13 +67,26 @@ pub struct NodeInfo {
     pub uptime_secs: u64,
 }
 
+/// Input of `/node/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsRequest {
+    /// Milliseconds between two snapshots (100..=60000; default 1000).
+    #[serde(default)]
+    pub interval_ms: Option<u32>,
+    /// Snapshots to send before the call ends (1..=1000000; default: until aborted).
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
 /// The ids of the built-in operations (a node's own operations may not reuse them).
-pub(crate) const IDS: [&str; 5] = [
+pub(crate) const IDS: [&str; 6] = [
     "/services/list",
     "/services/schema",
     "/services/list-peers",
     "/node/info",
     "/node/sessions",
+    "/node/stats",
 ];
 
 fn node_error(e: NodeError) -> CallError {
@@ -159,6 +172,41 @@ pub(crate) fn register(ops: &mut Operations, node: Arc<NodeFacts>) -> Result<(),
                 uptime_secs: n.started().elapsed().as_secs(),
             };
             async move { Ok(info) }
+        },
+    )?;
+    let n = node.clone();
+    ops.streaming(
+        "/node/stats",
+        "The node's counters (as `alknet stats`), one snapshot per interval",
+        None,
+        move |call, req: StatsRequest, sink: crate::ops::Sink<Value>| {
+            let n = n.clone();
+            async move {
+                let interval = req.interval_ms.unwrap_or(1000);
+                if !(100..=60_000).contains(&interval) {
+                    return Err(CallError::invalid_input("interval_ms must be 100..=60000"));
+                }
+                let count = req.count.unwrap_or(u32::MAX);
+                if count == 0 || (req.count.is_some() && count > 1_000_000) {
+                    return Err(CallError::invalid_input("count must be 1..=1000000"));
+                }
+                for i in 0..count {
+                    if call.is_aborted() {
+                        break;
+                    }
+                    if i > 0 {
+                        monoio::time::sleep(std::time::Duration::from_millis(interval.into()))
+                            .await;
+                    }
+                    let mut v = to_json(n.stats())?;
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("uptime_secs".into(), n.started().elapsed().as_secs().into());
+                        m.insert("sessions".into(), n.sessions().len().into());
+                    }
+                    sink.send(&v).await?;
+                }
+                Ok(())
+            }
         },
     )?;
     ops.unary(

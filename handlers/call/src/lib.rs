@@ -13,6 +13,7 @@ mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 mod inbound;
+mod local;
 mod ops;
 mod session;
 mod sync;
@@ -20,8 +21,10 @@ mod sync;
 pub use alknet_proto::call::{CallId, ErrorCode};
 pub use builtins::{
     ADMIN_SCOPE, NodeInfo, OperationSchema, OperationSummary, SchemaRequest, ServiceList,
+    StatsRequest,
 };
 pub use client::{CallClient, CallOptions, CallStream};
+pub use local::Invocation;
 pub use ops::{
     Call, CallError, NoInput, OpInfo, Operations, RegisterError, Sink, valid_operation_id,
 };
@@ -85,18 +88,28 @@ impl Service for CallService {
     }
 
     fn build(&self, ctx: &ServiceContext<'_, NoConfig>) -> CallHandler {
-        let mut ops = Operations::new();
-        let merged = builtins::register(&mut ops, ctx.node().clone())
-            .and_then(|_| ops.merge(&self.operations).map(|_| ()));
-        if let Err(e) = merged {
+        let ops = node_operations(ctx.node().clone(), &self.operations).unwrap_or_else(|e| {
             // `with_operations` rules collisions out; this is a bug guard.
             tracing::error!(error = %e, "call service: operations left out");
-        }
+            Operations::new()
+        });
         CallHandler {
             ops,
             limits: self.limits.clone(),
         }
     }
+}
+
+/// The operations a node serves: the built-ins, answering from `node`, and `extra`; an id of
+/// `extra` a built-in already has is an error.
+pub fn node_operations(
+    node: std::sync::Arc<alknet_core::service::NodeFacts>,
+    extra: &Operations,
+) -> Result<Operations, RegisterError> {
+    let mut ops = Operations::new();
+    builtins::register(&mut ops, node)?;
+    ops.merge(extra)?;
+    Ok(ops)
 }
 
 /// The `alknet/call` handler of one shard.

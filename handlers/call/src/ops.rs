@@ -96,7 +96,7 @@ impl CallError {
 
 /// What an operation's handler learns about its call.
 pub struct Call {
-    pub(crate) session: Rc<Session>,
+    pub(crate) origin: Origin,
     pub(crate) id: CallId,
     pub(crate) operation: Arc<OpInfo>,
     pub(crate) forwarded_for: Option<String>,
@@ -117,12 +117,18 @@ impl Call {
     /// The authenticated caller; `None` when the caller is the server this node connected to
     /// (a client serving its server's calls trusts it).
     pub fn auth(&self) -> Option<&AuthContext> {
-        self.session.auth()
+        match &self.origin {
+            Origin::Session(s) => s.auth(),
+            Origin::Local(l) => Some(&l.auth),
+        }
     }
 
     /// Whether the caller holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.session.has_scope(scope)
+        match &self.origin {
+            Origin::Session(s) => s.has_scope(scope),
+            Origin::Local(l) => l.auth.has_scope(scope),
+        }
     }
 
     /// Whom the caller claims to call for (logged, never trusted).
@@ -130,14 +136,23 @@ impl Call {
         self.forwarded_for.as_deref()
     }
 
-    /// A client calling back to the caller over the same connection.
-    pub fn peer(&self) -> crate::client::CallClient {
-        crate::client::CallClient::from_session(self.session.clone())
+    /// A client calling back to the caller over the same connection; `UNAVAILABLE` for a
+    /// caller that serves no operations (one reaching the node over HTTP).
+    pub fn peer(&self) -> Result<crate::client::CallClient, CallError> {
+        match &self.origin {
+            Origin::Session(s) => Ok(crate::client::CallClient::from_session(s.clone())),
+            Origin::Local(_) => Err(CallError::unavailable(
+                "this caller cannot be called back (it reached the node over HTTP)",
+            )),
+        }
     }
 
-    /// The operations served on this connection.
+    /// The operations served to this caller.
     pub fn operations(&self) -> &Operations {
-        self.session.operations()
+        match &self.origin {
+            Origin::Session(s) => s.operations(),
+            Origin::Local(l) => &l.ops,
+        }
     }
 
     /// True once the caller aborted the call (the handler's future is dropped right after).
@@ -161,11 +176,26 @@ impl<O: Serialize> Sink<O> {
     }
 }
 
+/// Who made a call: a peer over `alknet/call`, or a caller inside the node
+/// ([`Operations::invoke`]).
+pub(crate) enum Origin {
+    Session(Rc<Session>),
+    Local(Rc<crate::local::LocalCaller>),
+}
+
+/// Where results go: a call stream's channel, or an [`crate::Invocation`]'s queue.
+pub(crate) enum SinkTo {
+    Channel {
+        session: Rc<Session>,
+        channel: Rc<crate::session::Channel>,
+        id: CallId,
+    },
+    Local(Rc<crate::local::Results>),
+}
+
 /// The untyped sink behind [`Sink`].
 pub(crate) struct RawSink {
-    pub(crate) session: Rc<Session>,
-    pub(crate) channel: Rc<crate::session::Channel>,
-    pub(crate) id: CallId,
+    pub(crate) to: SinkTo,
     pub(crate) abort: Rc<Abort>,
 }
 
@@ -174,9 +204,17 @@ impl RawSink {
         if self.abort.is_aborted() {
             return Err(CallError::unavailable("call aborted"));
         }
-        self.session
-            .send_output(&self.channel, self.id, output)
-            .await
+        match &self.to {
+            SinkTo::Channel {
+                session,
+                channel,
+                id,
+            } => session.send_output(channel, *id, output).await,
+            SinkTo::Local(results) => {
+                results.push(output).await;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -376,6 +414,21 @@ impl Operations {
     /// The operation `id`.
     pub fn get(&self, id: &str) -> Option<&OpInfo> {
         self.ops.get(id).map(|e| &*e.info)
+    }
+
+    /// Calls operation `id` as `auth`'s caller, from inside the node (the HTTP gateway): the
+    /// same handlers, the same scope rule as over `alknet/call` (an operation's own scope,
+    /// besides whatever admitted the caller), the same time limit. Its results come from
+    /// [`crate::Invocation::next`]; dropping the invocation aborts the call, and with it the
+    /// calls its handler made.
+    pub fn invoke(
+        &self,
+        id: &str,
+        auth: AuthContext,
+        input: Value,
+        timeout: std::time::Duration,
+    ) -> Result<crate::Invocation, CallError> {
+        crate::local::invoke(self, id, auth, input, timeout)
     }
 
     pub(crate) fn entry(&self, id: &str) -> Option<&OpEntry> {

@@ -17,7 +17,7 @@
 //! `PROTOCOL_ERROR`.
 
 use crate::inbound::{Admit, Inbound, READ_CHUNK, admit};
-use crate::ops::{Call, CallError, OpInfo, Operations, RawSink};
+use crate::ops::{Call, CallError, OpInfo, Operations, Origin, RawSink, SinkTo};
 use crate::sync::{Abort, Notify, Outcome, run_guarded};
 use alknet_core::{AuthContext, Connection, RecvStream, SendStream, close_code};
 use alknet_proto::call::{
@@ -626,16 +626,18 @@ impl Session {
             )))),
             Some(entry) => {
                 let call = Call {
-                    session: self.clone(),
+                    origin: Origin::Session(self.clone()),
                     id,
                     operation: entry.info.clone(),
                     forwarded_for,
                     abort: abort.clone(),
                 };
                 let sink = RawSink {
-                    session: self.clone(),
-                    channel: chan.clone(),
-                    id,
+                    to: SinkTo::Channel {
+                        session: self.clone(),
+                        channel: chan.clone(),
+                        id,
+                    },
                     abort: abort.clone(),
                 };
                 let work = (entry.handler)(call, input, sink);

@@ -86,7 +86,7 @@ fn server_ops() -> Operations {
         "calls the caller's /client/greet",
         None,
         |c, v: Value| async move {
-            let peer = c.peer();
+            let peer = c.peer()?;
             let out: String = peer.call_typed("/client/greet", &v).await?;
             Ok(format!("client said: {out}"))
         },
@@ -104,7 +104,7 @@ fn server_ops() -> Operations {
         "calls the caller's /client/hang",
         None,
         |c, _: NoInput| async move {
-            let peer = c.peer();
+            let peer = c.peer()?;
             peer.call("/client/hang", Value::Null).await?;
             Ok(())
         },

@@ -1,0 +1,172 @@
+//! Calls made from inside the node: the HTTP gateway (REST, SSE, WebSocket, MCP) reaches the
+//! operations through [`Operations::invoke`] instead of a QUIC stream.
+//!
+//! An [`Invocation`] owns the handler's future and polls it from [`Invocation::next`], so the
+//! call runs exactly as long as its consumer wants it: dropping the invocation drops the
+//! handler's future (and every call it made, whose handles send `call.aborted`: the abort
+//! cascades as over `alknet/call`). Results wait in a queue of [`MAX_QUEUED`]; a streaming
+//! handler whose consumer does not read stops at its next `send`.
+
+use crate::ops::{Call, CallError, OpInfo, Operations, Origin, RawSink, SinkTo};
+use crate::session::quote;
+use crate::sync::{Abort, Notify, Outcome, run_guarded};
+use alknet_core::{AuthContext, LocalBoxFuture};
+use alknet_proto::call::{CallId, ErrorCode};
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+/// Results an invocation holds before its handler waits for the consumer.
+pub(crate) const MAX_QUEUED: usize = 16;
+
+/// The caller of a local call: who, and which operations it sees.
+pub(crate) struct LocalCaller {
+    pub(crate) auth: AuthContext,
+    pub(crate) ops: Operations,
+}
+
+/// Results queued between a handler's sink and its [`Invocation`].
+#[derive(Default)]
+pub(crate) struct Results {
+    queue: RefCell<VecDeque<Value>>,
+    notify: Notify,
+}
+
+impl Results {
+    pub(crate) async fn push(&self, v: Value) {
+        self.notify
+            .wait_until(|| self.queue.borrow().len() < MAX_QUEUED)
+            .await;
+        self.queue.borrow_mut().push_back(v);
+    }
+
+    fn pop(&self) -> Option<Value> {
+        let v = self.queue.borrow_mut().pop_front();
+        if v.is_some() {
+            self.notify.notify();
+        }
+        v
+    }
+}
+
+/// One call in progress, made with [`Operations::invoke`].
+pub struct Invocation {
+    operation: Arc<OpInfo>,
+    work: Option<LocalBoxFuture<Outcome<Result<(), CallError>>>>,
+    end: Option<Result<(), CallError>>,
+    results: Rc<Results>,
+    abort: Rc<Abort>,
+    timeout: Duration,
+}
+
+impl Invocation {
+    /// The operation called.
+    pub fn operation(&self) -> &OpInfo {
+        &self.operation
+    }
+
+    /// The next result; then, once the handler finished, its error if it failed, and `None`.
+    pub async fn next(&mut self) -> Option<Result<Value, CallError>> {
+        poll_fn(|cx| {
+            loop {
+                if let Some(v) = self.results.pop() {
+                    return Poll::Ready(Some(Ok(v)));
+                }
+                let Some(work) = self.work.as_mut() else {
+                    return Poll::Ready(self.end.take().and_then(Result::err).map(Err));
+                };
+                match work.as_mut().poll(cx) {
+                    Poll::Ready(outcome) => {
+                        self.work = None;
+                        self.end = Some(self.outcome(outcome));
+                    }
+                    Poll::Pending if self.results.queue.borrow().is_empty() => {
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+        })
+        .await
+    }
+
+    fn outcome(&self, outcome: Outcome<Result<(), CallError>>) -> Result<(), CallError> {
+        let id = quote(&self.operation.id);
+        match outcome {
+            Outcome::Done(r) => r,
+            Outcome::Aborted => Err(CallError::unavailable("call aborted")),
+            Outcome::TimedOut => Err(CallError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{id} did not finish within {} s",
+                    self.timeout.as_secs_f64()
+                ),
+            )),
+            Outcome::Panicked => {
+                tracing::warn!(operation = %id, "call handler panicked");
+                Err(CallError::internal("the operation failed"))
+            }
+        }
+    }
+}
+
+impl Drop for Invocation {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+pub(crate) fn invoke(
+    ops: &Operations,
+    id: &str,
+    auth: AuthContext,
+    input: Value,
+    timeout: Duration,
+) -> Result<Invocation, CallError> {
+    let op_id = quote(id);
+    let Some(entry) = ops.entry(id) else {
+        return Err(CallError::not_found(format!("no operation {op_id}")));
+    };
+    if let Some(scope) = entry.info.scope.as_deref()
+        && !auth.has_scope(scope)
+    {
+        return Err(CallError::forbidden(format!(
+            "{op_id} needs scope `{scope}`"
+        )));
+    }
+    let mut raw = [0u8; 16];
+    rand::fill(&mut raw[..]);
+    let abort = Rc::new(Abort::default());
+    let results = Rc::new(Results::default());
+    let call = Call {
+        origin: Origin::Local(Rc::new(LocalCaller {
+            auth,
+            ops: ops.clone(),
+        })),
+        id: CallId::from_random(raw),
+        operation: entry.info.clone(),
+        forwarded_for: None,
+        abort: abort.clone(),
+    };
+    let sink = RawSink {
+        to: SinkTo::Local(results.clone()),
+        abort: abort.clone(),
+    };
+    let work = (entry.handler)(call, input, sink);
+    let guard = abort.clone();
+    Ok(Invocation {
+        operation: entry.info.clone(),
+        work: Some(Box::pin(
+            async move { run_guarded(work, &guard, timeout).await },
+        )),
+        end: None,
+        results,
+        abort,
+        timeout,
+    })
+}
