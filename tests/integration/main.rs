@@ -15,6 +15,7 @@ mod backup;
 mod cli;
 mod dispatch;
 mod git;
+mod http;
 mod identity;
 mod install;
 mod join_abuse;

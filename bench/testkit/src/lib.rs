@@ -47,6 +47,13 @@ impl ClientKey {
         Self::from_keypair(kp)
     }
 
+    /// The certificate and the key as PEM (for curl's `--cert`/`--key` and the like).
+    pub fn pem(&self) -> anyhow::Result<(String, String)> {
+        let kp = rcgen::KeyPair::try_from(&self.key)?;
+        let cert = rcgen::CertificateParams::new(vec!["alknet-client".into()])?.self_signed(&kp)?;
+        Ok((cert.pem(), kp.serialize_pem()))
+    }
+
     /// The same key in a different certificate (other subject, serial and validity).
     pub fn rewrap(&self) -> anyhow::Result<Self> {
         let kp = rcgen::KeyPair::try_from(&self.key)?;

@@ -139,6 +139,11 @@ pub(crate) fn invoke(
             "{op_id} needs scope `{scope}`"
         )));
     }
+    // No input for an operation whose input is an object (all fields optional, say): `{}`.
+    let input = match input {
+        Value::Null if takes_object(&entry.info.input_schema) => Value::Object(Default::default()),
+        v => v,
+    };
     let mut raw = [0u8; 16];
     rand::fill(&mut raw[..]);
     let abort = Rc::new(Abort::default());
@@ -169,4 +174,147 @@ pub(crate) fn invoke(
         abort,
         timeout,
     })
+}
+
+/// Whether a schema's `type` is `object` and does not admit `null`.
+fn takes_object(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == "object",
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NoInput, Sink};
+    use std::cell::Cell;
+
+    fn auth(scopes: &[&str]) -> AuthContext {
+        AuthContext {
+            identity: Some(alknet_core::Identity { id: "ada".into() }),
+            scopes: scopes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into(),
+            alpn: b"h2",
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
+            tls_client_fingerprint: None,
+            forwarded_for: None,
+        }
+    }
+
+    thread_local! {
+        static SENT: Cell<u32> = const { Cell::new(0) };
+        static DROPPED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    struct Flag;
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            DROPPED.with(|d| d.set(true));
+        }
+    }
+
+    fn ops() -> Operations {
+        let mut ops = Operations::new();
+        ops.streaming(
+            "/t/forever",
+            "sends until aborted",
+            None,
+            |_c, _: NoInput, sink: Sink<u32>| async move {
+                let _flag = Flag;
+                for i in 0.. {
+                    sink.send(&i).await?;
+                    SENT.with(|s| s.set(s.get() + 1));
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        ops.unary("/t/slow", "sleeps", None, |_c, _: NoInput| async move {
+            monoio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        })
+        .unwrap();
+        ops.unary(
+            "/t/admin",
+            "scoped",
+            Some("admin"),
+            |_c, _: NoInput| async { Ok(1) },
+        )
+        .unwrap();
+        ops
+    }
+
+    #[test]
+    fn results_are_bounded_and_dropping_the_invocation_aborts_the_call() {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let ops = ops();
+                let mut inv = ops
+                    .invoke(
+                        "/t/forever",
+                        auth(&["call"]),
+                        Value::Null,
+                        Duration::from_secs(10),
+                    )
+                    .unwrap();
+                for want in 0..3u32 {
+                    assert_eq!(inv.next().await.unwrap().unwrap(), Value::from(want));
+                }
+                let sent = SENT.with(Cell::get);
+                assert!(
+                    sent as usize <= MAX_QUEUED + 3,
+                    "the handler ran ahead of its reader: {sent}"
+                );
+                assert!(!DROPPED.with(Cell::get));
+                drop(inv);
+                assert!(
+                    DROPPED.with(Cell::get),
+                    "dropping the invocation drops the handler"
+                );
+
+                let mut slow = ops
+                    .invoke(
+                        "/t/slow",
+                        auth(&["call"]),
+                        Value::Null,
+                        Duration::from_millis(50),
+                    )
+                    .unwrap();
+                let e = slow.next().await.unwrap().unwrap_err();
+                assert_eq!(e.code, ErrorCode::Timeout);
+                assert!(slow.next().await.is_none());
+
+                let e = ops
+                    .invoke(
+                        "/t/admin",
+                        auth(&["call"]),
+                        Value::Null,
+                        Duration::from_secs(1),
+                    )
+                    .err()
+                    .unwrap();
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                let mut ok = ops
+                    .invoke(
+                        "/t/admin",
+                        auth(&["call", "admin"]),
+                        Value::Null,
+                        Duration::from_secs(1),
+                    )
+                    .unwrap();
+                assert_eq!(ok.next().await.unwrap().unwrap(), Value::from(1));
+                let e = ops
+                    .invoke("/t/none", auth(&["*"]), Value::Null, Duration::from_secs(1))
+                    .err()
+                    .unwrap();
+                assert_eq!(e.code, ErrorCode::NotFound);
+            });
+    }
 }

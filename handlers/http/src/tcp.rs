@@ -87,24 +87,44 @@ impl Drop for InFlight {
     }
 }
 
+/// Bytes of a refused body read and thrown away so the client, still sending, gets the
+/// 413 cleanly instead of a reset; beyond this the stream is cut.
+const DISCARD: u64 = 256 << 10;
+
 /// Reads a request body within `max`: the bytes, or the response refusing it.
 async fn read_body(
-    body: hyper::body::Incoming,
+    mut body: hyper::body::Incoming,
     max: usize,
 ) -> Result<Bytes, hyper::Response<Body>> {
     use http_body::Body as _;
-    if body.size_hint().lower() > max as u64 {
+    let mut buf = bytes::BytesMut::new();
+    let mut over = body.size_hint().lower() > max as u64;
+    let mut discarded = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "the request body could not be read",
+            ));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !over && buf.len() + data.len() <= max {
+            buf.extend_from_slice(&data);
+            continue;
+        }
+        over = true;
+        discarded += data.len() as u64;
+        if discarded > DISCARD {
+            break;
+        }
+    }
+    if over {
         return Err(too_large(max));
     }
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Err(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "the request body could not be read",
-        )),
-    }
+    Ok(buf.freeze())
 }
 
 fn too_large(max: usize) -> hyper::Response<Body> {
