@@ -315,6 +315,9 @@ pub fn start(
     let alpns = registry.alpns();
     let stats: Vec<Arc<ShardStats>> = (0..workers).map(|_| Arc::default()).collect();
     let boards: Vec<crate::shard::SessionBoard> = (0..workers).map(|_| Arc::default()).collect();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| flume::bounded::<ShardMsg>(4096))
+        .unzip();
     // One tokio side runtime for the node, started only when a service first uses it.
     let tokio = Arc::new(crate::service::tokio_rt::SideRuntime::new(&config.tokio));
     let node_facts = Arc::new(
@@ -325,7 +328,8 @@ pub fn start(
             registry.peer_store(),
         )
         .with_invites(registry.invite_store())
-        .with_stats(stats.clone()),
+        .with_stats(stats.clone())
+        .with_shards(senders.clone()),
     );
     let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,
@@ -345,9 +349,6 @@ pub fn start(
         })
         .collect();
 
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| flume::bounded::<ShardMsg>(4096))
-        .unzip();
     // Forwarded datagrams waiting for a shard are bounded like those waiting in its socket.
     let forward_budget = crate::shard::ForwardBudget::new(workers, config.udp.recv_buffer);
     let cores = std::thread::available_parallelism()

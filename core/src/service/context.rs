@@ -235,6 +235,7 @@ pub struct NodeFacts {
     peer_store: Option<Arc<dyn IdentityStore>>,
     invites: Option<Arc<RedbStore>>,
     stats: Vec<Arc<crate::ops::stats::ShardStats>>,
+    shards: Vec<flume::Sender<crate::shard::ShardMsg>>,
 }
 
 impl NodeFacts {
@@ -253,7 +254,27 @@ impl NodeFacts {
             peer_store,
             invites: None,
             stats: Vec::new(),
+            shards: Vec::new(),
         }
+    }
+
+    /// The same facts with the shards' inboxes (for [`NodeFacts::close_peer`]).
+    pub(crate) fn with_shards(
+        mut self,
+        shards: Vec<flume::Sender<crate::shard::ShardMsg>>,
+    ) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Closes every live connection of `peer` on every shard (as `alknet peer revoke` does
+    /// after removing it); returns how many of its sessions were live.
+    pub fn close_peer(&self, peer: &str) -> usize {
+        let live = self.sessions().iter().filter(|s| s.peer == peer).count();
+        for tx in &self.shards {
+            let _ = tx.send(crate::shard::ShardMsg::ClosePeer(peer.to_owned()));
+        }
+        live
     }
 
     /// The same facts with the shards' counters (for [`NodeFacts::stats`]).

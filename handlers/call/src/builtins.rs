@@ -79,8 +79,24 @@ pub struct StatsRequest {
     pub count: Option<u32>,
 }
 
+/// Input of `/node/disconnect`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectRequest {
+    /// The peer whose live sessions to close.
+    pub peer: String,
+}
+
+/// Output of `/node/disconnect`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Disconnected {
+    /// Its sessions that were live.
+    pub sessions: usize,
+}
+
 /// The ids of the built-in operations (a node's own operations may not reuse them).
-pub(crate) const IDS: [&str; 6] = [
+pub(crate) const IDS: [&str; 7] = [
+    "/node/disconnect",
     "/services/list",
     "/services/schema",
     "/services/list-peers",
@@ -207,6 +223,22 @@ pub(crate) fn register(ops: &mut Operations, node: Arc<NodeFacts>) -> Result<(),
                 }
                 Ok(())
             }
+        },
+    )?;
+    let n = node.clone();
+    ops.unary(
+        "/node/disconnect",
+        "Close every live session of a peer (admin; the peer may connect again)",
+        Some(ADMIN_SCOPE),
+        move |call, req: DisconnectRequest| {
+            let sessions = n.close_peer(&req.peer);
+            let by = call
+                .auth()
+                .and_then(|a| a.identity.as_ref())
+                .map(|i| i.id.clone())
+                .unwrap_or_default();
+            tracing::info!(peer = %req.peer, by = %by, sessions, "sessions closed on request");
+            async move { Ok(Disconnected { sessions }) }
         },
     )?;
     ops.unary(

@@ -20,8 +20,8 @@ mod sync;
 
 pub use alknet_proto::call::{CallId, ErrorCode};
 pub use builtins::{
-    ADMIN_SCOPE, NodeInfo, OperationSchema, OperationSummary, SchemaRequest, ServiceList,
-    StatsRequest,
+    ADMIN_SCOPE, DisconnectRequest, Disconnected, NodeInfo, OperationSchema, OperationSummary,
+    SchemaRequest, ServiceList, StatsRequest,
 };
 pub use client::{CallClient, CallOptions, CallStream};
 pub use local::Invocation;

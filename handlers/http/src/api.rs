@@ -318,6 +318,9 @@ impl Gateway {
         if path == "/mcp" {
             return crate::mcp::serve(self, req, conn, settings).await;
         }
+        if path == "/ui" || path.starts_with("/ui/") {
+            return crate::ui::serve(self, req, conn, settings).await;
+        }
         let known = path == "/openapi.json"
             || path == "/api/operations"
             || path == "/api/batch"

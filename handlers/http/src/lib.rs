@@ -24,6 +24,7 @@ mod config;
 mod mcp;
 mod openapi;
 mod tcp;
+mod ui;
 
 pub use config::HttpSettings;
 
