@@ -622,3 +622,89 @@ async fn the_mcp_sdk_initialises_lists_and_calls_tools() {
     ]);
     assert_eq!(r.status, 401);
 }
+
+/// Runs `requests` (JSON lines) through aioquic's HTTP/3 client; one reply per request.
+fn h3(gw: &Gw, requests: &[Value]) -> Vec<Value> {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/h3_client.py");
+    let mut child = Command::new(python())
+        .args([
+            script,
+            "127.0.0.1",
+            &gw.server.addr.port().to_string(),
+            &gw.token,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for r in requests {
+        writeln!(stdin, "{r}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aioquic_speaks_h3_on_the_quic_port_and_tcp_advertises_it() {
+    let gw = Gw::start("max_body = 2048\n");
+    let big = "x".repeat(4096);
+    let replies = h3(
+        &gw,
+        &[
+            json!({"path": "/healthz", "auth": false}),
+            json!({"method": "POST", "path": "/api/call/node/info"}),
+            json!({"method": "POST", "path": "/api/call/node/info", "auth": false}),
+            json!({"method": "POST", "path": "/api/batch", "body": {"calls": [{"id": "/node/info"}, {"id": "/node/sessions"}]}}),
+            json!({"path": "/api/subscribe/node/stats?input=%7B%22interval_ms%22%3A100%7D", "stream": 2}),
+            json!({"path": "/api/operations/node/stats"}),
+            json!({"method": "POST", "path": "/api/call/node/info", "body": {"pad": big}}),
+            json!({"path": "/nowhere"}),
+            // After the reset subscription: the token's slots are free again.
+            json!({"method": "POST", "path": "/api/call/services/list"}),
+        ],
+    );
+    let status: Vec<u64> = replies
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        status,
+        [200, 200, 401, 200, 200, 200, 413, 404, 200],
+        "{replies:?}"
+    );
+    let body =
+        |i: usize| -> Value { serde_json::from_str(replies[i]["body"].as_str().unwrap()).unwrap() };
+    assert_eq!(body(1)["fingerprint"], gw.server.fingerprint.as_str());
+    assert_eq!(body(3)["results"][1]["error"]["code"], "FORBIDDEN");
+    assert!(
+        replies[4]["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("event: result\n")
+    );
+    assert_eq!(replies[4]["headers"]["content-type"], "text/event-stream");
+    assert_eq!(body(5)["streaming"], true);
+
+    let out = Command::new("curl")
+        .args(["-sk", "-D-", "-o", "/dev/null", &gw.url("/healthz")])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.contains(&format!("alt-svc: h3=\":{}\"", gw.server.addr.port())),
+        "{head}"
+    );
+}

@@ -329,7 +329,8 @@ pub fn start(
         )
         .with_invites(registry.invite_store())
         .with_stats(stats.clone())
-        .with_shards(senders.clone()),
+        .with_shards(senders.clone())
+        .with_quic_addr(local_addr),
     );
     let server_config = Arc::new(crate::net::endpoint::server_config(
         &config,

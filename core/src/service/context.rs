@@ -236,6 +236,7 @@ pub struct NodeFacts {
     invites: Option<Arc<RedbStore>>,
     stats: Vec<Arc<crate::ops::stats::ShardStats>>,
     shards: Vec<flume::Sender<crate::shard::ShardMsg>>,
+    quic_addr: Option<std::net::SocketAddr>,
 }
 
 impl NodeFacts {
@@ -255,7 +256,19 @@ impl NodeFacts {
             invites: None,
             stats: Vec::new(),
             shards: Vec::new(),
+            quic_addr: None,
         }
+    }
+
+    /// The same facts with the QUIC socket's address.
+    pub(crate) fn with_quic_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.quic_addr = Some(addr);
+        self
+    }
+
+    /// The address the QUIC endpoint listens on (`None` in a node built without sockets).
+    pub fn quic_addr(&self) -> Option<std::net::SocketAddr> {
+        self.quic_addr
     }
 
     /// The same facts with the shards' inboxes (for [`NodeFacts::close_peer`]).

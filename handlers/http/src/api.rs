@@ -160,6 +160,23 @@ fn op_id(tail: &str) -> String {
 impl Gateway {
     /// Serves one request; `conn` is what the connection proved.
     pub(crate) async fn serve(self: Rc<Self>, req: Request, conn: &AuthContext) -> Response<Body> {
+        let head = req.method == Method::HEAD;
+        let mut resp = self.serve_any(req, conn).await;
+        if head {
+            // The headers of the GET, its length, no body.
+            if let Body::Full(Some(b)) = resp.body() {
+                let len = HeaderValue::from(b.len());
+                resp.headers_mut().insert(header::CONTENT_LENGTH, len);
+            }
+            *resp.body_mut() = Body::empty();
+        }
+        resp
+    }
+
+    async fn serve_any(self: Rc<Self>, mut req: Request, conn: &AuthContext) -> Response<Body> {
+        if req.method == Method::HEAD {
+            req.method = Method::GET;
+        }
         let settings = self.settings.current();
         let origin = req.headers.get(header::ORIGIN).cloned();
         let cors = origin

@@ -21,6 +21,7 @@ mod api;
 mod auth;
 mod body;
 mod config;
+mod h3_server;
 mod mcp;
 mod openapi;
 mod tcp;
@@ -116,13 +117,8 @@ pub struct HttpHandler {
 }
 
 impl Handler for HttpHandler {
-    async fn handle(self: Rc<Self>, conn: Connection, _auth: AuthContext) {
-        // HTTP/3 on the QUIC port: not served by this build yet; the handshake offered
-        // `h3` for the Alt-Svc it will back.
-        conn.close(
-            0x101,
-            b"H3_GENERAL_PROTOCOL_ERROR: use h2 or http/1.1 over TCP",
-        );
+    async fn handle(self: Rc<Self>, conn: Connection, auth: AuthContext) {
+        h3_server::serve(self.gate.clone(), conn, auth).await;
     }
 
     fn handle_tcp(

@@ -141,16 +141,23 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
     let conn_auth = Rc::new(auth);
     let activity = Rc::new(Activity::default());
     activity.last.set(Some(Instant::now()));
+    // HTTP/3 is on the QUIC port: say so, so clients that speak it move there.
+    let alt_svc = gate
+        .node
+        .quic_addr()
+        .and_then(|a| http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port())).ok());
     let svc = {
         let gate = gate.clone();
         let conn_auth = conn_auth.clone();
         let activity = activity.clone();
         let settings = settings.clone();
+        let alt_svc = alt_svc.clone();
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let gate = gate.clone();
             let conn_auth = conn_auth.clone();
             let busy = InFlight::new(&activity);
             let settings = settings.clone();
+            let alt_svc = alt_svc.clone();
             async move {
                 let work = async {
                     let (parts, body) = req.into_parts();
@@ -193,6 +200,10 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
                         full
                     }
                 });
+                let mut resp = resp;
+                if let Some(v) = &alt_svc {
+                    resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+                }
                 Ok::<_, std::convert::Infallible>(resp)
             }
         })
