@@ -708,3 +708,54 @@ async fn aioquic_speaks_h3_on_the_quic_port_and_tcp_advertises_it() {
         "{head}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_drives_calls_with_the_call_protocol() {
+    let gw = Gw::start("");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ws_client.py");
+    let url = format!("wss://127.0.0.1:{}/api/ws", gw.server.addr.port());
+    let out = Command::new(python())
+        .args([script, &url, &gw.token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["fingerprint"], gw.server.fingerprint.as_str());
+    assert_eq!(
+        v["frames"]["info"],
+        json!(["call.responded", "call.completed"])
+    );
+    assert_eq!(
+        v["frames"]["stats"],
+        json!([
+            "call.responded",
+            "call.responded",
+            "call.responded",
+            "call.completed"
+        ])
+    );
+    let endless = v["frames"]["endless"].as_array().unwrap();
+    assert_eq!(endless.last().unwrap(), "call.aborted", "{v}");
+    // Without credentials the upgrade is refused before any WebSocket byte.
+    let r = curl(&[
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        &gw.url("/api/ws"),
+    ]);
+    assert_eq!(r.status, 401);
+    // Over h2 it says to use HTTP/1.1.
+    let r = curl(&["--http2", "-H", &bearer(&gw.token), &gw.url("/api/ws")]);
+    assert_eq!(r.status, 426, "{}", r.body);
+}

@@ -90,6 +90,8 @@ pub(crate) struct Request {
     pub(crate) query: Option<String>,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// Where a WebSocket upgrade is handed to the connection (HTTP/1.1 only).
+    pub(crate) upgrade: Option<crate::ws::Pending>,
 }
 
 /// An error response.
@@ -341,6 +343,7 @@ impl Gateway {
         let known = path == "/openapi.json"
             || path == "/api/operations"
             || path == "/api/batch"
+            || path == "/api/ws"
             || path.starts_with("/api/operations/")
             || path.starts_with("/api/call/")
             || path.starts_with("/api/subscribe/");
@@ -363,6 +366,10 @@ impl Gateway {
             Ok(c) => c,
             Err(r) => return r,
         };
+        if path == "/api/ws" {
+            let mut req = req;
+            return crate::ws::upgrade(&self, &mut req, caller, slot);
+        }
         if path == "/openapi.json" {
             return json_response(
                 StatusCode::OK,

@@ -335,6 +335,7 @@ async fn request(
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers,
             body: body.freeze(),
+            upgrade: None,
         };
         gate.serve(req, auth).await
     };

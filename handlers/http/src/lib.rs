@@ -26,6 +26,7 @@ mod mcp;
 mod openapi;
 mod tcp;
 mod ui;
+mod ws;
 
 pub use config::HttpSettings;
 

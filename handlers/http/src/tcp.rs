@@ -135,12 +135,18 @@ fn too_large(max: usize) -> hyper::Response<Body> {
     )
 }
 
+/// A connection hyper gave back after a WebSocket upgrade, with the bytes it read past the
+/// request.
+type Handback = (TlsStream, Bytes);
+
 /// Serves one TCP+TLS connection until the client or the idle timeout ends it.
 pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContext) {
     let settings = gate.settings.current();
     let conn_auth = Rc::new(auth);
     let activity = Rc::new(Activity::default());
     activity.last.set(Some(Instant::now()));
+    // Filled by `/api/ws` when it answers 101 (HTTP/1.1 only).
+    let ws: crate::ws::Pending = Rc::default();
     // HTTP/3 is on the QUIC port: say so, so clients that speak it move there.
     let alt_svc = gate
         .node
@@ -152,13 +158,16 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
         let activity = activity.clone();
         let settings = settings.clone();
         let alt_svc = alt_svc.clone();
+        let ws = ws.clone();
+        let h1 = conn_auth.alpn != b"h2";
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let ws = h1.then(|| ws.clone());
             let gate = gate.clone();
             let conn_auth = conn_auth.clone();
             let busy = InFlight::new(&activity);
             let settings = settings.clone();
             let alt_svc = alt_svc.clone();
-            async move {
+            let fut: Pin<Box<dyn Future<Output = _>>> = Box::pin(async move {
                 let work = async {
                     let (parts, body) = req.into_parts();
                     let body = match read_body(body, settings.max_body).await {
@@ -171,6 +180,7 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
                         query: parts.uri.query().map(str::to_owned),
                         headers: parts.headers,
                         body,
+                        upgrade: ws,
                     };
                     gate.serve(req, &conn_auth).await
                 };
@@ -205,11 +215,12 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
                     resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
                 }
                 Ok::<_, std::convert::Infallible>(resp)
-            }
+            });
+            fut
         })
     };
     let io = TokioIo::new(stream);
-    let conn: Pin<Box<dyn Future<Output = ()>>> = if conn_auth.alpn == b"h2" {
+    let conn: Pin<Box<dyn Future<Output = Option<Handback>>>> = if conn_auth.alpn == b"h2" {
         let mut b = hyper::server::conn::http2::Builder::new(Exec(gate.spawner.clone()));
         b.timer(Timer)
             .max_concurrent_streams(settings.max_requests_per_connection)
@@ -219,6 +230,7 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
         let c = b.serve_connection(io, svc);
         Box::pin(async move {
             let _ = c.await;
+            None
         })
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
@@ -227,9 +239,17 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
             .max_buf_size(settings.max_header_bytes.max(8192))
             .max_headers(settings.max_headers)
             .keep_alive(true);
-        let c = b.serve_connection(io, svc);
+        let mut c = b.serve_connection(io, svc);
+        let ws = ws.clone();
         Box::pin(async move {
-            let _ = c.await;
+            // Served without shutdown, so a WebSocket upgrade gets the connection back (hyper's
+            // own upgrades need a `Send` connection; the shard's is not).
+            let done = std::future::poll_fn(|cx| c.poll_without_shutdown(cx)).await;
+            if done.is_err() || ws.borrow().is_none() {
+                return None;
+            }
+            let parts = c.into_parts();
+            Some((parts.io.into_inner(), parts.read_buf))
         })
     };
     let idle = settings.idle_timeout;
@@ -244,9 +264,13 @@ pub(crate) async fn serve(gate: Rc<Gateway>, stream: TlsStream, auth: AuthContex
         }
     };
     let drain = gate.drain.wait();
-    monoio::select! {
-        _ = conn => {}
-        _ = watchdog => {}
-        _ = drain => {}
+    let upgraded = monoio::select! {
+        u = conn => u,
+        _ = watchdog => None,
+        _ = drain => None,
+    };
+    let accepted = ws.borrow_mut().take();
+    if let (Some((io, pre)), Some(accepted)) = (upgraded, accepted) {
+        crate::ws::serve(gate, io, pre.to_vec(), accepted).await;
     }
 }
