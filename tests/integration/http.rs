@@ -21,8 +21,13 @@ struct Gw {
 
 impl Gw {
     fn start(extra: &str) -> Self {
+        Self::start_with("", extra)
+    }
+
+    /// `top` goes before `[services.http]`, `extra` into it.
+    fn start_with(top: &str, extra: &str) -> Self {
         let server = Server::start(&format!(
-            "listen = \"127.0.0.1:0\"\nworkers = 2\n[services.http]\nenabled = true\n{extra}"
+            "listen = \"127.0.0.1:0\"\nworkers = 2\n{top}[services.http]\nenabled = true\n{extra}"
         ));
         let key = ClientKey::generate().unwrap();
         let (code, _, err) = run_cli(
@@ -439,7 +444,7 @@ async fn bad_expired_and_revoked_tokens_oversized_requests_and_slow_clients_are_
     }
 
     // One request in flight per token here: a second one while a subscription runs is 429.
-    let sub = gw.url("/api/subscribe/node/stats");
+    let sub = gw.url("/api/subscribe/node/stats?input=%7B%22count%22%3A20%7D");
     let mut stream = Command::new("curl")
         .args(["-skN", "--max-time", "20", "-H", &auth, &sub])
         .stdout(std::process::Stdio::piped())
@@ -668,7 +673,7 @@ async fn aioquic_speaks_h3_on_the_quic_port_and_tcp_advertises_it() {
             json!({"method": "POST", "path": "/api/call/node/info"}),
             json!({"method": "POST", "path": "/api/call/node/info", "auth": false}),
             json!({"method": "POST", "path": "/api/batch", "body": {"calls": [{"id": "/node/info"}, {"id": "/node/sessions"}]}}),
-            json!({"path": "/api/subscribe/node/stats?input=%7B%22interval_ms%22%3A100%7D", "stream": 2}),
+            json!({"path": "/api/subscribe/node/stats?input=%7B%22interval_ms%22%3A100%2C%22count%22%3A20%7D", "stream": 2}),
             json!({"path": "/api/operations/node/stats"}),
             json!({"method": "POST", "path": "/api/call/node/info", "body": {"pad": big}}),
             json!({"path": "/nowhere"}),
@@ -758,4 +763,43 @@ async fn a_websocket_client_drives_calls_with_the_call_protocol() {
     // Over h2 it says to use HTTP/1.1.
     let r = curl(&["--http2", "-H", &bearer(&gw.token), &gw.url("/api/ws")]);
     assert_eq!(r.status, 426, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_against_the_generated_openapi() {
+    // schemathesis sends bad credentials on purpose: they must not get loopback penalised.
+    let gw = Gw::start_with("[admission]\nfailures_before_penalty = 1000000\n", "");
+    let st = std::path::Path::new(&python()).with_file_name("schemathesis");
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(&st)
+        .args([
+            "run",
+            &gw.url("/openapi.json"),
+            "-H",
+            &bearer(&gw.token),
+            "--tls-verify",
+            "false",
+            "--max-examples",
+            "8",
+            "--seed",
+            "20261203",
+            "--request-timeout",
+            "40",
+        ])
+        .env("NO_COLOR", "1")
+        // It keeps a cache in its working directory.
+        .current_dir(work.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run .ci/test)", st.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("No issues found"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It exercised every documented operation.
+    assert!(
+        text.contains("Selected: 12/12") || text.contains("Tested: 12"),
+        "{text}"
+    );
 }

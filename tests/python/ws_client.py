@@ -25,7 +25,7 @@ async def main(url: str, token: str) -> None:
         for cid, op, inp in [
             (info, "/node/info", None),
             (stats, "/node/stats", {"interval_ms": 100, "count": 3}),
-            (endless, "/node/stats", {"interval_ms": 100}),
+            (endless, "/node/stats", {"interval_ms": 100, "count": 20}),
         ]:
             await ws.send(json.dumps({"type": "call.requested", "id": cid, "payload": {"operationId": op, "input": inp}}))
         await ws.send("{not json")

@@ -71,11 +71,14 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatsRequest {
-    /// Milliseconds between two snapshots (100..=60000; default 1000).
+    /// Milliseconds between two snapshots (100..=1000; default 1000).
     #[serde(default)]
+    #[schemars(range(min = 100, max = 1000))]
     pub interval_ms: Option<u32>,
-    /// Snapshots to send before the call ends (1..=1000000; default: until aborted).
+    /// Snapshots to send (1..=20; default 1): a series ends within 20 s, a watcher
+    /// (the status page's event stream) asks again.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 20))]
     pub count: Option<u32>,
 }
 
@@ -193,18 +196,18 @@ pub(crate) fn register(ops: &mut Operations, node: Arc<NodeFacts>) -> Result<(),
     let n = node.clone();
     ops.streaming(
         "/node/stats",
-        "The node's counters (as `alknet stats`), one snapshot per interval",
+        "The node's counters (as `alknet stats`): `count` snapshots, one per interval",
         None,
         move |call, req: StatsRequest, sink: crate::ops::Sink<Value>| {
             let n = n.clone();
             async move {
                 let interval = req.interval_ms.unwrap_or(1000);
-                if !(100..=60_000).contains(&interval) {
-                    return Err(CallError::invalid_input("interval_ms must be 100..=60000"));
+                if !(100..=1000).contains(&interval) {
+                    return Err(CallError::invalid_input("interval_ms must be 100..=1000"));
                 }
-                let count = req.count.unwrap_or(u32::MAX);
-                if count == 0 || (req.count.is_some() && count > 1_000_000) {
-                    return Err(CallError::invalid_input("count must be 1..=1000000"));
+                let count = req.count.unwrap_or(1);
+                if !(1..=20).contains(&count) {
+                    return Err(CallError::invalid_input("count must be 1..=20"));
                 }
                 for i in 0..count {
                     if call.is_aborted() {

@@ -139,11 +139,14 @@ pub(crate) fn invoke(
             "{op_id} needs scope `{scope}`"
         )));
     }
-    // No input for an operation whose input is an object (all fields optional, say): `{}`.
-    let input = match input {
-        Value::Null if takes_object(&entry.info.input_schema) => Value::Object(Default::default()),
-        v => v,
-    };
+    // The top-level type the schema names, checked here: serde would take an array for a
+    // struct, say, which JSON Schema does not.
+    if !type_matches(&entry.info.input_schema, &input) {
+        return Err(CallError::invalid_input(format!(
+            "{op_id} takes {}",
+            type_names(&entry.info.input_schema)
+        )));
+    }
     let mut raw = [0u8; 16];
     rand::fill(&mut raw[..]);
     let abort = Rc::new(Abort::default());
@@ -176,11 +179,60 @@ pub(crate) fn invoke(
     })
 }
 
+/// The input an operation gets when its caller gave none: `{}` for one whose input is an
+/// object (all its fields optional, or the call fails on the missing ones), else `null`.
+pub(crate) fn absent_input(op: &OpInfo) -> Value {
+    if takes_object(&op.input_schema) {
+        Value::Object(Default::default())
+    } else {
+        Value::Null
+    }
+}
+
 /// Whether a schema's `type` is `object` and does not admit `null`.
 fn takes_object(schema: &Value) -> bool {
     match schema.get("type") {
         Some(Value::String(t)) => t == "object",
         _ => false,
+    }
+}
+
+fn json_type_is(t: &str, v: &Value) -> bool {
+    match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        "number" => v.is_number(),
+        "integer" => v.is_i64() || v.is_u64(),
+        _ => true,
+    }
+}
+
+/// Whether `v` has one of the types the schema's top-level `type` names (any, without one).
+fn type_matches(schema: &Value, v: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => json_type_is(t, v),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|t| json_type_is(t, v)),
+        _ => true,
+    }
+}
+
+fn type_names(schema: &Value) -> String {
+    match schema.get("type") {
+        Some(Value::String(t)) => format!("an input of type {t}"),
+        Some(Value::Array(ts)) => format!(
+            "an input of type {}",
+            ts.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        _ => "any input".into(),
     }
 }
 

@@ -431,6 +431,12 @@ impl Operations {
         crate::local::invoke(self, id, auth, input, timeout)
     }
 
+    /// The input to call `id` with when the caller gave none (no body, no `input`): `{}`
+    /// for an operation taking an object, else `null`.
+    pub fn absent_input(&self, id: &str) -> Value {
+        self.get(id).map_or(Value::Null, crate::local::absent_input)
+    }
+
     pub(crate) fn entry(&self, id: &str) -> Option<&OpEntry> {
         self.ops.get(id)
     }

@@ -218,7 +218,7 @@ impl Gateway {
                     "FORBIDDEN",
                     "cross-origin requests from this origin are not allowed (cors_origins under [services.http])",
                 ),
-                None => method_not_allowed("GET, POST"),
+                None => self.route(req, conn, &settings).await,
             }
         } else {
             self.route(req, conn, &settings).await
@@ -413,27 +413,36 @@ impl Gateway {
             return self.batch(&req, caller, settings).await;
         }
         if let Some(tail) = path.strip_prefix("/api/call/") {
+            let id = op_id(tail);
             let input = match json_body(&req) {
+                Ok(_) if req.body.is_empty() => self.ops.absent_input(&id),
                 Ok(v) => v,
                 Err(r) => return r,
             };
-            return match self.call(&op_id(tail), caller.auth, input, settings).await {
+            return match self.call(&id, caller.auth, input, settings).await {
                 Ok(v) => json_response(StatusCode::OK, &v),
                 Err(e) => call_error(&e),
             };
         }
         if let Some(tail) = path.strip_prefix("/api/subscribe/") {
             let input = match query_input(req.query.as_deref()) {
-                Ok(v) => v,
+                Ok(Some(v)) => v,
+                Ok(None) => self.ops.absent_input(&op_id(tail)),
                 Err(r) => return r,
             };
             // A subscription lives as long as its client reads it, up to a day.
-            return match self
-                .ops
-                .invoke(&op_id(tail), caller.auth, input, SUBSCRIPTION_LIMIT)
-            {
-                Ok(inv) => sse(inv, slot),
-                Err(e) => call_error(&e),
+            let mut inv =
+                match self
+                    .ops
+                    .invoke(&op_id(tail), caller.auth, input, SUBSCRIPTION_LIMIT)
+                {
+                    Ok(inv) => inv,
+                    Err(e) => return call_error(&e),
+                };
+            // The status follows the first result: a refused input is a 422, not an event.
+            return match inv.next().await {
+                Some(Err(e)) => call_error(&e),
+                first => sse(inv, first, slot),
             };
         }
         error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
@@ -538,29 +547,57 @@ pub(crate) fn json_body(req: &Request) -> Result<Value, Response<Body>> {
             "send the input as Content-Type: application/json",
         ));
     }
-    serde_json::from_slice(&req.body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            &format!("the body is not JSON: {e}"),
-        )
-    })
-}
-
-/// The `input` query parameter of a subscription, JSON; absent is `null`.
-fn query_input(query: Option<&str>) -> Result<Value, Response<Body>> {
-    let Some(q) = query else {
-        return Ok(Value::Null);
-    };
-    match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "input") {
-        None => Ok(Value::Null),
-        Some((_, v)) => serde_json::from_str(&v).map_err(|e| {
+    serde_json::from_slice(&req.body)
+        .map(integral_numbers)
+        .map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
-                &format!("`input` is not JSON: {e}"),
+                &format!("the body is not JSON: {e}"),
             )
-        }),
+        })
+}
+
+/// JSON numbers written with a fraction of zero (`3.0`) as integers: JSON Schema counts them
+/// as integers, and the operations' typed inputs want them so.
+pub(crate) fn integral_numbers(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                // Exactly representable: |f| < 2^53.
+                Value::from(f as i64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(integral_numbers).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The `input` query parameter of a subscription, JSON; `None` when absent or empty.
+fn query_input(query: Option<&str>) -> Result<Option<Value>, Response<Body>> {
+    let Some(q) = query else {
+        return Ok(None);
+    };
+    match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "input") {
+        None => Ok(None),
+        Some((_, v)) if v.is_empty() => Ok(None),
+        Some((_, v)) => serde_json::from_str(&v)
+            .map(|v| Some(integral_numbers(v)))
+            .map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    &format!("`input` is not JSON: {e}"),
+                )
+            }),
     }
 }
 
@@ -571,15 +608,17 @@ pub(crate) fn event(name: &str, data: &Value) -> Bytes {
 }
 
 /// The results of `inv` as an event stream: `result` per result, then `end` or `error`.
-fn sse(inv: Invocation, slot: Slot) -> Response<Body> {
+fn sse(inv: Invocation, first: Option<Result<Value, CallError>>, slot: Slot) -> Response<Body> {
     struct St {
         inv: Invocation,
+        first: Option<Option<Result<Value, CallError>>>,
         done: bool,
         _slot: Slot,
     }
     let stream = futures_util::stream::unfold(
         St {
             inv,
+            first: Some(first),
             done: false,
             _slot: slot,
         },
@@ -587,9 +626,12 @@ fn sse(inv: Invocation, slot: Slot) -> Response<Body> {
             if st.done {
                 return None;
             }
-            let next = monoio::select! {
-                n = st.inv.next() => Some(n),
-                _ = monoio::time::sleep(KEEPALIVE) => None,
+            let next = match st.first.take() {
+                Some(first) => Some(first),
+                None => monoio::select! {
+                    n = st.inv.next() => Some(n),
+                    _ = monoio::time::sleep(KEEPALIVE) => None,
+                },
             };
             let chunk = match next {
                 None => Bytes::from_static(b": keepalive\n\n"),

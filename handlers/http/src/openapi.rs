@@ -97,6 +97,9 @@ const CALL_ERRORS: &[&str] = &[
     "400", "401", "403", "404", "405", "413", "415", "422", "429", "500", "503", "504",
 ];
 const GET_ERRORS: &[&str] = &["400", "401", "403", "404", "405", "429"];
+const SUBSCRIBE_ERRORS: &[&str] = &[
+    "400", "401", "403", "404", "405", "422", "429", "500", "503", "504",
+];
 
 fn operation_paths(
     op: &OpInfo,
@@ -121,10 +124,22 @@ fn operation_paths(
         "200".into(),
         json!({"description": "The result", "content": {"application/json": {"schema": body_schema}}}),
     );
+    // An input that may be absent makes the body optional: one that may be `null`, or an
+    // object without required fields (absent, the gateway passes `{}`).
+    let optional = match op.input_schema.get("type") {
+        Some(Value::Array(t)) => t.iter().any(|t| t == "null"),
+        Some(Value::String(t)) if t == "null" => true,
+        Some(Value::String(t)) if t == "object" => op
+            .input_schema
+            .get("required")
+            .and_then(Value::as_array)
+            .is_none_or(|r| r.is_empty()),
+        _ => false,
+    };
     let mut post = json!({
         "operationId": format!("call_{}", tail.replace(['/', '-', '.'], "_")),
         "summary": op.description,
-        "requestBody": {"required": false, "content": {"application/json": {"schema": input.clone()}}},
+        "requestBody": {"required": !optional, "content": {"application/json": {"schema": input.clone()}}},
         "responses": responses,
     });
     if let (Some(scope), Some(m)) = (&op.scope, post.as_object_mut()) {
@@ -145,17 +160,23 @@ fn operation_paths(
         }}),
     );
     if op.streaming {
-        let mut responses = error_responses(GET_ERRORS);
+        let mut responses = error_responses(SUBSCRIBE_ERRORS);
         responses.insert(
             "200".into(),
-            json!({"description": "Server-Sent Events: `result` per result, then `end` or `error`", "content": {"text/event-stream": {"schema": {"type": "string"}}}}),
+            json!({"description": "Server-Sent Events: `result` per result, then `end` or `error`", "content": {"text/event-stream": {"schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["result", "end", "error"]},
+                    "data": {"type": "string"},
+                },
+            }}}}),
         );
         paths.insert(
             format!("/api/subscribe/{tail}"),
             json!({"get": {
                 "operationId": format!("subscribe_{}", tail.replace(['/', '-', '.'], "_")),
                 "summary": op.description,
-                "parameters": [{"name": "input", "in": "query", "required": false, "description": "The input, as JSON", "schema": {"type": "string"}}],
+                "parameters": [{"name": "input", "in": "query", "required": !optional, "description": "The input, as JSON", "content": {"application/json": {"schema": input.clone()}}}],
                 "responses": responses,
             }}),
         );
