@@ -16,6 +16,7 @@ mod cli;
 mod dispatch;
 mod git;
 mod http;
+mod http_ui;
 mod identity;
 mod install;
 mod join_abuse;
