@@ -283,7 +283,9 @@ pub fn valid_operation_id(id: &str) -> bool {
 /// built once and handed to every shard.
 #[derive(Clone, Default)]
 pub struct Operations {
-    ops: BTreeMap<String, OpEntry>,
+    // Shared: every call served in place (`invoke`) holds a clone; registering copies on
+    // write.
+    ops: Arc<BTreeMap<String, OpEntry>>,
 }
 
 fn schema_of<T: JsonSchema>() -> Value {
@@ -303,7 +305,7 @@ impl Operations {
         if self.ops.contains_key(&info.id) {
             return Err(RegisterError::Duplicate(info.id));
         }
-        self.ops.insert(
+        Arc::make_mut(&mut self.ops).insert(
             info.id.clone(),
             OpEntry {
                 info: Arc::new(info),
@@ -402,11 +404,11 @@ impl Operations {
 
     /// Adds every operation of `other`; fails on the first duplicate.
     pub fn merge(&mut self, other: &Operations) -> Result<&mut Self, RegisterError> {
-        for (id, e) in &other.ops {
+        for (id, e) in other.ops.iter() {
             if self.ops.contains_key(id) {
                 return Err(RegisterError::Duplicate(id.clone()));
             }
-            self.ops.insert(id.clone(), e.clone());
+            Arc::make_mut(&mut self.ops).insert(id.clone(), e.clone());
         }
         Ok(self)
     }
