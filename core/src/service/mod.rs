@@ -156,6 +156,13 @@ pub trait Service: Send + Sync + 'static {
         false
     }
 
+    /// For an anonymous service that authenticates each request itself (the HTTP gateway:
+    /// tokens): what it checks, logged at start instead of the warning anonymous services
+    /// otherwise get.
+    fn anonymous_note(&self, _config: &Self::Config) -> Option<&'static str> {
+        None
+    }
+
     /// Whether (and where) the service is also reached over TCP+TLS, for clients that cannot
     /// use QUIC ([`crate::net::tcp`]); its handler then serves [`Handler::handle_tcp`].
     /// The client key is authorised there as over QUIC, by [`Service::info`]'s scopes and

@@ -185,6 +185,8 @@ struct Registered {
     info: ServiceInfo,
     /// An anonymous service whose clients must still present a key (`alknet/join`).
     requires_key: bool,
+    /// Why an anonymous service is safe to offer (it authenticates each request itself).
+    anonymous_note: Option<&'static str>,
     /// Where it is reached over TCP+TLS too.
     tcp: Option<TcpOffer>,
     entry: Arc<dyn Build>,
@@ -228,6 +230,14 @@ impl Registry {
                 );
                 continue;
             }
+            if let Some(note) = s.anonymous_note {
+                tracing::info!(
+                    service = s.name,
+                    alpn = %String::from_utf8_lossy(s.info.alpn),
+                    "service lets clients without a known key through the handshake: {note}"
+                );
+                continue;
+            }
             tracing::warn!(
                 service = s.name,
                 alpn = %String::from_utf8_lossy(s.info.alpn),
@@ -261,6 +271,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let info = service.info(&config);
         let requires_key = service.requires_client_key(&config);
+        let anonymous_note = service.anonymous_note(&config);
         let tcp = service.tcp(&config);
         let alpn = info.alpn;
         if alpn.is_empty() || alpn.len() > 255 {
@@ -280,6 +291,7 @@ impl Registry {
             name: S::NAME,
             info,
             requires_key,
+            anonymous_note,
             tcp,
             entry: Arc::new(Entry {
                 service,

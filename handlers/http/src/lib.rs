@@ -82,6 +82,10 @@ impl Service for HttpService {
         false
     }
 
+    fn anonymous_note(&self, _config: &HttpSettings) -> Option<&'static str> {
+        Some("every request but /healthz needs an API token or a known client key")
+    }
+
     fn tcp(&self, config: &HttpSettings) -> Option<TcpOffer> {
         Some(TcpOffer {
             listen: config.tcp_listen,
