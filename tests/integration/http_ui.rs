@@ -597,92 +597,15 @@ async fn the_event_stream_sends_snapshots_until_the_token_is_revoked() {
 /// object (the DOM before and after the revoke, the URLs, what the page's script did) or
 /// `{"error": …}` with the tail of Chromium's log.
 ///
-/// Chromium's TLS (BoringSSL) offers no Ed25519 signature scheme, and the node's certificate
-/// is Ed25519 (the gateway logs `peer is incompatible: NoSignatureSchemesInCommon`, Chromium
-/// `net::ERR_SSL_PROTOCOL_ERROR`). So the browser reaches the gateway through a relay here
-/// that terminates TLS with an ECDSA P-256 certificate made on the spot and passes the bytes
-/// on over TLS to the gateway, with the ALPN Chromium chose (h2): the gateway serves the same
-/// requests, cookies and headers the browser sends. Remove the relay when the TCP listener
-/// offers a certificate browsers accept.
+/// Chromium's TLS (BoringSSL) offers no Ed25519 signature scheme: the TCP listener answers
+/// it with its ECDSA P-256 certificate, so the browser talks to the gateway directly.
 const BROWSER: &str = r#"
-import asyncio, base64, datetime, fcntl, ipaddress, json, os, select, shutil, signal, ssl
-import subprocess, sys, tempfile, threading, time
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import base64, fcntl, json, os, select, shutil, signal, subprocess, sys, tempfile, time
 
 chromium, upstream, token, shot_path, peer = sys.argv[1:6]
 upstream = int(upstream)
 signal.alarm(60)
 work = tempfile.mkdtemp(prefix="alknet-ui-")
-
-
-def certificate():
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-async def pipe(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError, OSError):
-        pass
-    finally:
-        try:
-            writer.close()
-        except Exception:
-            pass
-
-
-async def relay(ready):
-    cert_path, key_path = certificate()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert_path, key_path)
-    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
-
-    async def handle(cr, cw):
-        alpn = cw.get_extra_info("ssl_object").selected_alpn_protocol() or "http/1.1"
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols([alpn])
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", upstream, ssl=ctx)
-        except OSError:
-            cw.close()
-            return
-        await asyncio.gather(pipe(cr, uw), pipe(ur, cw))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
-    ready.append(server.sockets[0].getsockname()[1])
-    async with server:
-        await server.serve_forever()
 
 
 class Cdp:
@@ -762,7 +685,6 @@ def child_fds():
 
 log_path = os.path.join(work, "chromium.log")
 log = open(log_path, "wb")
-# Started before the relay's thread: preexec_fn is only safe in a single-threaded parent.
 proc = subprocess.Popen(
     [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
      "--remote-debugging-pipe", "--no-first-run", "--no-default-browser-check",
@@ -771,14 +693,9 @@ proc = subprocess.Popen(
     stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=child_fds, close_fds=False)
 os.close(cmd_r)
 os.close(out_w)
-ready = []
-threading.Thread(target=lambda: asyncio.run(relay(ready)), daemon=True).start()
 result = {}
 try:
-    deadline = time.monotonic() + 10
-    while not ready and time.monotonic() < deadline:
-        time.sleep(0.01)
-    port = ready[0]
+    port = upstream
     cdp = Cdp(out_r, cmd_w)
     pages = [t for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "page"]
     sid = cdp.send("Target.attachToTarget",

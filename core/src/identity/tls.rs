@@ -317,6 +317,60 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// Picks the node's Ed25519 certificate for clients that can verify it, and an ECDSA P-256
+/// one for those that cannot (browsers: BoringSSL and NSS offer no Ed25519 signature
+/// scheme). The P-256 key is made at start and lives as long as the process; it identifies
+/// nothing (pinning clients all speak Ed25519), it only lets a browser finish the handshake
+/// and then authenticate with a token.
+#[derive(Debug)]
+struct BrowserFallback {
+    ed25519: Arc<rustls::sign::CertifiedKey>,
+    p256: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for BrowserFallback {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if hello.signature_schemes().contains(&SIGNATURE_SCHEME) {
+            Some(self.ed25519.clone())
+        } else {
+            Some(self.p256.clone())
+        }
+    }
+}
+
+fn p256_certified_key() -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let cert_err = |e: rcgen::Error| TlsError::Certificate(e.to_string());
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+    let cert = rcgen::CertificateParams::new(vec!["alknet".to_owned()])
+        .map_err(cert_err)?
+        .self_signed(&kp)
+        .map_err(cert_err)?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kp.serialize_der()));
+    let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+/// [`server_config`] for the TCP+TLS listener, which browsers reach: the same, with an ECDSA
+/// P-256 certificate for clients that cannot verify Ed25519 (see [`BrowserFallback`]).
+pub fn tcp_server_config(
+    key: &NodeKey,
+    alpns: Vec<Vec<u8>>,
+    client_key_required: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = server_config(key, alpns, client_key_required)?;
+    cfg.cert_resolver = Arc::new(BrowserFallback {
+        ed25519: key.certified_key()?,
+        p256: p256_certified_key()?,
+    });
+    Ok(cfg)
+}
+
 /// How a client decides whether the server's key is the one it expects.
 #[derive(Clone, Debug)]
 pub enum ServerTrust {

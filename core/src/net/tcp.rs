@@ -4,7 +4,7 @@
 //! A service asks for it by declaring a [`TcpOffer`] (the address, default the QUIC listen
 //! address over TCP, and the ALPNs it serves there). The server binds one `SO_REUSEPORT`
 //! listener per shard for each address, with a TLS configuration of its own: the node's
-//! certificate, TLS 1.3 only, client keys requested, and the ALPNs of the services on that
+//! certificate (and an ECDSA P-256 one for browsers, which cannot verify Ed25519), TLS 1.3 only, client keys requested, and the ALPNs of the services on that
 //! address. The accept path is the same for every service: the handshake (bounded by
 //! `[transport] handshake_timeout`), the negotiated ALPN picking the service (a client that
 //! offers none gets `http/1.1` where a service serves it), and the client key authorised by
@@ -82,7 +82,7 @@ pub(crate) fn bind(
     addrs
         .into_iter()
         .map(|(addr, alpns, anonymous)| {
-            let tls = crate::identity::tls::server_config(node, alpns, !anonymous)
+            let tls = crate::identity::tls::tcp_server_config(node, alpns, !anonymous)
                 .map_err(|e| format!("TCP listener {addr}: {e}"))?;
             let listeners = (0..workers)
                 .map(|_| listen(addr))
