@@ -53,7 +53,13 @@ impl Gw {
     }
 }
 
-fn new_token(server: &Server, peer: &str, scopes: &[&str], expires: Option<&str>) -> String {
+/// A new token of `peer` with `scopes` (and a lifetime), from the server's store.
+pub(crate) fn new_token(
+    server: &Server,
+    peer: &str,
+    scopes: &[&str],
+    expires: Option<&str>,
+) -> String {
     let mut args = vec!["token", "create", peer];
     for s in scopes {
         args.extend(["--scope", s]);

@@ -90,16 +90,7 @@ impl Node {
 
 /// A new token of `ada` with `scopes`.
 fn token(server: &Server, scopes: &[&str]) -> String {
-    let mut args = vec!["token", "create", "ada"];
-    for s in scopes {
-        args.extend(["--scope", s]);
-    }
-    let (code, out, err) = run_cli(&args, &server.data_dir(), b"");
-    assert_eq!(code, 0, "{err}");
-    out.split_whitespace()
-        .find(|w| w.starts_with("alk_"))
-        .unwrap_or_else(|| panic!("no token in {out}"))
-        .to_owned()
+    crate::http::new_token(server, "ada", scopes, None)
 }
 
 /// `alknet connect --alpn alknet/echo` as `ada`, its stdin held open so the session lives.

@@ -10,7 +10,9 @@
 //! | `POST /api/batch` | `{"calls":[{"id":…,"input":…},…]}`, run together, answered in order |
 //! | `GET /api/subscribe/{id}?input=JSON` | the results as Server-Sent Events; closing the stream aborts the call |
 //! | `GET /openapi.json` | OpenAPI 3.1 from the registry |
+//! | `GET /api/ws` | the `alknet/call` frames over a WebSocket (HTTP/1.1; [`crate::ws`]) |
 //! | `/mcp` | MCP, streamable HTTP ([`crate::mcp`]) |
+//! | `/ui/` | the status page, scope `admin` ([`crate::ui`]) |
 //!
 //! `{id}` is the operation id without its leading `/` (`node/info` for `/node/info`).
 //! Errors are `{"error":{"code":…,"message":…,"retryable":…}}` with the status of the code:
@@ -529,18 +531,22 @@ pub(crate) fn quote(s: &str) -> String {
     format!("`{cut}`")
 }
 
+/// The media type of a request's `Content-Type`, without parameters (`""` when absent).
+pub(crate) fn media_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .unwrap_or("")
+        .trim()
+}
+
 /// The JSON body of a POST: empty is `null`; anything but JSON is refused.
 pub(crate) fn json_body(req: &Request) -> Result<Value, Response<Body>> {
     if req.body.is_empty() {
         return Ok(Value::Null);
     }
-    let ct = req
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
+    if !media_type(&req.headers).eq_ignore_ascii_case("application/json") {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UNSUPPORTED_MEDIA_TYPE",

@@ -331,13 +331,9 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 /// The fields of a `application/x-www-form-urlencoded` body.
 fn form(req: &Request, html: bool) -> Result<Vec<(String, String)>, Response<Body>> {
-    let ct = req
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    if !crate::api::media_type(&req.headers)
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    {
         return Err(refuse(
             html,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
