@@ -108,13 +108,7 @@ async fn h2_worker(
             (ok, bad)
         }));
     }
-    let mut total = (0, 0);
-    for t in tasks {
-        let (a, b) = t.await.unwrap();
-        total.0 += a;
-        total.1 += b;
-    }
-    total
+    sum(tasks).await
 }
 
 async fn h3_worker(
@@ -174,13 +168,19 @@ async fn h3_worker(
             (ok, bad)
         }));
     }
+    let total = sum(tasks).await;
+    ep.close(0u32.into(), b"");
+    total
+}
+
+/// Answered and failed requests of `tasks`, added up.
+async fn sum(tasks: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
     let mut total = (0, 0);
     for t in tasks {
         let (a, b) = t.await.unwrap();
         total.0 += a;
         total.1 += b;
     }
-    ep.close(0u32.into(), b"");
     total
 }
 
@@ -209,13 +209,7 @@ fn load(proto: Proto, addr: SocketAddr, token: &str, pid: u32) -> Run {
                     }
                 }));
             }
-            let mut total = (0, 0);
-            for t in tasks {
-                let (a, b) = t.await.unwrap();
-                total.0 += a;
-                total.1 += b;
-            }
-            total
+            sum(tasks).await
         })
     };
     run(Instant::now() + Duration::from_secs(1), warm);

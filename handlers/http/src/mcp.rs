@@ -15,7 +15,9 @@
 //! (`node__info` for `/node/info`), as MCP clients expect `[A-Za-z0-9_.-]` names.
 
 use crate::HttpSettings;
-use crate::api::{Gateway, Request, error, error_json, event, json_body, sse_response};
+use crate::api::{
+    Gateway, Request, error, error_json, event, json_body, json_response, sse_response,
+};
 use crate::body::Body;
 use alknet_call::OpInfo;
 use alknet_core::AuthContext;
@@ -147,10 +149,6 @@ fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> Response<Body> {
-    crate::api::json_response(status, v)
-}
-
 /// Serves `/mcp`.
 pub(crate) async fn serve(
     gate: Rc<Gateway>,
@@ -231,7 +229,7 @@ pub(crate) async fn serve(
     let msg = match json_body(&req) {
         Ok(Value::Object(m)) => Value::Object(m),
         Ok(_) => {
-            return json_reply(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(
                     &Value::Null,
@@ -241,7 +239,7 @@ pub(crate) async fn serve(
             );
         }
         Err(_) => {
-            return json_reply(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&Value::Null, -32700, "parse error: the body is not JSON"),
             );
@@ -257,7 +255,7 @@ pub(crate) async fn serve(
     };
     if method == "initialize" {
         let Some(id) = id else {
-            return json_reply(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&Value::Null, -32600, "initialize needs an id"),
             );
@@ -272,7 +270,7 @@ pub(crate) async fn serve(
             .copied()
             .unwrap_or(VERSIONS[0]);
         let sid = sessions.open(&peer, settings.max_mcp_sessions, idle);
-        let mut r = json_reply(
+        let mut r = json_response(
             StatusCode::OK,
             &rpc_result(
                 &id,
@@ -292,7 +290,7 @@ pub(crate) async fn serve(
     match &session {
         Some(s) if sessions.touch(s, &peer, idle) => {}
         Some(_) => {
-            return json_reply(
+            return json_response(
                 StatusCode::NOT_FOUND,
                 &rpc_error(
                     id.as_ref().unwrap_or(&Value::Null),
@@ -302,7 +300,7 @@ pub(crate) async fn serve(
             );
         }
         None => {
-            return json_reply(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(
                     id.as_ref().unwrap_or(&Value::Null),
@@ -320,21 +318,24 @@ pub(crate) async fn serve(
     };
     let visible = |op: &&OpInfo| op.scope.as_deref().is_none_or(|s| caller.auth.has_scope(s));
     match method.as_str() {
-        "ping" => json_reply(StatusCode::OK, &rpc_result(&id, json!({}))),
+        "ping" => json_response(StatusCode::OK, &rpc_result(&id, json!({}))),
         "tools/list" => {
             let start = match msg.pointer("/params/cursor") {
                 None | Some(Value::Null) => 0,
                 Some(Value::String(c)) => match c.parse::<usize>() {
                     Ok(n) => n,
                     Err(_) => {
-                        return json_reply(
+                        return json_response(
                             StatusCode::OK,
                             &rpc_error(&id, -32602, "invalid cursor"),
                         );
                     }
                 },
                 Some(_) => {
-                    return json_reply(StatusCode::OK, &rpc_error(&id, -32602, "invalid cursor"));
+                    return json_response(
+                        StatusCode::OK,
+                        &rpc_error(&id, -32602, "invalid cursor"),
+                    );
                 }
             };
             let all: Vec<&OpInfo> = gate.ops.iter().filter(visible).collect();
@@ -358,7 +359,7 @@ pub(crate) async fn serve(
             {
                 m.insert("nextCursor".into(), json!((start + PAGE).to_string()));
             }
-            json_reply(StatusCode::OK, &rpc_result(&id, result))
+            json_response(StatusCode::OK, &rpc_result(&id, result))
         }
         "tools/call" => {
             let name = msg
@@ -371,7 +372,7 @@ pub(crate) async fn serve(
                 .filter(visible)
                 .find(|op| tool_name(&op.id) == name)
             else {
-                return json_reply(
+                return json_response(
                     StatusCode::OK,
                     &rpc_error(
                         &id,
@@ -398,7 +399,7 @@ pub(crate) async fn serve(
                         .await,
                     false,
                 );
-                return json_reply(StatusCode::OK, &rpc_result(&id, result));
+                return json_response(StatusCode::OK, &rpc_result(&id, result));
             }
             let inv =
                 match gate
@@ -407,7 +408,7 @@ pub(crate) async fn serve(
                 {
                     Ok(inv) => inv,
                     Err(e) => {
-                        return json_reply(
+                        return json_response(
                             StatusCode::OK,
                             &rpc_result(&id, tool_result(Err(e), true)),
                         );
@@ -476,7 +477,7 @@ pub(crate) async fn serve(
             });
             sse_response(Body::Stream(Box::pin(stream)))
         }
-        other => json_reply(
+        other => json_response(
             StatusCode::OK,
             &rpc_error(
                 &id,
