@@ -313,12 +313,37 @@ pub fn run_cli_raw(args: &[&str], data_dir: &Path, stdin: &[u8]) -> (i32, Vec<u8
     )
 }
 
-/// A loopback UDP port that was free a moment ago (bound to port 0, then released).
+/// A loopback UDP port that is free now, for a server the test starts to bind.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port()
+    free_loopback_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A loopback port for which `free` holds now, for a process the test starts to bind.
+///
+/// Chosen below the kernel's ephemeral range: a port from that range (a bind to port 0)
+/// can be taken between this choice and the child's bind by any outgoing connection or
+/// any socket another test binds to port 0, and the child then fails with "Address
+/// already in use". Below the range only another such choice could collide, and one
+/// counter (offset by the process id) keeps those apart.
+pub fn free_loopback_port(free: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(FLOOR);
+    let start = std::process::id().wrapping_mul(97) % span.max(1);
+    for _ in 0..span.min(5_000) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        if let Ok(port) = u16::try_from(FLOOR + (start + n) % span) {
+            if free(port) {
+                return port;
+            }
+        }
+    }
+    panic!("no free loopback port in {FLOOR}..{low}")
 }
 
 /// An OpenSSH client set up as a user of `alknet ssh-config`: its own Alknet data directory

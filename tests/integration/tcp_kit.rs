@@ -115,11 +115,9 @@ pub fn http_server(body: &'static str) -> u16 {
     port
 }
 
+/// A loopback TCP port that is free now, for a process the test starts to bind.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    crate::support::free_loopback_port(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
 }
 
 /// A background process (`ssh`, `alknet forward`), killed on drop; its stderr goes to a
