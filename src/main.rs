@@ -4,6 +4,8 @@
 mod admin_cli;
 mod backup_cli;
 mod connect;
+#[cfg(feature = "dns")]
+mod dns_cli;
 #[cfg(feature = "git")]
 mod git_cli;
 mod git_remote;
@@ -229,6 +231,12 @@ enum Command {
     },
     /// The SSH service's host key.
     #[cfg(feature = "ssh")]
+    /// The DNS service's pkarr records: sign the node's records for a relay, print the key.
+    #[cfg(feature = "dns")]
+    Dns {
+        #[command(subcommand)]
+        cmd: dns_cli::DnsCmd,
+    },
     Ssh {
         #[command(subcommand)]
         cmd: ssh_cli::SshCmd,
@@ -419,6 +427,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "ssh")]
         Command::Ssh { cmd } => ssh_cli::run(&data_dir, cmd),
+        #[cfg(feature = "dns")]
+        Command::Dns { cmd } => dns_cli::run(&data_dir, cmd),
         #[cfg(feature = "ssh")]
         Command::SshConfig {
             target,
@@ -483,7 +493,20 @@ fn services(keys: Option<&ServiceKeys>) -> Vec<Offer> {
         #[cfg(feature = "call")]
         Offer::new(alknet_call::CallService::new()),
         #[cfg(feature = "http")]
-        Offer::new(alknet_http::HttpService::new(alknet_call::Operations::new())),
+        Offer::new({
+            let http = alknet_http::HttpService::new(alknet_call::Operations::new());
+            #[cfg(feature = "dns")]
+            let http = match keys.and_then(|k| k.dns.clone()) {
+                Some(d) => http.with_dns(d),
+                None => http,
+            };
+            http
+        }),
+        #[cfg(feature = "dns")]
+        Offer::new(match keys.and_then(|k| k.dns.clone()) {
+            Some(d) => alknet_dns::DnsService::new(d),
+            None => alknet_dns::DnsService::default(),
+        }),
     ]
 }
 
@@ -498,6 +521,9 @@ struct ServiceKeys {
     /// The git repositories under `[services.git]` and `[git]`.
     #[cfg(feature = "git")]
     git: Option<std::sync::Arc<alknet_git::Gateway>>,
+    /// The DNS zone, pkarr relay store and limits, when `[services.dns]` is on.
+    #[cfg(feature = "dns")]
+    dns: Option<alknet_dns::Dns>,
 }
 
 impl ServiceKeys {
@@ -524,6 +550,8 @@ impl ServiceKeys {
                     Some(std::sync::Arc::new(gw))
                 }
             },
+            #[cfg(feature = "dns")]
+            dns: dns_cli::load(data_dir, config)?,
         })
     }
 }
@@ -559,6 +587,8 @@ fn serve(
     let forwarder = keys.forwarder.clone();
     #[cfg(feature = "git")]
     let git_gateway = keys.git.clone();
+    #[cfg(feature = "dns")]
+    let dns = keys.dns.clone();
 
     let store = Arc::new(alknet_core::identity::store::RedbStore::open(
         &data_dir.join(alknet_core::identity::store::STORE_FILE),
@@ -589,6 +619,11 @@ fn serve(
     // The running services share their config watches with this clone, which a reload
     // stores new sections through.
     let running_registry = registry.clone();
+    #[cfg(feature = "dns")]
+    let pkarr_seed = match &keys.dns {
+        Some(_) => Some(dns_cli::seed(data_dir, &node)?),
+        None => None,
+    };
     let handle = alknet_core::start(config.clone(), node.key, registry, identities)?;
 
     let alpns: Vec<String> = handle
@@ -596,6 +631,18 @@ fn serve(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
+    #[cfg(feature = "dns")]
+    if let (Some(d), Some(seed)) = (&keys.dns, &pkarr_seed) {
+        let own = alknet_dns::NodeRecords {
+            fingerprint: handle.fingerprint().to_string(),
+            port: handle.local_addr().port(),
+            alpns: alpns.clone(),
+        };
+        match dns_cli::publish_own(d, seed, &own) {
+            Ok(z32) => tracing::info!(key = %z32, "dns: the node's pkarr records are served"),
+            Err(e) => tracing::warn!(error = %e, "dns: the node's pkarr records are not served"),
+        }
+    }
     let info = control::ServerInfo {
         fingerprint: handle.fingerprint().to_string(),
         listen: handle.local_addr().to_string(),
@@ -621,6 +668,20 @@ fn serve(
                 && keys.iter().any(|k| k == "tunnels")
             {
                 f.set_policy(alknet_forward::Policy::new(&config.tunnels));
+            }
+            #[cfg(feature = "dns")]
+            if let Some(d) = &dns
+                && keys.iter().any(|k| k == "dns" || k == "services.dns")
+            {
+                match (
+                    config.service_section::<alknet_dns::DnsSettings>("dns"),
+                    config.dns_records(),
+                ) {
+                    (Ok(section), Ok(records)) => d.reconfigure(section.config, records),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "dns: the reloaded zone was not taken")
+                    }
+                }
             }
             #[cfg(feature = "git")]
             if let Some(g) = &git_gateway {

@@ -13,6 +13,10 @@ pub(crate) struct LoadedKey {
     /// a vault the SSH host key lives in its own file.
     #[cfg_attr(not(feature = "ssh"), allow(dead_code))]
     pub(crate) ssh_host_seed: Option<zeroize::Zeroizing<[u8; 32]>>,
+    /// The pkarr signing key's seed (`m/74'/0'/2'/0'`) when the key came from the vault;
+    /// without a vault it lives in its own file.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    pub(crate) pkarr_seed: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 pub(crate) fn load(data_dir: &Path, passphrase_file: Option<&Path>) -> Result<LoadedKey> {
@@ -26,12 +30,14 @@ pub(crate) fn load(data_dir: &Path, passphrase_file: Option<&Path>) -> Result<Lo
             key: NodeKey::from_seed(vault.node_identity_seed()),
             source: "vault",
             ssh_host_seed: Some(vault.ssh_host_seed()),
+            pkarr_seed: Some(vault.pkarr_seed()),
         });
     }
     let key = NodeKey::load_or_create(data_dir)?;
     Ok(LoadedKey {
         key,
         ssh_host_seed: None,
+        pkarr_seed: None,
         source: "key file (no vault; `alknet vault init` makes the identity recoverable from words)",
     })
 }

@@ -6,6 +6,7 @@
 //!
 //! This module only reads and checks values; it does not open sockets or build TLS state.
 
+mod dns;
 mod git;
 mod tunnels;
 
@@ -18,6 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
+pub use dns::{
+    DnsName, DnsRecordEntry, DnsZoneConfig, MAX_RECORDS, MAX_TXT_LEN, RecordData, SvcParams,
+    ZoneRecord,
+};
 pub use git::{
     GitAccess, GitAccessConfig, GitRule, GitSubject, ProtectRule, RefPattern, RepoPattern,
     repo_segment_char,
@@ -392,6 +397,8 @@ pub struct Config {
     pub tunnels: TunnelsConfig,
     /// Git repositories (`alknet/git`, git over SSH): who may read, push and create what.
     pub git: GitAccessConfig,
+    /// The DNS service's zone (`[[dns.records]]`).
+    pub dns: DnsZoneConfig,
     /// Where this configuration was read from.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -418,6 +425,7 @@ impl Default for Config {
             peers: Vec::new(),
             tunnels: TunnelsConfig::default(),
             git: GitAccessConfig::default(),
+            dns: DnsZoneConfig::default(),
             source: ConfigSource::default(),
         }
     }
@@ -446,11 +454,11 @@ impl Config {
     /// Parses configuration text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| toml_error(&e, text, path))?;
-        config.check(text, path)?;
         config.source = ConfigSource {
             path: path.to_owned(),
             text: Arc::from(text),
         };
+        config.check(text, path)?;
         Ok(config)
     }
 
@@ -575,6 +583,7 @@ impl Config {
                 message,
             });
         }
+        self.dns_records()?;
         let mut ids = std::collections::HashSet::new();
         // Each key authenticates one peer: with a key under two peers, which one a
         // handshake finds would depend on hash order, and could change between restarts.
@@ -644,6 +653,50 @@ impl Config {
                 .unwrap_or(1)
                 .min(256)
         }
+    }
+
+    /// The zone's records (`[[dns.records]]`), checked against `zone` under
+    /// `[services.dns]`; a bad one is an error naming its file, line and key.
+    pub fn dns_records(&self) -> Result<Vec<ZoneRecord>, ConfigError> {
+        let text = &self.source.text;
+        let zone_value = self
+            .services
+            .get("dns")
+            .and_then(|t| t.get("zone"))
+            .and_then(|v| v.as_str());
+        let zone = match zone_value.map(DnsName::parse) {
+            Some(Err(message)) => {
+                return Err(ConfigError::Invalid {
+                    path: self.source.path.clone(),
+                    line: section_key_line(text, "services.dns", "zone").unwrap_or(1),
+                    key: "services.dns.zone".into(),
+                    message,
+                });
+            }
+            Some(Ok(z)) => Some(z),
+            None => None,
+        };
+        self.dns
+            .parse(zone.as_ref())
+            .map_err(|(index, key, message)| {
+                let needle = self
+                    .dns
+                    .records
+                    .get(index)
+                    .map(|r| match key {
+                        "name" => r.name.clone(),
+                        "value" => r.value.clone(),
+                        "type" => r.kind.clone(),
+                        _ => key.to_owned(),
+                    })
+                    .unwrap_or_default();
+                ConfigError::Invalid {
+                    path: self.source.path.clone(),
+                    line: table_line_in(text, "[[dns.records]]", index, &needle).unwrap_or(1),
+                    key: format!("dns.records.{key}"),
+                    message,
+                }
+            })
     }
 
     /// Whether `[services.NAME]` says `enabled = true` (a quick look; the service layer
@@ -953,12 +1006,18 @@ fn find_line(text: &str, needle: &str) -> Option<usize> {
 /// told apart by their headers, so the same key under two peers names the second one's line.
 /// `None` when the peers are not written as `[[peers]]` tables.
 fn peer_line_in(text: &str, index: usize, needle: &str) -> Option<usize> {
+    table_line_in(text, "[[peers]]", index, needle)
+}
+
+/// The line of the `index`-th table under `header` (`[[dns.records]]`) that contains
+/// `needle`.
+fn table_line_in(text: &str, header: &str, index: usize, needle: &str) -> Option<usize> {
     let mut table = None;
     let mut seen = 0usize;
     for (i, line) in text.lines().enumerate() {
         let head = line.trim_start();
         if head.starts_with('[') {
-            table = if head.starts_with("[[peers]]") {
+            table = if head.starts_with(header) {
                 seen += 1;
                 Some(seen - 1)
             } else {

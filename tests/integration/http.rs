@@ -7,12 +7,6 @@ use serde_json::{Value, json};
 use std::process::Command;
 use std::time::Duration;
 
-fn python() -> String {
-    std::env::var("ALKNET_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("ALKNET_TEST_PYTHON is unset: run .ci/test, which makes a venv with the Python clients (.ci/requirements.txt)")
-    })
-}
-
 /// A gateway with the HTTP service on, a store peer `ada` (scope `call`) and its token.
 struct Gw {
     server: Server,
@@ -518,7 +512,7 @@ except (ConnectionResetError, ssl.SSLError):
     d = b""
 print("idle", time.monotonic() - t0, len(d))
 "#;
-    let out = Command::new(python())
+    let out = Command::new(test_python())
         .args(["-c", script, &gw.server.addr.port().to_string()])
         .output()
         .unwrap();
@@ -549,7 +543,7 @@ print("idle", time.monotonic() - t0, len(d))
 async fn the_mcp_sdk_initialises_lists_and_calls_tools() {
     let gw = Gw::start("");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_client.py");
-    let out = Command::new(python())
+    let out = Command::new(test_python())
         .args([script, &gw.url("/mcp"), &gw.token])
         .output()
         .unwrap();
@@ -641,7 +635,7 @@ async fn the_mcp_sdk_initialises_lists_and_calls_tools() {
 fn h3(gw: &Gw, requests: &[Value]) -> Vec<Value> {
     use std::io::Write;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/h3_client.py");
-    let mut child = Command::new(python())
+    let mut child = Command::new(test_python())
         .args([
             script,
             "127.0.0.1",
@@ -728,7 +722,7 @@ async fn a_websocket_client_drives_calls_with_the_call_protocol() {
     let gw = Gw::start("");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ws_client.py");
     let url = format!("wss://127.0.0.1:{}/api/ws", gw.server.addr.port());
-    let out = Command::new(python())
+    let out = Command::new(test_python())
         .args([script, &url, &gw.token])
         .output()
         .unwrap();
@@ -778,7 +772,7 @@ async fn a_websocket_client_drives_calls_with_the_call_protocol() {
 async fn schemathesis_finds_nothing_against_the_generated_openapi() {
     // schemathesis sends bad credentials on purpose: they must not get loopback penalised.
     let gw = Gw::start_with("[admission]\nfailures_before_penalty = 1000000\n", "");
-    let st = std::path::Path::new(&python()).with_file_name("schemathesis");
+    let st = std::path::Path::new(&test_python()).with_file_name("schemathesis");
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(&st)
         .args([

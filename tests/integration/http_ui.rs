@@ -227,12 +227,6 @@ fn csrf_of(page: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-fn python() -> String {
-    std::env::var("ALKNET_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("ALKNET_TEST_PYTHON is unset: run .ci/test, which makes a venv with the Python clients (.ci/requirements.txt)")
-    })
-}
-
 fn chromium() -> &'static str {
     let found = Command::new("chromium")
         .arg("--version")
@@ -260,7 +254,7 @@ async fn chromium_shows_the_node_and_live_sessions_and_revokes_one() {
     let _ = std::fs::remove_file(&shot);
     let script = node.client.path().join("browser.py");
     std::fs::write(&script, BROWSER).unwrap();
-    let out = Command::new(python())
+    let out = Command::new(test_python())
         .arg(&script)
         .arg(chromium())
         .arg(node.server.addr.port().to_string())

@@ -14,6 +14,7 @@ mod abuse_quic;
 mod backup;
 mod cli;
 mod dispatch;
+mod dns;
 mod git;
 mod http;
 mod http_ui;

@@ -313,6 +313,13 @@ pub fn run_cli_raw(args: &[&str], data_dir: &Path, stdin: &[u8]) -> (i32, Vec<u8
     )
 }
 
+/// The test venv's Python, with the PyPI clients of `.ci/requirements.txt`.
+pub fn test_python() -> String {
+    std::env::var("ALKNET_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("ALKNET_TEST_PYTHON is unset: run .ci/test, which makes a venv with the Python clients (.ci/requirements.txt)")
+    })
+}
+
 /// A loopback UDP port that is free now, for a server the test starts to bind.
 pub fn free_udp_port() -> u16 {
     free_loopback_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())

@@ -10,6 +10,7 @@
 //! |-------------------------|--------------------------|
 //! | node identity           | `m/74'/0'/0'/0'`         |
 //! | SSH host key            | `m/74'/0'/1'/0'`         |
+//! | pkarr signing key       | `m/74'/0'/2'/0'`         |
 //! | storage encryption, v   | `m/74'/2'/0'/v'`         |
 //!
 //! The crate is a library: it does not run a server, hold a key in a TLS config, prompt on a
@@ -125,6 +126,11 @@ impl UnlockedVault {
     /// The SSH host key's Ed25519 secret key at `m/74'/0'/1'/0'`.
     pub fn ssh_host_seed(&self) -> Zeroizing<[u8; 32]> {
         slip10::derive(self.seed.as_bytes(), &slip10::SSH_HOST_PATH)
+    }
+
+    /// The Ed25519 secret key that signs the node's pkarr records, at `m/74'/0'/2'/0'`.
+    pub fn pkarr_seed(&self) -> Zeroizing<[u8; 32]> {
+        slip10::derive(self.seed.as_bytes(), &slip10::PKARR_PATH)
     }
 
     /// The 32-byte storage encryption key of `version` at `m/74'/2'/0'/<version>'`.

@@ -23,6 +23,9 @@ pub const NODE_IDENTITY_PATH: [u32; 4] = [COIN_TYPE, 0, 0, 0];
 /// SSH host key: `m/74'/0'/1'/0'`.
 pub const SSH_HOST_PATH: [u32; 4] = [COIN_TYPE, 0, 1, 0];
 
+/// `m/74'/0'/2'/0'`: the key that signs the node's pkarr records.
+pub const PKARR_PATH: [u32; 4] = [COIN_TYPE, 0, 2, 0];
+
 /// Storage encryption key of version `v`: `m/74'/2'/0'/v'`.
 pub const fn storage_path(version: u32) -> [u32; 4] {
     [COIN_TYPE, 2, 0, version]

@@ -48,6 +48,9 @@ fn round_trip_on_disk() {
     assert_eq!(*opened.ssh_host_seed(), *created.ssh_host_seed());
     assert_eq!(*opened.storage_key(3), *created.storage_key(3));
     assert_ne!(*opened.node_identity_seed(), *opened.ssh_host_seed());
+    assert_eq!(*opened.pkarr_seed(), *created.pkarr_seed());
+    assert_ne!(*opened.pkarr_seed(), *opened.ssh_host_seed());
+    assert_ne!(*opened.pkarr_seed(), *opened.node_identity_seed());
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! period and are then abandoned, and the whole run has a hard ceiling, so a stuck server
 //! cannot hang the generator. Only loopback addresses are accepted.
 
+pub mod doq;
 pub mod quinn_server;
 pub mod report;
 pub mod sys;

@@ -42,6 +42,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "admission.max_connections_per_anonymous_source",
     "tunnels",
     "git",
+    "dns",
 ];
 
 /// Keys read once at start (sockets, threads, the QUIC transport and Retry settings, the
@@ -103,6 +104,7 @@ fn key_differs(name: &str, a: &Config, b: &Config) -> bool {
         }
         "tunnels" => a.tunnels != b.tunnels,
         "git" => a.git != b.git,
+        "dns" => a.dns != b.dns,
         "listen" => a.listen != b.listen,
         "workers" => a.workers != b.workers,
         "server_id" => a.server_id != b.server_id,
@@ -220,6 +222,8 @@ pub fn merge_live(running: &Config, new: &Config) -> Config {
     a.max_connections_per_anonymous_source = n.max_connections_per_anonymous_source;
     out.services = new.services.clone();
     out.tunnels = new.tunnels.clone();
+    out.git = new.git.clone();
+    out.dns = new.dns.clone();
     out.peers = new.peers.clone();
     out.source = new.source.clone();
     out
@@ -560,6 +564,18 @@ mod tests {
             peer("new", FP_B, "\"echo\"")
         ));
         assert_eq!(diff(&new, &disabled).peers_changed, ["keep"]);
+    }
+
+    #[test]
+    fn the_git_rules_and_the_dns_zone_are_live() {
+        let old = parse("[services.dns]\nzone = \"gw.example.\"\n");
+        let new = parse(
+            "[services.dns]\nzone = \"gw.example.\"\n[[dns.records]]\nname = \"a.gw.example.\"\ntype = \"A\"\nvalue = \"192.0.2.1\"\n[[git.allow]]\npeer = \"a\"\nrepos = [\"org/*\"]\naccess = [\"read\"]\n",
+        );
+        let c = diff(&old, &new);
+        assert_eq!(c.live_keys, ["git", "dns"]);
+        let merged = merge_live(&old, &new);
+        assert_eq!((&merged.git, &merged.dns), (&new.git, &new.dns));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `GET /api/ws` | the `alknet/call` frames over a WebSocket (HTTP/1.1; [`crate::ws`]) |
 //! | `/mcp` | MCP, streamable HTTP ([`crate::mcp`]) |
 //! | `/ui/` | the status page, scope `admin` ([`crate::ui`]) |
+//! | `/dns-query`, `/<z32>` | DoH and the pkarr relay, when the DNS service is on (`crate::dns`) |
 //!
 //! `{id}` is the operation id without its leading `/` (`node/info` for `/node/info`).
 //! Errors are `{"error":{"code":…,"message":…,"retryable":…}}` with the status of the code:
@@ -83,6 +84,9 @@ pub(crate) struct Gateway {
     pub(crate) shared: Arc<Shared>,
     pub(crate) spawner: Spawner,
     pub(crate) drain: Drain,
+    /// The node's DNS, for DoH and the pkarr relay ([`crate::dns`]).
+    #[cfg(feature = "dns")]
+    pub(crate) dns: Option<alknet_dns::Dns>,
 }
 
 /// A request as every transport hands it over.
@@ -341,6 +345,19 @@ impl Gateway {
         }
         if path == "/ui" || path.starts_with("/ui/") {
             return crate::ui::serve(self, req, conn, settings).await;
+        }
+        #[cfg(feature = "dns")]
+        if let Some(dns) = &self.dns {
+            if path == "/dns-query" {
+                return crate::dns::doh(dns, req, conn).await;
+            }
+            if let Some(z32) = path
+                .strip_prefix('/')
+                .filter(|p| alknet_dns::pkarr::parse_key(p).is_some())
+            {
+                let z32 = z32.to_owned();
+                return crate::dns::relay(dns, req, &z32, conn);
+            }
         }
         let known = path == "/openapi.json"
             || path == "/api/operations"

@@ -21,6 +21,8 @@ mod api;
 mod auth;
 mod body;
 mod config;
+#[cfg(feature = "dns")]
+mod dns;
 mod h3_server;
 mod mcp;
 mod openapi;
@@ -50,6 +52,8 @@ pub const SCOPE: &str = "call";
 pub struct HttpService {
     operations: Operations,
     shared: Arc<api::Shared>,
+    #[cfg(feature = "dns")]
+    dns: Option<alknet_dns::Dns>,
 }
 
 impl HttpService {
@@ -58,7 +62,17 @@ impl HttpService {
         Self {
             operations,
             shared: Arc::default(),
+            #[cfg(feature = "dns")]
+            dns: None,
         }
+    }
+
+    /// The same gateway also serving DoH (`/dns-query`) and the pkarr relay (`/<z32>`)
+    /// from the node's DNS.
+    #[cfg(feature = "dns")]
+    pub fn with_dns(mut self, dns: alknet_dns::Dns) -> Self {
+        self.dns = Some(dns);
+        self
     }
 }
 
@@ -111,6 +125,8 @@ impl Service for HttpService {
                 shared: self.shared.clone(),
                 spawner: ctx.spawner(),
                 drain: ctx.drain(),
+                #[cfg(feature = "dns")]
+                dns: self.dns.clone(),
             }),
         }
     }
