@@ -1047,6 +1047,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bad_dns_record_names_its_line_and_key() {
+        let text = "[services.dns]\nzone = \"gw.example.\"\n[[dns.records]]\nname = \"a.gw.example.\"\ntype = \"A\"\nvalue = \"192.0.2.1\"\n[[dns.records]]\nname = \"b.gw.example.\"\ntype = \"A\"\nvalue = \"192.0.2.300\"\n";
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => {
+                assert_eq!((line, key.as_str()), (10, "dns.records.value"));
+                assert!(message.contains("not an IPv4 address"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let outside = "[services.dns]\nzone = \"gw.example.\"\n[[dns.records]]\nname = \"evil.test.\"\ntype = \"A\"\nvalue = \"192.0.2.1\"\n";
+        match parse(outside) {
+            Err(ConfigError::Invalid { line, key, .. }) => {
+                assert_eq!((line, key.as_str()), (4, "dns.records.name"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = parse("[services.dns]\nzone = \"gw.example.\"\n[[dns.records]]\nname = \"a.gw.example.\"\ntype = \"TXT\"\nvalue = \"hi\"\n").unwrap();
+        assert_eq!(ok.dns_records().unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_remote_metrics_address_needs_allow_remote() {
         let text = "listen = \"[::]:4433\"\n\n[metrics]\nlisten = \"0.0.0.0:9464\"\n";
         match parse(text) {
