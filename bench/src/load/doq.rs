@@ -469,8 +469,13 @@ pub async fn probe(cfg: &DoqConfig) -> anyhow::Result<()> {
     let q = query_bytes(&cfg.name)?;
     let r = match query(&conn, &q, cfg.expect).await {
         Outcome::Answered => Ok(()),
-        Outcome::Failed(k) | Outcome::Lost(k) => Err(anyhow::anyhow!("{k}")),
-        Outcome::Closed => Err(anyhow::anyhow!("the server closed the connection")),
+        Outcome::Failed(k) | Outcome::Lost(k) => Err(anyhow::anyhow!(
+            "the probe query for {} A failed: {k}",
+            cfg.name
+        )),
+        Outcome::Closed => Err(anyhow::anyhow!(
+            "the server closed the connection before answering the probe query"
+        )),
     };
     conn.close(quinn::VarInt::from_u32(DOQ_NO_ERROR), b"");
     ep.wait_idle().await;

@@ -168,16 +168,15 @@ async fn stream(
         Ok(q) => q,
         Err(e) => return protocol_error(&conn, &e),
     };
-    let answer = match dns.admit(source) {
-        Admit::Yes => dns.respond(&query).await,
-        Admit::Refuse => refused(&query),
+    let wire = match dns.admit(source) {
+        Admit::Yes => dns.respond_wire(&bytes, &query).await,
+        Admit::Refuse => encode(&refused(&query)),
         Admit::Excess => {
             tracing::info!(%source, "dns: closing a DoQ connection far over its query budget");
             conn.close(code::EXCESSIVE_LOAD, b"too many queries");
             return;
         }
     };
-    let wire = encode(&answer);
     let Ok(len) = u16::try_from(wire.len()) else {
         send.reset(code::INTERNAL_ERROR);
         return;

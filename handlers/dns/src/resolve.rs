@@ -10,6 +10,7 @@ use alknet_core::config::ZoneRecord;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, RecordType};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -24,6 +25,40 @@ struct State {
     settings: DnsSettings,
     zone: Option<Zone>,
     cache: Arc<Cache>,
+    /// The zone's encoded answers, by question ([`WireKey`]): a repeated question is
+    /// answered by copying bytes instead of building and encoding a message. Cleared with
+    /// the zone (a new `State` on every reconfiguration).
+    wire: RwLock<HashMap<WireKey, Arc<[u8]>>>,
+}
+
+/// Encoded zone answers kept at most (names that exist, times the types asked; NXDOMAIN
+/// for random names stops being kept once this is full).
+const MAX_WIRE_ANSWERS: usize = 4096;
+
+/// What an encoded answer depends on: the question as sent but in lower case (its wire
+/// bytes: name, type, class), and the header bits echoed (RD, CD) and whether the query
+/// had EDNS.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct WireKey {
+    question: Box<[u8]>,
+    flags: u8,
+}
+
+/// The end of the (one) question of a wire query, when its name is written without
+/// compression (as every client writes it).
+fn question_end(query: &[u8]) -> Option<usize> {
+    let mut at = 12usize;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            let end = at + 1 + 4;
+            return (end <= query.len()).then_some(end);
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
 }
 
 struct Inner {
@@ -59,6 +94,7 @@ impl Dns {
         let dns = Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(Arc::new(State {
+                    wire: RwLock::new(HashMap::new()),
                     zone: None,
                     cache: Arc::new(Cache::new(settings.cache_entries)),
                     settings: settings.clone(),
@@ -84,6 +120,7 @@ impl Dns {
         };
         let zone = self.build_zone(&settings);
         *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State {
+            wire: RwLock::new(HashMap::new()),
             settings,
             zone,
             cache,
@@ -168,6 +205,55 @@ impl Dns {
         Ok((encode(&answer), ttl))
     }
 
+    /// The encoded answer to `query`, whose wire form is `bytes`: a zone answer asked
+    /// before is copied from its encoding (with this query's ID and question as sent).
+    pub async fn respond_wire(&self, bytes: &[u8], query: &Message) -> Vec<u8> {
+        let plain_edns = query
+            .edns
+            .as_ref()
+            .is_none_or(|e| e.version() == 0 && e.option(EdnsCode::Padding).is_none());
+        let end = question_end(bytes).filter(|_| {
+            plain_edns && query.queries.len() == 1 && query.metadata.op_code == OpCode::Query
+        });
+        let Some(end) = end else {
+            return encode(&self.respond(query).await);
+        };
+        let key = WireKey {
+            question: bytes[12..end].to_ascii_lowercase().into_boxed_slice(),
+            flags: u8::from(query.metadata.recursion_desired)
+                | u8::from(query.metadata.checking_disabled) << 1
+                | u8::from(query.edns.is_some()) << 2,
+        };
+        let state = self.state();
+        let hit = state
+            .wire
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let stamp = |template: &[u8]| {
+            let mut out = Vec::with_capacity(template.len());
+            out.extend_from_slice(&query.metadata.id.to_be_bytes());
+            out.extend_from_slice(template.get(2..12).unwrap_or_default());
+            out.extend_from_slice(&bytes[12..end]);
+            out.extend_from_slice(template.get(end..).unwrap_or_default());
+            out
+        };
+        if let Some(template) = hit {
+            return stamp(&template);
+        }
+        let answer = self.respond(query).await;
+        let wire = encode(&answer);
+        // Only the zone's own answers are kept: they change with the zone alone.
+        if answer.metadata.authoritative && wire.len() >= end {
+            let mut map = state.wire.write().unwrap_or_else(|p| p.into_inner());
+            if map.len() < MAX_WIRE_ANSWERS {
+                map.insert(key, Arc::from(wire.as_slice()));
+            }
+        }
+        wire
+    }
+
     /// The answer to `query` (padded when it asked for padding).
     pub async fn respond(&self, query: &Message) -> Message {
         let mut resp = self.answer(query).await;
@@ -239,7 +325,9 @@ impl Dns {
         resp.metadata.recursion_available = true;
         let got = match state.cache.get(q) {
             Some(hit) => Ok(hit),
-            None => forward::ask(upstream, state.settings.upstream_timeout, q)
+            // Boxed: the forwarding future is large and rare; unboxed it would make every
+            // query's task as large as the forwarding path.
+            None => Box::pin(forward::ask(upstream, state.settings.upstream_timeout, q))
                 .await
                 .inspect(|a| state.cache.put(q, a)),
         };
@@ -332,4 +420,61 @@ pub(crate) fn encode(m: &Message) -> Vec<u8> {
         fail.metadata.response_code = ResponseCode::ServFail;
         fail.to_vec().unwrap_or_default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alknet_core::config::{DnsName, DnsRecordEntry};
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn dns() -> Dns {
+        let record = DnsRecordEntry {
+            name: "www.gw.example.".into(),
+            kind: "A".into(),
+            value: "192.0.2.10".into(),
+            ttl: 300,
+        }
+        .parse()
+        .unwrap();
+        let settings = DnsSettings {
+            zone: Some(DnsName::parse("gw.example.").unwrap()),
+            ..DnsSettings::default()
+        };
+        Dns::new(settings, vec![record], Arc::new(PkarrStore::in_memory(1)))
+    }
+
+    fn ask(dns: &Dns, name: &str, id: u16) -> Message {
+        let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let bytes = q.to_vec().unwrap();
+        let wire = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(dns.respond_wire(&bytes, &q));
+        Message::from_vec(&wire).unwrap()
+    }
+
+    #[test]
+    fn a_repeated_question_is_answered_from_its_encoding_with_the_askers_id_and_case() {
+        let d = dns();
+        let first = ask(&d, "www.gw.example.", 0);
+        assert_eq!(d.state().wire.read().unwrap().len(), 1);
+        let again = ask(&d, "WwW.Gw.ExAmPlE.", 7);
+        assert_eq!(again.metadata.id, 7);
+        assert_eq!(again.queries[0].name().to_ascii(), "WwW.Gw.ExAmPlE.");
+        assert_eq!(again.answers, first.answers);
+        assert_eq!(
+            d.state().wire.read().unwrap().len(),
+            1,
+            "one entry for both spellings"
+        );
+        // A reconfiguration starts again from the new zone.
+        d.reconfigure(d.settings(), Vec::new());
+        assert_eq!(
+            ask(&d, "www.gw.example.", 0).metadata.response_code,
+            ResponseCode::NXDomain
+        );
+    }
 }
