@@ -69,24 +69,8 @@ struct Target {
 
 fn start_hickory() -> (Child, SocketAddr) {
     let bin = env!("CARGO_BIN_EXE_hickory-doq-server");
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", bin, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap_or_else(|| panic!("hickory-doq-server printed {line:?}"))
-        .parse()
-        .unwrap();
-    (child, addr)
+    alknet_bench::start_pinned_server(bin, &["--listen", "127.0.0.1:0"])
+        .unwrap_or_else(|e| panic!("hickory-doq-server: {e}"))
 }
 
 /// `alknet serve` with the DNS service on CPU 0, or why not.

@@ -230,24 +230,8 @@ fn load(proto: Proto, addr: SocketAddr, token: &str, pid: u32) -> Run {
 
 fn start_axum(token: &str) -> (Child, SocketAddr) {
     let bin = env!("CARGO_BIN_EXE_axum-call-server");
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", bin, "127.0.0.1:0", token])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    (child, addr)
+    alknet_bench::start_pinned_server(bin, &["127.0.0.1:0", token])
+        .unwrap_or_else(|e| panic!("axum-call-server: {e}"))
 }
 
 fn main() {

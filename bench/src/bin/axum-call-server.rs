@@ -70,16 +70,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr: std::net::SocketAddr = args.next().expect("ADDR").parse()?;
     let token = args.next().expect("TOKEN");
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?.self_signed(&kp)?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(kp.serialize_der().into());
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = alknet_bench::baseline_tls(&[b"h2", b"http/1.1"])?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let facts = Arc::new(Facts {
         token_hash: sha256(token.as_bytes()),

@@ -87,17 +87,7 @@ fn zone() -> anyhow::Result<Catalog> {
 
 /// rustls with ring, TLS 1.3, a fresh self-signed Ed25519 certificate, ALPN `doq`.
 fn tls() -> anyhow::Result<rustls::ServerConfig> {
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?.self_signed(&kp)?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(kp.serialize_der().into());
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key)?;
-    tls.alpn_protocols = vec![b"doq".to_vec()];
-    Ok(tls)
+    alknet_bench::baseline_tls(&[b"doq"])
 }
 
 /// The UDP socket, with the 4 MiB buffers Alknet gives its own (`[udp]` defaults), so

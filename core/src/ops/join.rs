@@ -267,7 +267,7 @@ pub struct AttemptLimiter {
 impl AttemptLimiter {
     /// Counts one attempt from `ip` at `now`; false when it is over the bound.
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let key = source_of(ip);
+        let key = crate::net::source_of(ip);
         if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
             self.sources
                 .retain(|_, (start, _)| now.saturating_duration_since(*start) < WINDOW);
@@ -281,19 +281,6 @@ impl AttemptLimiter {
         }
         entry.1 = entry.1.saturating_add(1);
         entry.1 <= ATTEMPTS_PER_WINDOW
-    }
-}
-
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
     }
 }
 

@@ -35,18 +35,7 @@ pub(crate) struct Limiter {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+use alknet_core::net::source_of as source_key;
 
 impl Limiter {
     /// An empty table.
