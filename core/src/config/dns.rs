@@ -76,9 +76,10 @@ impl DnsName {
             };
         }
         if t.len() > 253 {
+            let head: String = t.chars().take(40).collect();
             return Err(format!(
                 "`{}…` is longer than 253 bytes",
-                &t[..40.min(t.len())]
+                head.escape_default()
             ));
         }
         for (i, label) in t.split('.').enumerate() {
@@ -430,7 +431,16 @@ mod tests {
         );
         assert_eq!(DnsName::parse(".").unwrap().as_str(), ".");
         assert!(DnsName::parse("*.gw.example.").unwrap().is_wildcard());
-        for bad in ["", "a..b", "a b.c", "a.*.c", &"x".repeat(64), "ü.example"] {
+        let long = format!("a{}.example", "é".repeat(140));
+        for bad in [
+            "",
+            "a..b",
+            "a b.c",
+            "a.*.c",
+            &"x".repeat(64),
+            "ü.example",
+            &long,
+        ] {
             assert!(DnsName::parse(bad).is_err(), "{bad}");
         }
         let zone = DnsName::parse("gw.example.").unwrap();
