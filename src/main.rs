@@ -229,14 +229,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The SSH service's host key.
-    #[cfg(feature = "ssh")]
     /// The DNS service's pkarr records: sign the node's records for a relay, print the key.
     #[cfg(feature = "dns")]
     Dns {
         #[command(subcommand)]
         cmd: dns_cli::DnsCmd,
     },
+    /// The SSH service's host key.
+    #[cfg(feature = "ssh")]
     Ssh {
         #[command(subcommand)]
         cmd: ssh_cli::SshCmd,
