@@ -133,6 +133,7 @@ pub(crate) fn pipe(
 
 /// Connects to `addr` on `alpn`, sends `body` on one stream and finishes it, and returns the
 /// server's answer (at most `limit` bytes), for one-shot requests such as `alknet git repos`.
+#[cfg(feature = "git")]
 pub(crate) fn request(
     data_dir: &Path,
     addr: &str,
