@@ -308,9 +308,18 @@ mod tests {
         let kp = keypair(&[7u8; 32]);
         let z32 = kp.public_key().to_z32();
         let store = PkarrStore::in_memory(1);
-        let newer = node_packet(&kp, &node(), &[]).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2));
         let newest = node_packet(&kp, &node(), &["192.0.2.9".parse().unwrap()]).unwrap();
+        // A packet of the same key stamped a second before it.
+        let earlier = pkarr::Timestamp::from(newest.timestamp().as_u64() - 1_000_000);
+        let newer = SignedPacket::builder()
+            .txt(
+                pkarr::dns::Name::new("_alknet").unwrap(),
+                pkarr::dns::rdata::TXT::new().with_string("old").unwrap(),
+                300,
+            )
+            .timestamp(earlier)
+            .sign(&kp)
+            .unwrap();
         store.put(&z32, &newest.to_relay_payload()).unwrap();
         assert!(matches!(
             store.put(&z32, &newer.to_relay_payload()),
